@@ -1,0 +1,1 @@
+"""Costs of an architecture: MAdds and parameters (fvcore), latency (timing, lookup tables)."""
