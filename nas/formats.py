@@ -174,8 +174,16 @@ def from_yaml(text: str, source: str = "<string>") -> NetworkSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError(f"{where}not valid YAML: {err}") from None
+        raise SpecError(f"{where}{yaml_error_summary(err)}") from None
     return spec_from_dict(data, where)
+
+
+def yaml_error_summary(err: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: where, and what the parser expected."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{at}: {problem}"
 
 
 def load_spec(name_or_path: str | Path) -> NetworkSpec:

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.export import compare_with_onnxruntime, export_module, onnx_op_counts, onnx_opset
+from nas.formats import load_spec
+from nas.model import build_model
+
+
+def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Randomise BN statistics and widen the classifier so outputs are not tiny."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["small", "large_minimal"])
+def test_onnx_export_matches_onnxruntime(name, tmp_path: Path):
+    spec = load_spec(name).replace(resolution=96)
+    model = _trained_looking(build_model(spec))
+    x = torch.randn(1, 3, 96, 96)
+    path = export_module(model, x, tmp_path / "net.onnx")
+    assert compare_with_onnxruntime(model, path, x) <= 1e-4
+    assert onnx_opset(path) >= 14
+    ops = onnx_op_counts(path)
+    if name == "small":
+        assert ops["HardSwish"] > 0 and ops["HardSigmoid"] > 0
+    # One self-contained file unless external data is asked for.
+    assert [p.name for p in tmp_path.iterdir()] == ["net.onnx"]
+
+
+def test_external_data_on_request(tmp_path: Path):
+    model = build_model(load_spec("small").replace(resolution=64)).eval()
+    path = export_module(model, torch.randn(1, 3, 64, 64), tmp_path / "net.onnx", external_data=True)
+    assert len(list(tmp_path.iterdir())) == 2
+    assert compare_with_onnxruntime(model, path, torch.randn(1, 3, 64, 64)) <= 1e-4
+
+
+def test_old_opset_is_refused(tmp_path: Path):
+    model = build_model(load_spec("small"))
+    with pytest.raises(ValueError, match="opset"):
+        export_module(model, torch.randn(1, 3, 64, 64), tmp_path / "x.onnx", opset=11)
