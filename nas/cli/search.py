@@ -1,0 +1,199 @@
+"""``nas-search``: the Hydra app that runs the latency-aware search (the main job).
+
+    nas-search                                   # embedded default: synthetic data, shipped table
+    nas-search space=mobilenetv3_large trials=50 sampler=nsga2
+    nas-search evaluator=supernet data=cifar10_subset
+    nas-search resume=true hydra.run.dir=outputs/search/<previous run>
+
+The run folder (``hydra.run.dir``) receives the study journal, ``trials.csv``,
+``pareto.csv``, ``pareto.png`` and one bneck YAML per Pareto member under ``pareto/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nas.arch import NetworkSpec
+from nas.search import Objective, StudySettings, enqueue_canonical, finished_trials, make_sampler
+from nas.search_outputs import summary_table, write_outputs
+from nas.space import SearchSpace, space_from_dict
+from nas.study_runner import (
+    StorageSettings,
+    WorkerJob,
+    load_or_create_study,
+    open_storage,
+    recover_dead_workers,
+    run_parallel,
+)
+
+log = logging.getLogger("nas-search")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TABLES_DIR = REPO_ROOT / "latency_tables"
+
+
+class SearchError(RuntimeError):
+    """The run cannot start (bad config, uncovered table, ...); the message says why."""
+
+
+def resolve_table_dir(name_or_path: str) -> Path:
+    """A shipped table by folder name (under ``latency_tables/``) or a path."""
+    path = Path(hydra.utils.to_absolute_path(name_or_path)) if HydraConfig.initialized() else Path(name_or_path)
+    if path.is_dir():
+        return path
+    shipped = TABLES_DIR / name_or_path
+    if shipped.is_dir():
+        return shipped
+    names = sorted(p.name for p in TABLES_DIR.iterdir() if p.is_dir()) if TABLES_DIR.is_dir() else []
+    raise SearchError(f"latency.table: {name_or_path!r} is neither a folder nor a shipped table "
+                      f"(shipped: {names})")
+
+
+@dataclass(frozen=True)
+class Components:
+    """Library objects assembled from the config (rebuilt in each worker process)."""
+
+    space: SearchSpace
+    settings: StudySettings
+    objective: Objective
+
+
+def build_space(cfg: dict[str, Any]) -> SearchSpace:
+    source = f"space '{cfg['space'].get('name', '?')}'"
+    return space_from_dict(cfg["space"], source)
+
+
+def load_table(cfg: dict[str, Any]):
+    from nas.cost.lut import LatencyTable
+
+    table = LatencyTable.load(resolve_table_dir(cfg["latency"]["table"]))
+    table.check_compatible(runtime=cfg["latency"]["runtime"], resolution=cfg["latency"]["resolution"])
+    return table
+
+
+def build_evaluator(cfg: dict[str, Any], run_dir: Path):
+    """The evaluator named by ``evaluator.kind`` (proxy training or the supernet)."""
+    from nas.data import DataConfig
+
+    kind = cfg["evaluator"]["kind"]
+    data_cfg = DataConfig.from_dict(cfg["data"])
+    if kind == "proxy":
+        from nas.proxy import ProxyTrainingEvaluator
+        from nas.train import TrainConfig
+
+        train_cfg = TrainConfig.from_dict(cfg["evaluator"]["train"])
+        cache = run_dir / "proxy_cache.jsonl" if cfg["evaluator"].get("cache", True) else None
+        return ProxyTrainingEvaluator(data_cfg, train_cfg, cache_path=cache)
+    raise SearchError(f"evaluator.kind must be 'proxy' or 'supernet', got {kind!r}")
+
+
+def settings_of(cfg: dict[str, Any]) -> StudySettings:
+    return StudySettings(mode=cfg["mode"], sampler=cfg["sampler"], seed=cfg["seed"],
+                         budget_ms=cfg["budget_ms"], target_ms=cfg["target_ms"],
+                         reward_exponent=cfg["reward_exponent"])
+
+
+def build_objective(args: tuple[dict[str, Any], str]) -> Objective:
+    """Worker-side factory: rebuild the objective from the plain config (picklable)."""
+    cfg, run_dir = args
+    space = build_space(cfg)
+    table = load_table(cfg)
+    cost = None
+    if cfg["profile_costs"]:
+        from nas.cost.profile import profile_spec
+
+        def cost(spec: NetworkSpec) -> tuple[int, int]:
+            prof = profile_spec(spec)
+            return prof.madds, prof.params
+
+    return Objective(space=space, evaluator=build_evaluator(cfg, Path(run_dir)),
+                     latency=table.predict, settings=settings_of(cfg), cost=cost)
+
+
+def build_sampler(cfg: dict[str, Any], worker_index: int) -> optuna.samplers.BaseSampler:
+    settings = settings_of(cfg)
+    # Distinct seeds per worker, or parallel workers would propose identical trials.
+    return make_sampler(StudySettings(**{**settings.__dict__, "seed": settings.seed + worker_index}))
+
+
+def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace) -> None:
+    """Before the first trial: every key of the space is in the table, or measured now."""
+    table = load_table(cfg)
+    missing = table.missing_keys(space)
+    if not missing:
+        return
+    if not cfg["latency"]["measure_missing"]:
+        shown = "\n  ".join(str(k) for k in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise SearchError(
+            f"the latency table lacks {len(missing)} key(s) the space {space.name} needs:\n  "
+            f"{shown}{more}\nmeasure them with latency.measure_missing=true (on the target "
+            "device) or `nas-lut build`"
+        )
+    log.info("measuring %d missing latency key(s) on this machine", len(missing))
+    table.measure(missing, table.harness_config(), progress=True, save_to=table.directory)
+
+
+def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
+    """Run (or resume) the study described by ``cfg``; outputs land in ``run_dir``."""
+    space = build_space(cfg)
+    settings = settings_of(cfg)
+    ensure_table_covers(cfg, space)
+    storage_settings = StorageSettings(run_dir=str(run_dir), url=cfg["storage"],
+                                       heartbeat_interval=cfg["heartbeat_interval"],
+                                       grace_period=3 * cfg["heartbeat_interval"])
+    storage = open_storage(storage_settings)
+    study = load_or_create_study(storage, study_name=cfg["study_name"], directions=settings.directions,
+                                 sampler=make_sampler(settings), resume=cfg["resume"])
+    study.set_metric_names(["top1", "latency_ms"] if settings.mode == "pareto" else ["reward"])
+    recover_dead_workers(study)
+    enqueue_canonical(study, space)
+    remaining = cfg["trials"] - finished_trials(study)
+    log.info("study %s: %d trial(s) finished, %d to run with %d worker(s); run folder %s",
+             cfg["study_name"], finished_trials(study), max(remaining, 0), cfg["n_workers"], run_dir)
+    try:
+        if remaining > 0:
+            job = WorkerJob(storage=storage_settings, study_name=cfg["study_name"],
+                            factory=build_objective, factory_args=(cfg, str(run_dir)),
+                            n_trials=remaining, sampler_factory=build_sampler, sampler_args=cfg)
+            run_parallel(job, cfg["n_workers"])
+    except KeyboardInterrupt:
+        log.warning("interrupted: writing the outputs of the finished trials")
+    finally:
+        study = optuna.load_study(study_name=cfg["study_name"], storage=storage)
+        paths = write_outputs(study, run_dir)
+        print(summary_table(study))
+        print(f"outputs: {', '.join(str(p) for p in paths.values())}")
+    return study
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="search")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    try:
+        run(plain, run_dir)
+    except (SearchError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        # Configuration problems end with one line and exit code 2, not a traceback.
+        print(f"nas-search: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    """Console entry point."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
