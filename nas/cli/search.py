@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace) -> None:
             "device) or `nas-lut build`"
         )
     log.info("measuring %d missing latency key(s) on this machine", len(missing))
-    table.measure(missing, table.harness_config(), progress=True, save_to=table.directory)
+    table.build(space, progress=True, save_to=table.path)
 
 
 def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
@@ -154,7 +155,9 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     storage = open_storage(storage_settings)
     study = load_or_create_study(storage, study_name=cfg["study_name"], directions=settings.directions,
                                  sampler=make_sampler(settings), resume=cfg["resume"])
-    study.set_metric_names(["top1", "latency_ms"] if settings.mode == "pareto" else ["reward"])
+    with warnings.catch_warnings():  # experimental in Optuna, but shown by optuna-dashboard
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["top1", "latency_ms"] if settings.mode == "pareto" else ["reward"])
     recover_dead_workers(study)
     enqueue_canonical(study, space)
     remaining = cfg["trials"] - finished_trials(study)
