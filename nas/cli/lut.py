@@ -1,0 +1,246 @@
+"""``nas-lut``: build, validate, calibrate and move latency lookup tables.
+
+    nas-lut build --space mobilenetv3_large --space mobilenetv3_small --out latency_tables/cpu
+    nas-lut validate --table latency_tables/cpu --space mobilenetv3_small --n 100 --seed 0
+    nas-lut predict --table latency_tables/cpu large
+    nas-lut export-ops --space mobilenetv3_small --out ops_small
+    python ops_small/ort_runner.py ops_small --threads 1 --out table.csv    (on the device)
+    nas-lut import table.csv --out latency_tables/board
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nas.arch import SpecError
+from nas.space import SpaceError
+
+
+def _harness(args: argparse.Namespace, base=None):
+    from nas.cost.timing import HarnessConfig
+
+    cfg = base or HarnessConfig()
+    changes = {}
+    for name in ("runtime", "threads", "batch", "dtype", "passes", "repeats", "warmup",
+                 "min_run_time", "max_run_time", "pin_cpu", "seed", "pass_statistic"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    for flag in ("realtime", "steady_allocator"):
+        if getattr(args, flag, None) is not None:
+            changes[flag] = getattr(args, flag)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _spaces(names: list[str], resolution: int | None):
+    import dataclasses
+
+    from nas.space import load_space
+
+    spaces = []
+    for name in names:
+        space = load_space(name)
+        if resolution is not None and resolution != space.base.resolution:
+            space = dataclasses.replace(space, base=space.base.replace(resolution=resolution))
+        spaces.append(space)
+    return spaces
+
+
+def _build(args: argparse.Namespace) -> None:
+    from nas.cost.calibrate import CALIBRATION_SEED, calibrate, sample_specs
+    from nas.cost.lut import build_table
+
+    spaces = _spaces(args.space, args.resolution)
+    cfg = _harness(args)
+    items: list = list(spaces)
+    for path in args.spec or []:
+        from nas.formats import load_spec
+
+        spec = load_spec(path)
+        items.append(spec.replace(resolution=args.resolution) if args.resolution else spec)
+    if not items:
+        raise SpaceError("give at least one --space (or --spec)")
+    table = build_table(items, args.out, cfg, method=args.method, progress=not args.no_progress)
+    print(f"{args.out}: {len(table)} keys ({table.provenance['runtime']}, "
+          f"{table.provenance['threads']} thread(s), batch {table.provenance['batch']}, "
+          f"{table.resolution}x{table.resolution}, method {table.provenance['method']})")
+    if args.calibrate:
+        specs = [s for space in spaces for s in sample_specs(space, args.calibrate, args.calibration_seed or CALIBRATION_SEED)]
+        record = calibrate(table, specs, cfg, rounds=args.calibration_rounds,
+                           progress=not args.no_progress, label=f"seed {args.calibration_seed or CALIBRATION_SEED}")
+        table.save(args.out)
+        print(f"calibration: ms = {record['a']:.4f} * sum + {record['b']:.4f} "
+              f"(fit on {record['n']} networks, fit MAPE {record['fit_mape_pct']:.2f}%)")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from nas.cost.calibrate import calibrate, sample_specs
+    from nas.cost.lut import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    spaces = _spaces(args.space, None)
+    cfg = _harness(args, table.harness_config())
+    specs = [s for space in spaces for s in sample_specs(space, args.n, args.seed)]
+    record = calibrate(table, specs, cfg, rounds=args.rounds, progress=not args.no_progress,
+                       label=f"seed {args.seed}")
+    table.save(args.table)
+    print(f"calibration: ms = {record['a']:.4f} * sum + {record['b']:.4f} "
+          f"(fit on {record['n']} networks, fit MAPE {record['fit_mape_pct']:.2f}%)")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from nas.cost.lut import LatencyTable
+    from nas.cost.validate import validate
+
+    table = LatencyTable.load(args.table)
+    (space,) = _spaces([args.space], None)
+    cfg = _harness(args, table.harness_config())
+    report = validate(table, space, n=args.n, seed=args.seed, harness=cfg, rounds=args.rounds,
+                      out_dir=args.out or args.table, progress=not args.no_progress,
+                      recalibrate=args.recalibrate, measure_missing=args.measure_missing)
+    print(report.format())
+    for path in report.files:
+        print(f"wrote {path}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from nas.cost.lut import LatencyTable
+    from nas.formats import load_spec
+
+    table = LatencyTable.load(args.table)
+    for arch in args.arch:
+        spec = load_spec(arch)
+        if args.breakdown:
+            for key, ms in table.breakdown(spec):
+                print(f"  {key:44s} {ms:8.4f}")
+        print(f"{arch}: {table.predict(spec):.3f} ms predicted "
+              f"(sum {table.predict(spec, calibrated=False):.3f} ms)")
+
+
+def _export_ops(args: argparse.Namespace) -> None:
+    from nas.cost.offhost import export_ops
+
+    spaces = _spaces(args.space, args.resolution)
+    manifest = export_ops(spaces, args.out, batch=args.batch, progress=not args.no_progress)
+    ops = json.loads(manifest.read_text())["ops"]
+    print(f"wrote {len(ops)} ONNX ops, {manifest}, {Path(args.out) / 'manifest.csv'} and "
+          f"{Path(args.out) / 'ort_runner.py'}")
+    print(f"on the device: python ort_runner.py {args.out} --threads 1 --out table.csv")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from nas.cost.offhost import import_runner_csv
+
+    table = import_runner_csv(args.runner_csv, args.out)
+    print(f"{args.out}: {len(table)} keys from {table.provenance['device']} "
+          f"(onnxruntime {table.provenance['runtime_version']}, {table.provenance['threads']} thread(s))")
+
+
+def _add_harness_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    g = p.add_argument_group("harness" + ("" if defaults else " (default: the table's)"))
+    g.add_argument("--threads", type=int, default=1 if defaults else None)
+    g.add_argument("--batch", type=int, default=1 if defaults else None)
+    g.add_argument("--passes", type=int, default=None,
+                   help="interleaved passes / host networks per key (default 5)")
+    g.add_argument("--repeats", type=int, default=None, help="minimum samples per measurement")
+    g.add_argument("--warmup", type=int, default=None, help="minimum warm-up calls")
+    g.add_argument("--min-run-time", type=float, default=None, help="minimum seconds per measurement")
+    g.add_argument("--max-run-time", type=float, default=None)
+    g.add_argument("--pass-statistic", choices=["median", "q25", "min"], default=None,
+                   help="figure of interleaved passes: median of pass medians (default), their "
+                        "lower quartile, or min over all samples (robust on a shared machine)")
+    g.add_argument("--pin-cpu", type=int, default=None, help="pin the timing thread to this CPU")
+    g.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                   help="time under SCHED_FIFO (needs root; steadies timings on a shared machine)")
+    g.add_argument("--steady-allocator", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep glibc from returning memory to the OS between forward passes "
+                        "(default on: no page faults in steady state)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas-lut", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="measure the keys of spaces/specs a table lacks (resumable)")
+    build.add_argument("--space", action="append", default=[], help="space name or YAML (repeatable)")
+    build.add_argument("--spec", action="append", help="also cover this network (name or bneck YAML)")
+    build.add_argument("--out", required=True, type=Path, help="table folder (created or extended)")
+    build.add_argument("--runtime", choices=["torch-cpu", "onnxruntime", "torch-cuda"], default="torch-cpu")
+    build.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    build.add_argument("--resolution", type=int, default=None, help="input resolution (default: the space's)")
+    build.add_argument("--method", choices=["context", "isolated"], default=None,
+                       help="time ops inside whole networks (torch default) or alone (ORT)")
+    build.add_argument("--calibrate", type=int, default=0, metavar="N",
+                       help="then fit ms = a*sum + b on N end-to-end networks per space")
+    build.add_argument("--calibration-seed", type=int, default=None, help="default 1000")
+    build.add_argument("--calibration-rounds", type=int, default=None)
+    build.add_argument("--seed", type=int, default=None, help="seed of weights, inputs and hosts")
+    build.add_argument("--no-progress", action="store_true")
+    _add_harness_options(build, defaults=True)
+    build.set_defaults(func=_build)
+
+    validate = sub.add_parser("validate", help="predicted vs measured end to end on N random specs")
+    validate.add_argument("--table", required=True, type=Path)
+    validate.add_argument("--space", required=True)
+    validate.add_argument("--n", type=int, default=100)
+    validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: passes)")
+    validate.add_argument("--out", type=Path, default=None, help="report folder (default: the table's)")
+    validate.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                          help="also report a calibration fitted now on N other specs")
+    validate.add_argument("--measure-missing", action="store_true")
+    validate.add_argument("--no-progress", action="store_true")
+    _add_harness_options(validate, defaults=False)
+    validate.set_defaults(func=_validate)
+
+    cal = sub.add_parser("calibrate", help="fit ms = a*sum + b on end-to-end measurements")
+    cal.add_argument("--table", required=True, type=Path)
+    cal.add_argument("--space", action="append", required=True)
+    cal.add_argument("--n", type=int, default=10, help="networks per space")
+    cal.add_argument("--seed", type=int, default=1000, help="keep it apart from validation seeds")
+    cal.add_argument("--rounds", type=int, default=None)
+    cal.add_argument("--no-progress", action="store_true")
+    _add_harness_options(cal, defaults=False)
+    cal.set_defaults(func=_calibrate)
+
+    pred = sub.add_parser("predict", help="predict the latency of networks")
+    pred.add_argument("--table", required=True, type=Path)
+    pred.add_argument("arch", nargs="+", help="canonical name or bneck YAML")
+    pred.add_argument("--breakdown", action="store_true")
+    pred.set_defaults(func=_predict)
+
+    export = sub.add_parser("export-ops", help="export every needed op as ONNX plus a manifest")
+    export.add_argument("--space", action="append", required=True)
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--batch", type=int, default=1)
+    export.add_argument("--resolution", type=int, default=None)
+    export.add_argument("--no-progress", action="store_true")
+    export.set_defaults(func=_export_ops)
+
+    imp = sub.add_parser("import", help="turn an ort_runner.py CSV into a table")
+    imp.add_argument("runner_csv", type=Path)
+    imp.add_argument("--out", required=True, type=Path)
+    imp.set_defaults(func=_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas.cost.lut import LatencyTableError, MissingKeysError
+    from nas.cost.timing import HarnessError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (LatencyTableError, MissingKeysError, SpaceError, SpecError, HarnessError,
+            FileNotFoundError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

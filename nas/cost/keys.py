@@ -1,0 +1,251 @@
+"""Latency keys: one string per op whose cost a latency table stores.
+
+A network's latency is predicted as the sum of its ops (paper Sec. 4/5, NetAdapt's and
+Once-for-All's lookup tables): the stem, every bneck, the last 1x1 conv, the global pool
+and the classifier head. A key names everything that changes an op's cost -- op kind,
+input resolution, input channels, expansion, output channels, kernel, stride, SE,
+activation, dilation -- and nothing else, so two positions with the same inputs share an
+entry. Batch, dtype, threads and runtime are properties of the whole table (provenance).
+
+Key strings (readable, and parsed back by :func:`parse_key`)::
+
+    stem_r224_i3_k3_c16_s2_hs             3x3 stride-2 conv + BN + act on the image
+    bneck_r56_i24_k5_e72_c40_s2_se_re     a bneck (``_d2`` appended for dilation 2)
+    lastconv_r7_i160_k1_c960_s1_hs        1x1 conv + BN + act after the last block
+    pool_r7_i960                          global average pool + flatten
+    head_i960_e1280_c1000_hs              Linear, act, dropout, Linear (efficient stage)
+    head_i1280_c1000                      dropout, Linear (original last stage)
+
+This module imports nothing of torch; :func:`build_op` (which does) lives here too so the
+key format and the op it stands for cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Iterable, Union
+
+from nas.arch import BlockSpec, NetworkSpec, conv_output_size, original_stage_projection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nas.space import SearchSpace
+
+OPS = ("stem", "bneck", "lastconv", "pool", "head")
+KEY_COLUMNS = ["op", "in_res", "in_ch", "exp", "out", "kernel", "stride", "se", "act", "dilation"]
+
+
+class BadKeyError(ValueError):
+    """A string is not a latency key."""
+
+
+@dataclass(frozen=True)
+class KeyFields:
+    """The parsed fields of a key; fields an op does not have are 0 / ``"-"``."""
+
+    op: str
+    in_res: int
+    in_ch: int
+    exp: int = 0
+    out: int = 0
+    kernel: int = 0
+    stride: int = 1
+    se: bool = False
+    act: str = "-"
+    dilation: int = 1
+
+    def as_row(self) -> dict[str, object]:
+        return {c: getattr(self, c) for c in KEY_COLUMNS}
+
+
+# ---------------------------------------------------------------------------- formatting
+def stem_key(resolution: int, out: int, activation: str, in_ch: int = 3) -> str:
+    return f"stem_r{resolution}_i{in_ch}_k3_c{out}_s2_{activation.lower()}"
+
+
+@lru_cache(maxsize=65536)
+def bneck_key(in_res: int, in_ch: int, block: BlockSpec) -> str:
+    """Key of ``block`` run on an ``in_ch`` x ``in_res`` x ``in_res`` input."""
+    key = (f"bneck_r{in_res}_i{in_ch}_k{block.kernel}_e{block.expansion}_c{block.out}"
+           f"_s{block.stride}{'_se' if block.se else ''}_{block.activation.lower()}")
+    return key + (f"_d{block.dilation}" if block.dilation != 1 else "")
+
+
+def lastconv_key(in_res: int, in_ch: int, out: int, activation: str) -> str:
+    return f"lastconv_r{in_res}_i{in_ch}_k1_c{out}_s1_{activation.lower()}"
+
+
+def pool_key(in_res: int, channels: int) -> str:
+    return f"pool_r{in_res}_i{channels}"
+
+
+def head_key(in_ch: int, hidden: int, classes: int, activation: str | None) -> str:
+    """Classifier key; ``hidden == 0`` is the original stage's single Linear."""
+    if hidden:
+        return f"head_i{in_ch}_e{hidden}_c{classes}_{str(activation).lower()}"
+    return f"head_i{in_ch}_c{classes}"
+
+
+_PATTERNS = {
+    "stem": re.compile(r"^stem_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_(re|hs)$"),
+    "bneck": re.compile(r"^bneck_r(\d+)_i(\d+)_k(\d+)_e(\d+)_c(\d+)_s(\d+)(_se)?_(re|hs)(?:_d(\d+))?$"),
+    "lastconv": re.compile(r"^lastconv_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_(re|hs)$"),
+    "pool": re.compile(r"^pool_r(\d+)_i(\d+)$"),
+    "head": re.compile(r"^head_i(\d+)(?:_e(\d+))?_c(\d+)(?:_(re|hs))?$"),
+}
+
+
+@lru_cache(maxsize=65536)
+def parse_key(key: str) -> KeyFields:
+    """The fields of a key string; :class:`BadKeyError` if it is not one."""
+    op = key.split("_", 1)[0]
+    pattern = _PATTERNS.get(op)
+    match = pattern.match(key) if pattern else None
+    if not match:
+        raise BadKeyError(f"{key!r} is not a latency key (like 'bneck_r56_i24_k5_e72_c40_s2_se_re'; "
+                          f"op kinds {list(OPS)})")
+    g = match.groups()
+    if op in ("stem", "lastconv"):
+        return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=int(g[2]),
+                         out=int(g[3]), stride=int(g[4]), act=g[5].upper())
+    if op == "bneck":
+        return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=int(g[2]),
+                         exp=int(g[3]), out=int(g[4]), stride=int(g[5]), se=bool(g[6]),
+                         act=g[7].upper(), dilation=int(g[8] or 1))
+    if op == "pool":
+        return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), out=int(g[1]))
+    hidden = int(g[1] or 0)
+    if bool(hidden) != bool(g[3]):
+        raise BadKeyError(f"{key!r}: a head has both a hidden width (_e) and an activation, or neither")
+    return KeyFields(op=op, in_res=1, in_ch=int(g[0]), exp=hidden, out=int(g[2]),
+                     act=(g[3] or "-").upper())
+
+
+# ---------------------------------------------------------------------------- enumeration
+def _tail_keys(spec: NetworkSpec) -> tuple[str, ...]:
+    """Keys after the last block (paper Fig. 5: efficient or original last stage)."""
+    size, last_out, act = spec.final_resolution, spec.blocks[-1].out, spec.head_activation
+    if spec.last_stage == "efficient":
+        return (lastconv_key(size, last_out, spec.last_conv, act),
+                pool_key(size, spec.last_conv),
+                head_key(spec.last_conv, spec.head_features, spec.num_classes, act))
+    project = original_stage_projection(spec)
+    stage = BlockSpec(kernel=3, expansion=spec.last_conv, out=project, se=False,
+                      activation=act, stride=1)
+    return (bneck_key(size, last_out, stage),
+            lastconv_key(size, project, spec.head_features, act),
+            pool_key(size, spec.head_features),
+            head_key(spec.head_features, 0, spec.num_classes, None))
+
+
+@lru_cache(maxsize=8192)
+def _cached_spec_keys(spec: NetworkSpec) -> tuple[str, ...]:
+    return _spec_keys(spec)
+
+
+def _spec_keys(spec: NetworkSpec) -> tuple[str, ...]:
+    spec = spec.resolved()
+    keys = [stem_key(spec.resolution, spec.stem_channels, spec.stem_activation)]
+    channels = spec.stem_channels
+    size = conv_output_size(spec.resolution, 2)
+    for block in spec.blocks:
+        keys.append(bneck_key(size, channels, block))
+        channels = block.out
+        size = conv_output_size(size, block.stride, block.dilation)
+    keys.extend(_tail_keys(spec))
+    return tuple(keys)
+
+
+def spec_key_tuple(spec: NetworkSpec) -> tuple[str, ...]:
+    """The keys of ``spec`` in network order (repeats kept), cached: the hot path of predict."""
+    return _cached_spec_keys(spec)
+
+
+def keys_for_spec(spec: NetworkSpec) -> list[str]:
+    """Every key ``spec`` needs, in network order (a key used twice appears twice)."""
+    return list(_cached_spec_keys(spec))
+
+
+def keys_for_space(space: SearchSpace) -> list[str]:
+    """Every key any spec of ``space`` can need: stem, each block choice, the tail."""
+    base = space.base.resolved()
+    keys = [stem_key(base.resolution, base.stem_channels, base.stem_activation)]
+    for in_ch, in_res, candidates in space.block_choices():
+        keys.extend(bneck_key(in_res, in_ch, block) for block in candidates)
+    keys.extend(_tail_keys(base))
+    return _unique(keys)
+
+
+SpecsOrSpace = Union["SearchSpace", NetworkSpec, Iterable[Union["SearchSpace", NetworkSpec]]]
+
+
+def keys_for(items: SpecsOrSpace) -> list[str]:
+    """Unique keys (first-seen order) for a space, a spec, or an iterable mixing both."""
+    from nas.space import SearchSpace
+
+    if isinstance(items, (NetworkSpec, SearchSpace)):
+        items = [items]
+    keys: list[str] = []
+    for item in items:
+        if isinstance(item, SearchSpace):
+            keys.extend(keys_for_space(item))
+        elif isinstance(item, NetworkSpec):
+            keys.extend(keys_for_spec(item))
+        elif isinstance(item, str):
+            parse_key(item)
+            keys.append(item)
+        else:
+            raise TypeError(f"expected a SearchSpace, a NetworkSpec or a key, got {type(item).__name__}")
+    return _unique(keys)
+
+
+def _unique(keys: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(keys))
+
+
+# ---------------------------------------------------------------------------- the op itself
+def build_op(key: str):
+    """The ``nn.Module`` a key stands for, built exactly as :mod:`nas.model` builds it,
+    and its input shape without the batch dimension.
+
+    Returns ``(module, input_shape)`` with the module in eval mode and torchvision's
+    initialisation.
+    """
+    from torch import nn
+    from torchvision.ops import Conv2dNormActivation
+
+    from nas.model import Bneck, activation_layer, init_weights, norm_layer
+
+    f = parse_key(key)
+    if f.op == "stem" or f.op == "lastconv":
+        module: nn.Module = Conv2dNormActivation(
+            f.in_ch, f.out, kernel_size=f.kernel, stride=f.stride, norm_layer=norm_layer,
+            activation_layer=activation_layer(f.act))
+        shape: tuple[int, ...] = (f.in_ch, f.in_res, f.in_res)
+    elif f.op == "bneck":
+        block = BlockSpec(kernel=f.kernel, expansion=f.exp, out=f.out, se=f.se,
+                          activation=f.act, stride=f.stride, dilation=f.dilation)
+        module = Bneck(f.in_ch, block)
+        shape = (f.in_ch, f.in_res, f.in_res)
+    elif f.op == "pool":
+        # MobileNetV3Net.forward: avgpool then torch.flatten(x, 1).
+        module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        shape = (f.in_ch, f.in_res, f.in_res)
+    else:
+        if f.exp:
+            act = activation_layer(f.act)
+            module = nn.Sequential(nn.Linear(f.in_ch, f.exp), act(inplace=True),
+                                   nn.Dropout(p=0.2, inplace=True), nn.Linear(f.exp, f.out))
+        else:
+            module = nn.Sequential(nn.Dropout(p=0.2, inplace=True), nn.Linear(f.in_ch, f.out))
+        shape = (f.in_ch,)
+    init_weights(module)
+    return module.eval(), shape
+
+
+__all__ = [
+    "BadKeyError", "KEY_COLUMNS", "KeyFields", "OPS", "bneck_key", "build_op", "head_key",
+    "keys_for", "keys_for_space", "keys_for_spec", "lastconv_key", "parse_key", "pool_key",
+    "spec_key_tuple", "stem_key",
+]

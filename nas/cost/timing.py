@@ -1,0 +1,593 @@
+"""The one timing harness: every latency figure in the project comes from :func:`measure`.
+
+Three runtimes, one statistics code (:func:`nas.cost.ort_runner.run_samples`, shared with the
+off-host runner so a board computes its figures the same way):
+
+* ``torch-cpu``: torch eager on CPU under ``torch.inference_mode``, with a fixed intra-op
+  thread count (set for the measurement and restored after; one thread is the stable
+  setting on a shared machine, MEASURED.md);
+* ``torch-cuda``: the same module on the GPU, each sample bracketed by CUDA events and a
+  synchronisation;
+* ``onnxruntime``: the module exported with :func:`nas.export.export_module` (native
+  HardSwish) to a temporary file, timed in an onnxruntime CPU session with fixed
+  intra-op threads.
+
+A measurement warms up (``warmup`` calls and ``warmup_time`` seconds), then collects samples
+until it has ``repeats`` of them *and* ``min_run_time`` has passed (or ``max_run_time``),
+and reports the median and interquartile range of the per-call times. Batch size, dtype
+and threads are parameters of :class:`HarnessConfig`; the input resolution is part of the
+``input_shape`` passed to :func:`measure`.
+
+Figures that feed a table or a validation are measured in interleaved passes
+(:func:`measure_interleaved`): every item once per pass, in a shuffled order, the figure
+being the median of the per-pass medians, so a drift of the machine's speed does not bias
+the items measured during the slow minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from nas.cost import ort_runner
+from nas.cost.ort_runner import loadavg, pinned_cpu, realtime_priority, run_samples
+
+RUNTIMES = ("torch-cpu", "torch-cuda", "onnxruntime")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class HarnessError(ValueError):
+    """A harness setting is invalid or cannot run here (e.g. CUDA without a GPU)."""
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    """How to time: runtime, threads, batch, dtype and the sampling protocol.
+
+    Attributes:
+        runtime: ``"torch-cpu"``, ``"torch-cuda"`` or ``"onnxruntime"``.
+        threads: intra-op threads (torch or onnxruntime); ignored by torch-cuda.
+        batch: batch size prepended to every input shape.
+        dtype: ``"float32"``; ``"float16"`` on CUDA, ``"bfloat16"`` on torch-cpu/cuda.
+        warmup: minimum warm-up calls before sampling.
+        warmup_time: minimum warm-up seconds.
+        repeats: minimum number of samples.
+        min_run_time: minimum seconds of sampling (with ``repeats``, whichever is later).
+        max_run_time: stop sampling after this many seconds (at least 3 samples).
+        passes: interleaved passes for tables and end-to-end validation.
+        pin_cpu: pin the timing thread to this CPU index (``os.sched_setaffinity``), or None.
+        realtime: run the timing thread under SCHED_FIFO while measuring (needs root or
+            CAP_SYS_NICE; silently normal where refused). On a shared machine this keeps
+            other processes from time-slicing a forward pass; off by default.
+        pass_statistic: the figure of an interleaved measurement: ``median`` (of the
+            per-pass medians), ``q25`` (their lower quartile) or ``min`` (over all samples
+            of all passes; the robust choice on a shared machine, see
+            :func:`nas.cost.ort_runner.aggregate`). Tables and the end-to-end figures
+            compared with them must use the same one.
+        steady_allocator: before torch timings, stop glibc from returning freed memory
+            to the OS and from serving large tensors with fresh mmaps (``mallopt``), as in
+            a long-running inference process or a runtime with a planned arena. Otherwise
+            every 112x112 activation is a fresh mapping and a forward pass of Large takes
+            about 2,500 page faults, whose number depends on the allocation history (the
+            network around an op) -- the largest source of noise measured here.
+            Process-wide and not undone; recorded in the provenance.
+        ort_opt_level: onnxruntime graph optimisation level (disable/basic/extended/all).
+        seed: seed of weights and inputs (timings should not depend on it).
+    """
+
+    runtime: str = "torch-cpu"
+    threads: int = 1
+    batch: int = 1
+    dtype: str = "float32"
+    warmup: int = ort_runner.DEFAULT_WARMUP
+    warmup_time: float = ort_runner.DEFAULT_WARMUP_TIME
+    repeats: int = ort_runner.DEFAULT_REPEATS
+    min_run_time: float = ort_runner.DEFAULT_MIN_RUN_TIME
+    max_run_time: float = ort_runner.DEFAULT_MAX_RUN_TIME
+    passes: int = 5
+    pin_cpu: int | None = None
+    realtime: bool = False
+    pass_statistic: str = "median"
+    steady_allocator: bool = True
+    ort_opt_level: str = "all"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise HarnessError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
+        if self.dtype not in DTYPES:
+            raise HarnessError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.runtime == "onnxruntime" and self.dtype != "float32":
+            raise HarnessError("the onnxruntime harness times float32 exports only")
+        if self.runtime == "torch-cpu" and self.dtype == "float16":
+            raise HarnessError("float16 on torch-cpu is not a meaningful latency; use bfloat16")
+        for name in ("threads", "batch", "repeats", "passes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise HarnessError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.warmup < 0 or self.min_run_time < 0 or self.max_run_time <= 0:
+            raise HarnessError("warmup, min_run_time must be >= 0 and max_run_time > 0")
+        if self.pass_statistic not in ort_runner.PASS_STATISTICS:
+            raise HarnessError(f"pass_statistic must be one of {list(ort_runner.PASS_STATISTICS)}, "
+                               f"got {self.pass_statistic!r}")
+        if self.ort_opt_level not in ("disable", "basic", "extended", "all"):
+            raise HarnessError(f"ort_opt_level must be disable/basic/extended/all, got {self.ort_opt_level!r}")
+
+    def replace(self, **changes: Any) -> HarnessConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HarnessConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def sampling(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`nas.cost.ort_runner.run_samples`."""
+        return {"warmup": self.warmup, "warmup_time": self.warmup_time, "repeats": self.repeats,
+                "min_run_time": self.min_run_time, "max_run_time": self.max_run_time}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One measurement: per-call milliseconds over ``n`` samples of ``number`` calls."""
+
+    median_ms: float
+    iqr_ms: float
+    mean_ms: float
+    n: int
+    min_ms: float = float("nan")
+    number: int = 1
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any]) -> Timing:
+        return cls(median_ms=float(stats["median_ms"]), iqr_ms=float(stats["iqr_ms"]),
+                   mean_ms=float(stats["mean_ms"]), n=int(stats["n"]),
+                   min_ms=float(stats.get("min_ms", float("nan"))),
+                   number=int(stats.get("number", 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def figure(self, statistic: str = "median") -> float:
+        """The per-measurement number that feeds ``statistic`` (``HarnessConfig.pass_statistic``):
+        ``min_ms`` for ``min``, else ``median_ms``."""
+        return self.min_ms if statistic == "min" else self.median_ms
+
+
+# ---------------------------------------------------------------------------- environment
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+_STEADY_ALLOCATOR: bool | None = None
+
+
+def steady_allocator() -> bool:
+    """Make glibc malloc keep and reuse freed memory (process-wide); True if applied.
+
+    ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` are raised to 1 GiB, so tensors come
+    from the heap and freed pages stay mapped: after warm-up a forward pass makes no page
+    faults. A no-op (False) where the C library has no ``mallopt`` (not glibc).
+    """
+    global _STEADY_ALLOCATOR
+    if _STEADY_ALLOCATOR is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            _STEADY_ALLOCATOR = bool(libc.mallopt(m_trim_threshold, 1 << 30)
+                                     and libc.mallopt(m_mmap_threshold, 1 << 30))
+        except (OSError, AttributeError):
+            _STEADY_ALLOCATOR = False
+    return _STEADY_ALLOCATOR
+
+
+@contextmanager
+def harness_context(cfg: HarnessConfig) -> Iterator[None]:
+    """Threads set (and restored), optional CPU pinning, inference mode for torch."""
+    import torch
+
+    if cfg.steady_allocator and cfg.runtime != "onnxruntime":
+        steady_allocator()
+
+    if cfg.runtime == "torch-cuda" and not torch.cuda.is_available():
+        raise HarnessError("runtime torch-cuda asked for, but torch sees no CUDA device")
+    saved_threads = torch.get_num_threads()
+    try:
+        if cfg.runtime == "torch-cpu":
+            torch.set_num_threads(cfg.threads)
+        # No inference mode for onnxruntime: the exporter traces the module itself.
+        grad_mode = nullcontext() if cfg.runtime == "onnxruntime" else torch.inference_mode()
+        with pinned_cpu(cfg.pin_cpu), realtime_priority(cfg.realtime), grad_mode:
+            yield
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def runtime_version(runtime: str) -> str:
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    import torch
+
+    return torch.__version__
+
+
+def device_name(cfg: HarnessConfig) -> str:
+    """The GPU name for torch-cuda, else the CPU model from /proc/cpuinfo."""
+    if cfg.runtime == "torch-cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    return ort_runner.cpu_model()
+
+
+def harness_provenance(cfg: HarnessConfig) -> dict[str, Any]:
+    """What a table must record about the harness that measured it."""
+    import torch
+
+    info = {
+        "runtime": cfg.runtime,
+        "runtime_version": runtime_version(cfg.runtime),
+        "torch_version": torch.__version__,
+        "device": device_name(cfg),
+        "host": ort_runner.device_info(),
+        "threads": cfg.threads,
+        "batch": cfg.batch,
+        "dtype": cfg.dtype,
+        "harness": cfg.to_dict(),
+    }
+    if cfg.runtime == "onnxruntime":
+        info.update(ort_runner.ort_provenance(cfg.threads, cfg.ort_opt_level))
+    if cfg.realtime:
+        with realtime_priority(True) as rt:
+            info["realtime_active"] = rt.active
+    if cfg.steady_allocator and cfg.runtime != "onnxruntime":
+        info["steady_allocator_active"] = steady_allocator()
+    return info
+
+
+# ---------------------------------------------------------------------------- samplers
+def _example(input_shape: Sequence[int], cfg: HarnessConfig, device: str = "cpu"):
+    import torch
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn((cfg.batch, *input_shape), generator=generator)
+    return x.to(device=device, dtype=_torch_dtype(cfg.dtype))
+
+
+def torch_sampler(module, input_shape: Sequence[int], cfg: HarnessConfig) -> Callable[[int], float]:
+    """``sample(number)`` for torch-cpu (wall clock) or torch-cuda (CUDA events)."""
+    import torch
+
+    if cfg.runtime == "torch-cuda":
+        module = module.eval().to(device="cuda", dtype=_torch_dtype(cfg.dtype))
+        x = _example(input_shape, cfg, "cuda")
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+
+        def sample(number: int) -> float:
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(number):
+                module(x)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+
+        return sample
+    module = module.eval().to(dtype=_torch_dtype(cfg.dtype))
+    x = _example(input_shape, cfg)
+    return ort_runner.perf_counter_sample(lambda: module(x))
+
+
+def export_for_ort(module, input_shape: Sequence[int], cfg: HarnessConfig, path: str | Path) -> Path:
+    """Export ``module`` for an input of ``(cfg.batch, *input_shape)`` (native HardSwish)."""
+    from nas.export import export_module
+
+    return export_module(module.eval().float(), _example(input_shape, cfg.replace(dtype="float32")), path)
+
+
+def ort_sampler(path: str | Path, input_shape: Sequence[int], cfg: HarnessConfig) -> Callable[[int], float]:
+    session = ort_runner.make_session(path, cfg.threads, opt_level=cfg.ort_opt_level)
+    call = ort_runner.session_callable(session, (cfg.batch, *input_shape), "float32", seed=cfg.seed)
+    return ort_runner.perf_counter_sample(call)
+
+
+# ---------------------------------------------------------------------------- measuring
+def measure(module, input_shape: Sequence[int], cfg: HarnessConfig | None = None) -> Timing:
+    """Time ``module`` on a random input of shape ``(cfg.batch, *input_shape)``.
+
+    ``input_shape`` excludes the batch dimension (``(3, 224, 224)`` for a network). For
+    onnxruntime the module is exported to a temporary file first.
+    """
+    cfg = cfg or HarnessConfig()
+    with harness_context(cfg):
+        if cfg.runtime == "onnxruntime":
+            with tempfile.TemporaryDirectory(prefix="nas-ort-") as tmp:
+                path = export_for_ort(module, input_shape, cfg, Path(tmp) / "module.onnx")
+                stats = run_samples(ort_sampler(path, input_shape, cfg), **cfg.sampling())
+        else:
+            stats = run_samples(torch_sampler(module, input_shape, cfg), **cfg.sampling())
+    return Timing.from_stats(stats)
+
+
+def measure_onnx(path: str | Path, input_shape: Sequence[int], cfg: HarnessConfig) -> Timing:
+    """Time an already exported ONNX file with onnxruntime (``cfg.runtime`` must say so)."""
+    if cfg.runtime != "onnxruntime":
+        raise HarnessError(f"measure_onnx needs runtime onnxruntime, got {cfg.runtime}")
+    with pinned_cpu(cfg.pin_cpu), realtime_priority(cfg.realtime):
+        stats = run_samples(ort_sampler(path, input_shape, cfg), **cfg.sampling())
+    return Timing.from_stats(stats)
+
+
+Builder = Callable[[str], "tuple[Any, Sequence[int]]"]
+
+
+def default_onnx_cache() -> Path:
+    """Where exported ONNX files are kept between runs (``$NAS_LUT_CACHE`` or ~/.cache)."""
+    root = os.environ.get("NAS_LUT_CACHE") or Path.home() / ".cache" / "nas-lut"
+    return Path(root) / "onnx"
+
+
+class ItemMeasurer:
+    """``measure_one(name)`` for :func:`nas.cost.ort_runner.run_passes`.
+
+    ``build(name)`` returns ``(module, input_shape)``; modules are built anew for each
+    measurement (with a fixed seed), so a long interleaved run holds one at a time. For
+    onnxruntime each item is exported once into ``onnx_dir`` (default
+    :func:`default_onnx_cache`), named by item and batch, and the file is reused by later
+    passes and later runs; :meth:`prepare` exports everything before timing starts.
+    """
+
+    def __init__(self, build: Builder, cfg: HarnessConfig, *, onnx_dir: str | Path | None = None) -> None:
+        self.build = build
+        self.cfg = cfg
+        self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else default_onnx_cache()
+        self.shapes: dict[str, Sequence[int]] = {}
+
+    def onnx_path(self, name: str) -> Path:
+        return self.onnx_dir / f"{_file_stem(name)}_b{self.cfg.batch}.onnx"
+
+    def prepare(self, names: Sequence[str], progress: bool = False) -> None:
+        """Export the ONNX files of ``names`` (onnxruntime only; a no-op otherwise)."""
+        if self.cfg.runtime != "onnxruntime":
+            return
+        todo = list(dict.fromkeys(names))
+        bar = None
+        if progress and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="export ONNX", unit="file", leave=False)
+        for name in todo:
+            self._exported(name)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+    def _exported(self, name: str) -> Path:
+        import torch
+
+        path = self.onnx_path(name)
+        if not path.is_file() or name not in self.shapes:
+            torch.manual_seed(self.cfg.seed)
+            module, shape = self.build(name)
+            self.shapes[name] = shape
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.stem + f".partial{os.getpid()}.onnx")
+                export_for_ort(module, shape, self.cfg, tmp)
+                tmp.replace(path)
+        return path
+
+    def __call__(self, name: str) -> dict[str, Any]:
+        import torch
+
+        if self.cfg.runtime == "onnxruntime":
+            path = self._exported(name)
+            return run_samples(ort_sampler(path, self.shapes[name], self.cfg), **self.cfg.sampling())
+        torch.manual_seed(self.cfg.seed)
+        module, shape = self.build(name)
+        return run_samples(torch_sampler(module, shape, self.cfg), **self.cfg.sampling())
+
+
+def item_measurer(build: Builder, cfg: HarnessConfig, *, onnx_dir: str | Path | None = None) -> ItemMeasurer:
+    """An :class:`ItemMeasurer` (kept as a function for symmetry with :func:`measure`)."""
+    return ItemMeasurer(build, cfg, onnx_dir=onnx_dir)
+
+
+class _Timed:
+    """Wraps one op of a network and appends the seconds of each call to ``log``."""
+
+    def __init__(self, op, log: list[float]) -> None:
+        self.op = op
+        self.log = log
+
+    def __call__(self, x):
+        t0 = _perf_counter()
+        y = self.op(x)
+        self.log.append(_perf_counter() - t0)
+        return y
+
+
+class _CudaTimed:
+    """Like :class:`_Timed` with CUDA events; read after the forward's synchronisation."""
+
+    def __init__(self, op, pending: list) -> None:
+        import torch
+
+        self.op = op
+        self.pending = pending
+        self._event = torch.cuda.Event
+
+    def __call__(self, x):
+        start, end = self._event(enable_timing=True), self._event(enable_timing=True)
+        start.record()
+        y = self.op(x)
+        end.record()
+        self.pending.append((start, end))
+        return y
+
+
+def _perf_counter() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def network_ops(model) -> list[Any]:
+    """The ops of a :class:`nas.model.MobileNetV3Net` in the order of :func:`keys_for_spec`."""
+    return [*model.features, model.avgpool, model.classifier]
+
+
+def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) -> tuple[Timing, list[tuple[str, Timing]]]:
+    """Time ``spec``'s network and, inside the same forward passes, each of its ops.
+
+    Every op (stem, bnecks, last conv, pool, classifier) is timed where it runs: its input
+    was just written by the op before it and its weights were pushed out of the caches by
+    the rest of the network, as in an end-to-end run. Summing isolated timings misses
+    exactly this (MEASURED.md: 15-20% under-prediction; far more for the 1280/1000
+    classifier, whose 10 MB of weights stay cached in isolation). Returns the end-to-end
+    timing (including the ~1 us per op of the wrappers) and ``(key, timing)`` per op in
+    network order, repeats kept. torch runtimes only.
+    """
+    import torch
+    from torch import nn
+
+    from nas.cost.keys import keys_for_spec
+    from nas.model import build_model
+
+    cfg = cfg or HarnessConfig()
+    if cfg.runtime == "onnxruntime":
+        raise HarnessError("in-context op timing needs a torch runtime; onnxruntime tables "
+                           "time exported ops (method 'isolated')")
+    spec = spec.resolved()
+    keys = keys_for_spec(spec)
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec) if model is None else model
+    device = "cuda" if cfg.runtime == "torch-cuda" else "cpu"
+    model = model.eval().to(device=device, dtype=_torch_dtype(cfg.dtype))
+    ops = network_ops(model)
+    if len(ops) != len(keys):  # pragma: no cover - guards a change of nas.model's layout
+        raise HarnessError(f"network has {len(ops)} ops but {len(keys)} latency keys")
+    logs: list[list[float]] = [[] for _ in ops]
+    pending: list[list] = [[] for _ in ops]
+    wrappers = [(_CudaTimed(op, pending[i]) if device == "cuda" else _Timed(op, logs[i]))
+                for i, op in enumerate(ops)]
+
+    class _Wrapped(nn.Module):
+        # A plain forward over the wrapped ops, the same as MobileNetV3Net.forward.
+        def forward(self, x):
+            for w in wrappers[:-2]:
+                x = w(x)
+            x = wrappers[-2](x)
+            x = torch.flatten(x, 1)
+            return wrappers[-1](x)
+
+    wrapped = _Wrapped()
+    x = _example((3, spec.resolution, spec.resolution), cfg, device)
+
+    def collect_cuda() -> None:
+        for i, events in enumerate(pending):
+            logs[i].extend(start.elapsed_time(end) / 1e3 for start, end in events)
+            events.clear()
+
+    def sample(number: int) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(number):
+                wrapped(x)
+            end.record()
+            end.synchronize()
+            collect_cuda()
+            return start.elapsed_time(end) / 1e3
+        t0 = _perf_counter()
+        for _ in range(number):
+            wrapped(x)
+        return _perf_counter() - t0
+
+    def reset() -> None:
+        for log in logs:
+            log.clear()
+        for events in pending:
+            events.clear()
+
+    with harness_context(cfg):
+        stats = run_samples(sample, after_warmup=reset, **cfg.sampling())
+    per_op = [(key, Timing.from_stats(ort_runner.summarize(log))) for key, log in zip(keys, logs)]
+    return Timing.from_stats(stats), per_op
+
+
+def _file_stem(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+    if len(safe) <= 80:
+        return safe
+    return safe[:40] + "-" + hashlib.sha1(name.encode()).hexdigest()[:16]
+
+
+def measure_interleaved(
+    names: Sequence[str],
+    build: Builder,
+    cfg: HarnessConfig,
+    *,
+    passes: int | None = None,
+    log_path: str | Path | None = None,
+    onnx_dir: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "timing",
+    callback: Callable[[int, int, str], None] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Measure each named item once per pass over ``passes`` shuffled passes.
+
+    Returns ``(figures, per_pass)``: for each name the aggregate (``ms``: the
+    ``cfg.pass_statistic`` of the per-pass medians; also their median, lower quartile and
+    min, the median IQR, pass spread, mean load average) and its per-pass rows. Units in
+    ``log_path`` from an interrupted run are reused (resume).
+    """
+    passes = passes or cfg.passes
+    names = list(dict.fromkeys(names))
+    bar = None
+    if progress and names:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names) * passes, desc=desc, unit="op", leave=False)
+    measure_one = item_measurer(build, cfg, onnx_dir=onnx_dir)
+    measure_one.prepare(names, progress=progress)
+    try:
+        with harness_context(cfg):
+            per_pass, _ = ort_runner.run_passes(
+                names, measure_one, passes=passes,
+                log_path=Path(log_path) if log_path is not None else None, seed=cfg.seed,
+                callback=callback, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    figures = {name: ort_runner.aggregate(rows, cfg.pass_statistic)
+               for name, rows in per_pass.items() if rows}
+    return figures, per_pass
+
+
+__all__ = [
+    "DTYPES", "HarnessConfig", "HarnessError", "ItemMeasurer", "RUNTIMES", "Timing",
+    "default_onnx_cache", "device_name",
+    "export_for_ort", "harness_context", "harness_provenance", "item_measurer", "loadavg",
+    "measure", "measure_in_context", "measure_interleaved", "measure_onnx", "network_ops",
+    "runtime_version",
+]
