@@ -94,6 +94,10 @@ def build_evaluator(cfg: dict[str, Any], run_dir: Path):
         train_cfg = TrainConfig.from_dict(cfg["evaluator"]["train"])
         cache = run_dir / "proxy_cache.jsonl" if cfg["evaluator"].get("cache", True) else None
         return ProxyTrainingEvaluator(data_cfg, train_cfg, cache_path=cache)
+    if kind == "supernet":
+        from nas.supernet_evaluator import supernet_evaluator_from_config
+
+        return supernet_evaluator_from_config(cfg, data_cfg, run_dir)
     raise SearchError(f"evaluator.kind must be 'proxy' or 'supernet', got {kind!r}")
 
 

@@ -1,0 +1,125 @@
+"""nas-search end to end: real proxy training on synthetic data, a real (tiny) latency table."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from nas.cost.lut import LatencyTable
+from nas.cost.timing import HarnessConfig
+from nas.formats import load_spec
+from nas.space import load_space
+from nas.study_runner import JOURNAL_NAME
+
+SPACES = Path(__file__).resolve().parent / "data" / "spaces"
+SCRIPT = str(Path(sys.executable).parent / "nas-search")
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory) -> Path:
+    """A table measured here for the tiny test space (64x64, few repeats)."""
+    space = load_space(SPACES / "space" / "tiny.yaml")
+    harness = HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0, passes=1,
+                            max_run_time=0.05)
+    directory = tmp_path_factory.mktemp("table")
+    table = LatencyTable.create(harness, resolution=64)
+    table.build(space, progress=False, save_to=directory)
+    return directory
+
+
+def _args(run_dir: Path, table: Path, *extra: str) -> list[str]:
+    return [
+        SCRIPT, f"hydra.searchpath=[file://{SPACES}]", "space=tiny",
+        f"latency.table={table}", "latency.resolution=64", f"hydra.run.dir={run_dir}",
+        "data.train_samples=96", "data.val_samples=64", "data.batch_size=32",
+        "evaluator.train.epochs=1", *extra,
+    ]
+
+
+def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def test_search_end_to_end_and_resume(tmp_path: Path, tiny_table: Path):
+    run_dir = tmp_path / "run"
+    result = _run(_args(run_dir, tiny_table, "trials=3", "sampler=nsga2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Pareto front" in result.stdout
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 3 and (trials["state"] == "COMPLETE").all()
+    assert trials.loc[0, "canonical"]  # the canonical network is trial 0
+    assert trials["accuracy"].between(0, 1).all() and (trials["latency_ms"] > 0).all()
+    assert (trials["madds"] > 0).all() and (trials["params"] > 0).all()
+    pareto = pd.read_csv(run_dir / "pareto.csv")
+    configs = sorted((run_dir / "pareto").glob("*.yaml"))
+    assert len(configs) == len(pareto) >= 1
+    load_spec(configs[0])  # the builder's loader reads them back
+    assert (run_dir / "pareto.png").stat().st_size > 0
+    assert (run_dir / JOURNAL_NAME).is_file()
+
+    resumed = _run(_args(run_dir, tiny_table, "trials=5", "sampler=nsga2", "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert list(trials["number"]) == [0, 1, 2, 3, 4]
+    assert trials["canonical"].sum() == 1
+
+
+def test_missing_latency_keys_stop_the_run_or_get_measured(tmp_path: Path, tiny_table: Path):
+    full = LatencyTable.load(tiny_table)
+    kept = {key: full.entry(key) for key in full.keys[5:]}
+    LatencyTable(full.provenance, kept).save(tmp_path / "partial")
+    result = _run(_args(tmp_path / "run1", tmp_path / "partial", "trials=1"))
+    assert result.returncode == 2
+    assert "lacks 5 key(s)" in result.stderr and "measure_missing=true" in result.stderr
+    measured = _run(_args(tmp_path / "run2", tmp_path / "partial", "trials=1",
+                          "latency.measure_missing=true"))
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    assert LatencyTable.load(tmp_path / "partial").missing_keys(load_space(SPACES / "space" / "tiny.yaml")) == []
+
+
+def test_table_resolution_must_match(tmp_path: Path, tiny_table: Path):
+    result = _run(_args(tmp_path / "run", tiny_table, "latency.resolution=224"))
+    assert result.returncode == 2 and "resolution" in result.stderr
+
+
+def test_ctrl_c_stops_cleanly_with_outputs(tmp_path: Path, tiny_table: Path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_args(run_dir, tiny_table, "trials=200"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    storage = None
+    while time.time() < deadline:
+        time.sleep(2)
+        if (run_dir / JOURNAL_NAME).is_file():
+            storage = optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str(run_dir / JOURNAL_NAME)))
+            try:
+                study = optuna.load_study(study_name="mobilenetv3_search", storage=storage)
+            except KeyError:
+                continue
+            if len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) >= 2:
+                break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert "interrupted" in out + err
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert (trials["state"] == "COMPLETE").sum() >= 2
+    assert len(trials) < 200
+    assert (run_dir / "pareto.png").is_file()
+
+
+def test_search_with_the_supernet_evaluator(tmp_path: Path, tiny_table: Path):
+    run_dir = tmp_path / "run"
+    result = _run([a for a in _args(run_dir, tiny_table, "trials=3") if not a.startswith("evaluator.")]
+                  + ["evaluator=supernet", "evaluator.train.steps=3", "evaluator.bn_batches=1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 3 and (trials["state"] == "COMPLETE").all()
+    assert (run_dir / "supernet" / "supernet.pt").is_file()
