@@ -1,0 +1,289 @@
+"""Supernet benchmark on the CIFAR-10 subset: ranking quality, training and scoring time.
+
+1. Pick specs spanning the space (``mobilenetv3_small`` by default): its smallest, largest
+   and canonical networks plus random specs at evenly spaced parameter-count quantiles of a
+   seeded pool.
+2. Train each stand-alone with the proxy budget every search uses
+   (``nas/conf/evaluator/proxy.yaml`` on ``nas/conf/data/cifar10_subset.yaml``, through
+   :class:`nas.proxy.ProxyTrainingEvaluator`); results are cached in a JSON-lines file,
+   so an interrupted benchmark resumes.
+3. Train one supernet with the sandwich rule and in-place distillation (checkpointed,
+   resumes), then score every spec with :class:`nas.supernet_evaluator.SupernetEvaluator`
+   (activate, recalibrate BN, validation top-1), timing each score.
+4. Kendall's tau (and Spearman's rho) between supernet scores and stand-alone accuracy, with
+   the parameter count as a naive baseline predictor.
+
+Writes results.csv, summary.yaml, summary.md and scatter.png into --out; checkpoints and the
+proxy cache go to --work (outside git).
+
+    nohup .venv/bin/python experiments/supernet_benchmark.py > experiments/results/supernet/run.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from nas.arch import NetworkSpec  # noqa: E402
+from nas.data import DataConfig, make_loaders  # noqa: E402
+from nas.formats import to_string  # noqa: E402
+from nas.model import build_model  # noqa: E402
+from nas.proxy import ProxyTrainingEvaluator  # noqa: E402
+from nas.space import SearchSpace, load_space  # noqa: E402
+from nas.supernet_evaluator import SupernetEvaluator  # noqa: E402
+from nas.supernet_train import SupernetTrainConfig, new_supernet, train_supernet  # noqa: E402
+from nas.train import TrainConfig  # noqa: E402
+
+CONF = REPO / "nas" / "conf"
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
+DEFAULT_OUT = REPO / "experiments" / "results" / "supernet"
+DEFAULT_WORK = REPO / "outputs" / "supernet_benchmark"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] load {os.getloadavg()[0]:.2f} | {message}", flush=True)
+
+
+def params_of(spec: NetworkSpec, num_classes: int) -> int:
+    return sum(p.numel() for p in build_model(spec, num_classes=num_classes).parameters())
+
+
+def pick_specs(space: SearchSpace, count: int, pool: int, seed: int) -> dict[str, NetworkSpec]:
+    """Smallest, largest, canonical, and ``count - 3`` random specs spread over model size."""
+    from nas.supernet import Supernet
+
+    probe = Supernet(space, num_classes=10)
+    specs = {"smallest": probe.smallest_spec(), "largest": probe.largest_spec(),
+             "canonical": space.base}
+    rng = random.Random(seed)
+    candidates = [space.sample(rng) for _ in range(pool)]
+    sized = sorted(candidates, key=lambda s: params_of(s, 10))
+    n = count - len(specs)
+    for i in range(n):
+        # Evenly spaced quantiles of the pool's parameter counts (both ends excluded).
+        index = round((i + 1) * (len(sized) - 1) / (n + 1))
+        specs[f"random_q{i + 1:02d}"] = sized[index]
+    return {name: spec.replace(name=name) for name, spec in specs.items()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default="mobilenetv3_small")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="imagefolder root")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help="supernet checkpoint and proxy cache (resumable state)")
+    parser.add_argument("--specs", type=int, default=12, help="specs to compare (>= 10)")
+    parser.add_argument("--pool", type=int, default=200, help="random specs to pick quantiles from")
+    parser.add_argument("--seed", type=int, default=0, help="spec sampling seed")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="default: the cifar10_subset data config's (64)")
+    parser.add_argument("--train-samples", type=int, default=None, help="subset of train (quick looks)")
+    parser.add_argument("--val-samples", type=int, default=None, help="subset of val (quick looks)")
+    parser.add_argument("--supernet-epochs", type=int, default=8)
+    parser.add_argument("--num-random", type=int, default=2)
+    parser.add_argument("--bn-batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine two OpenMP "
+                             "threads stall against other processes)")
+    parser.add_argument("--progress", action="store_true", help="tqdm bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    started = time.perf_counter()
+
+    # The proxy budget of every search: the shipped data and evaluator configs.
+    data_doc = yaml.safe_load((CONF / "data" / "cifar10_subset.yaml").read_text())
+    data_doc["root"] = str(args.root)
+    if args.resolution:
+        data_doc["resolution"] = args.resolution
+    data_doc.update(train_samples=args.train_samples, val_samples=args.val_samples)
+    data_cfg = DataConfig.from_dict(data_doc)
+    proxy_doc = yaml.safe_load((CONF / "evaluator" / "proxy.yaml").read_text())["train"]
+    proxy_cfg = dataclasses.replace(TrainConfig.from_dict(proxy_doc), device="cpu",
+                                    progress=args.progress)
+    space = load_space(args.space)
+    specs = pick_specs(space, args.specs, args.pool, args.seed)
+    log(f"{len(specs)} specs from {args.space}; data {data_cfg.name} at {data_cfg.resolution}px")
+
+    # ---- stand-alone proxy training (cached, resumable)
+    proxy = ProxyTrainingEvaluator(data_cfg, proxy_cfg, cache_path=args.work / "proxy_cache.jsonl")
+    standalone: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for name, spec in specs.items():
+        cached = proxy.cached(spec) is not None
+        result = proxy.evaluate(spec)
+        standalone[name] = result
+        log(f"stand-alone {name}: top-1 {result.top1:.4f} ({result.details['seconds']:.0f} s"
+            f"{', cached' if cached else ''})")
+    standalone_wall = time.perf_counter() - t0
+
+    # ---- the supernet (checkpointed, resumable)
+    train_cfg = SupernetTrainConfig(
+        epochs=args.supernet_epochs, lr=proxy_cfg.lr, optimizer=proxy_cfg.optimizer,
+        weight_decay=proxy_cfg.weight_decay, label_smoothing=proxy_cfg.label_smoothing,
+        num_random=args.num_random, device="cpu", progress=args.progress, checkpoint_every=20)
+    loaders = make_loaders(data_cfg, seed=train_cfg.seed)
+    t0 = time.perf_counter()
+    trained = train_supernet(new_supernet(space, loaders.num_classes, train_cfg), data_cfg,
+                             train_cfg, checkpoint_dir=args.work / "supernet", loaders=loaders)
+    supernet_wall_this_call = time.perf_counter() - t0
+    log(f"supernet: {trained.steps} steps, {trained.seconds:.0f} s training in all")
+
+    # ---- scoring
+    evaluator = SupernetEvaluator(trained.supernet, data_cfg, bn_batches=args.bn_batches,
+                                  device="cpu", loaders=loaders, seed=train_cfg.seed)
+    t0 = time.perf_counter()
+    list(evaluator.calibration_batches()), list(evaluator.validation_batches())
+    cache_fill = time.perf_counter() - t0
+    rows = []
+    for name, spec in specs.items():
+        scores = [evaluator.evaluate(spec) for _ in range(3)]
+        seconds = [s.details["seconds"] for s in scores]
+        assert len({s.top1 for s in scores}) == 1, "supernet scores must be deterministic"
+        sa = standalone[name]
+        rows.append({
+            "spec": name, "params": params_of(spec, loaders.num_classes),
+            "standalone_top1": sa.top1, "standalone_seconds": sa.details["seconds"],
+            "supernet_top1": scores[0].top1, "supernet_val_loss": scores[0].details["val_loss"],
+            "score_seconds_median": statistics.median(seconds), "arch": to_string(spec),
+        })
+        log(f"supernet score {name}: top-1 {scores[0].top1:.4f} "
+            f"(stand-alone {sa.top1:.4f}; {statistics.median(seconds):.2f} s)")
+    frame = pd.DataFrame(rows)
+    frame.to_csv(args.out / "results.csv", index=False)
+    summarise(frame, args, data_cfg, proxy_cfg, train_cfg, trained, {
+        "load_average_at_start": load_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        "standalone_wall_seconds_this_invocation": round(standalone_wall, 1),
+        "supernet_wall_seconds_this_invocation": round(supernet_wall_this_call, 1),
+        "score_cache_fill_seconds": round(cache_fill, 2),
+    })
+    return 0
+
+
+def summarise(frame: pd.DataFrame, args: argparse.Namespace, data_cfg: DataConfig,
+              proxy_cfg: TrainConfig, train_cfg: SupernetTrainConfig, trained: Any,
+              timing: dict[str, Any]) -> dict[str, Any]:
+    """Write summary.yaml, summary.md and scatter.png."""
+    from scipy.stats import kendalltau, spearmanr
+
+    tau, p_tau = kendalltau(frame["supernet_top1"], frame["standalone_top1"])
+    rho, _ = spearmanr(frame["supernet_top1"], frame["standalone_top1"])
+    tau_params, _ = kendalltau(frame["params"], frame["standalone_top1"])
+    score_seconds = frame["score_seconds_median"]
+    summary: dict[str, Any] = {
+        "ranking": {
+            "specs": int(len(frame)), "kendall_tau": round(float(tau), 4),
+            "kendall_p": round(float(p_tau), 5), "spearman_rho": round(float(rho), 4),
+            "baseline_kendall_tau_params_vs_standalone": round(float(tau_params), 4),
+            "standalone_top1_range": [round(float(frame["standalone_top1"].min()), 4),
+                                      round(float(frame["standalone_top1"].max()), 4)],
+            "supernet_top1_range": [round(float(frame["supernet_top1"].min()), 4),
+                                    round(float(frame["supernet_top1"].max()), 4)],
+        },
+        "timing": {
+            "supernet_training_seconds": round(trained.seconds, 1),
+            "supernet_steps": trained.steps,
+            "supernet_images_per_second": round(trained.images_per_second, 1),
+            "score_seconds_median": round(float(score_seconds.median()), 3),
+            "score_seconds_max": round(float(score_seconds.max()), 3),
+            "standalone_training_seconds_all_specs": round(float(frame["standalone_seconds"].sum()), 1),
+            "standalone_training_seconds_median": round(float(frame["standalone_seconds"].median()), 1),
+            **timing,
+        },
+        "settings": {
+            "space": args.space, "data": data_cfg.settings(), "proxy_train": proxy_cfg.settings(),
+            "supernet_train": train_cfg.settings(), "bn_batches": args.bn_batches,
+            "val_images": len(make_loaders(data_cfg).val.dataset), "threads": args.threads,
+            "spec_pool": args.pool, "spec_seed": args.seed,
+        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "torch": str(torch.__version__)},
+        "supernet_history": trained.history,
+    }
+    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+
+    r, t = summary["ranking"], summary["timing"]
+    lines = [
+        "# Supernet benchmark (CIFAR-10 subset)", "",
+        f"Space `{args.space}`, {r['specs']} specs (smallest, largest, canonical, and random specs at "
+        f"evenly spaced parameter-count quantiles of {args.pool} samples). Resolution "
+        f"{data_cfg.resolution} (32x32 images resized), batch {data_cfg.batch_size}, "
+        f"{args.threads} torch thread(s), CPU ({os.cpu_count()} cores, shared).", "",
+        f"* Stand-alone: the search's proxy budget (`nas/conf/evaluator/proxy.yaml`): "
+        f"{proxy_cfg.epochs} epochs, {proxy_cfg.optimizer} lr {proxy_cfg.lr}, {proxy_cfg.schedule}, "
+        f"label smoothing {proxy_cfg.label_smoothing}, BN recalibration "
+        f"{proxy_cfg.bn_recalibration_batches} batches.",
+        f"* Supernet: {train_cfg.epochs} epochs of sandwich steps (largest + smallest + "
+        f"{train_cfg.num_random} random), in-place distillation, {train_cfg.optimizer} lr "
+        f"{train_cfg.lr} {train_cfg.schedule}; scoring: BN recalibration on {args.bn_batches} "
+        f"training batches, top-1 on {summary['settings']['val_images']} validation images.", "",
+        f"**Kendall tau (supernet score vs stand-alone top-1): {r['kendall_tau']:.3f}** "
+        f"(p = {r['kendall_p']:.4f}); Spearman rho {r['spearman_rho']:.3f}. "
+        f"Baseline, parameter count vs stand-alone top-1: tau {r['baseline_kendall_tau_params_vs_standalone']:.3f}.",
+        "",
+        f"Supernet training: {t['supernet_training_seconds']:.0f} s ({t['supernet_steps']} steps, "
+        f"{t['supernet_images_per_second']:.1f} images/s). Scoring one candidate: median "
+        f"{t['score_seconds_median']:.2f} s, max {t['score_seconds_max']:.2f} s (after a one-off "
+        f"{t['score_cache_fill_seconds']:.1f} s to decode and cache the batches). Stand-alone proxy "
+        f"training: median {t['standalone_training_seconds_median']:.0f} s per spec, "
+        f"{t['standalone_training_seconds_all_specs']:.0f} s for all.", "",
+        f"Load average at start {t['load_average_at_start']}, at end {t['load_average_at_end']}; "
+        f"this invocation's wall time {t['wall_seconds_this_invocation']:.0f} s.", "",
+        "| spec | params | stand-alone top-1 | supernet top-1 | score s |", "|---|---|---|---|---|",
+    ]
+    for row in frame.sort_values("standalone_top1", ascending=False).itertuples():
+        lines.append(f"| {row.spec} | {row.params / 1e6:.2f}M | {row.standalone_top1:.4f} | "
+                     f"{row.supernet_top1:.4f} | {row.score_seconds_median:.2f} |")
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    _plot(frame, float(tau), args.out / "scatter.png")
+    return summary
+
+
+def _plot(frame: pd.DataFrame, tau: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    points = ax.scatter(frame["supernet_top1"], frame["standalone_top1"], c=frame["params"] / 1e6,
+                        cmap="viridis")
+    fig.colorbar(points, ax=ax, label="parameters (M)")
+    for row in frame.itertuples():
+        ax.annotate(row.spec, (row.supernet_top1, row.standalone_top1), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("supernet score (top-1 after BN recalibration)")
+    ax.set_ylabel("stand-alone proxy-trained top-1")
+    ax.set_title(f"Supernet vs stand-alone ranking (Kendall tau {tau:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
