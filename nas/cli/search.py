@@ -110,6 +110,12 @@ def settings_of(cfg: dict[str, Any]) -> StudySettings:
 def build_objective(args: tuple[dict[str, Any], str]) -> Objective:
     """Worker-side factory: rebuild the objective from the plain config (picklable)."""
     cfg, run_dir = args
+    import torch
+
+    # Oversubscribed intra-op threads are catastrophic on a small shared CPU (a 2-core
+    # machine under load trained 30x slower with 2 threads than with 1), so each worker
+    # uses a fixed, configured number.
+    torch.set_num_threads(cfg["threads"])
     space = build_space(cfg)
     table = load_table(cfg)
     cost = None
