@@ -26,8 +26,6 @@ from nas.arch import NetworkSpec
 
 log = logging.getLogger("nas-netadapt")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TABLES_DIR = REPO_ROOT / "latency_tables"
 SAVE_MEASURED = ("run", "table", "none")
 
 
@@ -78,16 +76,11 @@ def start_spec(cfg: dict[str, Any]) -> NetworkSpec:
 
 
 def table_dir(name_or_path: str) -> Path:
-    """A shipped table by folder name (under ``latency_tables/``) or a path."""
+    """The ``latency.table`` folder (a path relative to the launch directory, or a shipped name)."""
+    from nas.cost.lut import resolve_table_dir
+
     path = _path(name_or_path)
-    if path.is_dir():
-        return path
-    shipped = TABLES_DIR / name_or_path
-    if shipped.is_dir():
-        return shipped
-    names = sorted(p.name for p in TABLES_DIR.iterdir() if p.is_dir()) if TABLES_DIR.is_dir() else []
-    raise NetAdaptCliError(f"latency.table: {name_or_path!r} is neither a folder nor a shipped table "
-                           f"(shipped: {names})")
+    return resolve_table_dir(path if path.is_dir() else name_or_path)
 
 
 def make_latency(cfg: dict[str, Any], run_dir: Path):

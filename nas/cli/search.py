@@ -38,25 +38,18 @@ from nas.study_runner import (
 
 log = logging.getLogger("nas-search")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TABLES_DIR = REPO_ROOT / "latency_tables"
 
 
 class SearchError(RuntimeError):
     """The run cannot start (bad config, uncovered table, ...); the message says why."""
 
 
-def resolve_table_dir(name_or_path: str) -> Path:
-    """A shipped table by folder name (under ``latency_tables/``) or a path."""
+def table_dir(name_or_path: str) -> Path:
+    """The ``latency.table`` folder (a path relative to the launch directory, or a shipped name)."""
+    from nas.cost.lut import resolve_table_dir
+
     path = Path(hydra.utils.to_absolute_path(name_or_path)) if HydraConfig.initialized() else Path(name_or_path)
-    if path.is_dir():
-        return path
-    shipped = TABLES_DIR / name_or_path
-    if shipped.is_dir():
-        return shipped
-    names = sorted(p.name for p in TABLES_DIR.iterdir() if p.is_dir()) if TABLES_DIR.is_dir() else []
-    raise SearchError(f"latency.table: {name_or_path!r} is neither a folder nor a shipped table "
-                      f"(shipped: {names})")
+    return resolve_table_dir(path if path.is_dir() else name_or_path)
 
 
 @dataclass(frozen=True)
@@ -76,7 +69,7 @@ def build_space(cfg: dict[str, Any]) -> SearchSpace:
 def load_table(cfg: dict[str, Any]):
     from nas.cost.lut import LatencyTable
 
-    table = LatencyTable.load(resolve_table_dir(cfg["latency"]["table"]))
+    table = LatencyTable.load(table_dir(cfg["latency"]["table"]))
     table.check_compatible(runtime=cfg["latency"]["runtime"], resolution=cfg["latency"]["resolution"])
     return table
 

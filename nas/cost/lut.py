@@ -71,6 +71,23 @@ class LatencyTableError(ValueError):
     """A table folder is missing, malformed, or used where it does not apply."""
 
 
+SHIPPED_TABLES_DIR = Path(__file__).resolve().parents[2] / "latency_tables"
+
+
+def resolve_table_dir(name_or_path: str | Path) -> Path:
+    """A table folder: a path, or the name of a table shipped under ``latency_tables/``."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    shipped = SHIPPED_TABLES_DIR / str(name_or_path)
+    if shipped.is_dir():
+        return shipped
+    names = (sorted(p.name for p in SHIPPED_TABLES_DIR.iterdir() if p.is_dir())
+             if SHIPPED_TABLES_DIR.is_dir() else [])
+    raise LatencyTableError(f"latency table {str(name_or_path)!r} is neither a folder nor a "
+                            f"shipped table (shipped: {names})")
+
+
 class SchemaVersionError(LatencyTableError):
     """The table was written with another schema version."""
 
