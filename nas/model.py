@@ -104,7 +104,9 @@ class MobileNetV3Net(nn.Module):
             self.classifier = nn.Sequential(
                 nn.Linear(resolved.last_conv, resolved.head_features),
                 head_act(inplace=True),
-                nn.Dropout(p=resolved.dropout, inplace=True),
+                # Not in-place (torchvision's is): ReLU saves its output for backward, so an
+                # in-place dropout after an in-place ReLU head breaks autograd.
+                nn.Dropout(p=resolved.dropout),
                 nn.Linear(resolved.head_features, resolved.num_classes),
             )
         else:

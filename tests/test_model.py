@@ -88,3 +88,10 @@ def test_dilated_blocks_keep_resolution():
 def test_num_classes_override():
     model = build_model(load_spec("small"), num_classes=7)
     assert model.classifier[-1].out_features == 7
+
+
+def test_minimal_network_with_relu_head_trains():
+    model = build_model(load_spec("small_minimal").replace(num_classes=3)).train()
+    loss = model(torch.randn(2, 3, 64, 64)).sum()
+    loss.backward()  # an in-place dropout after the in-place ReLU head would raise here
+    assert model.classifier[0].weight.grad is not None
