@@ -235,8 +235,9 @@ def build_op(key: str):
     else:
         if f.exp:
             act = activation_layer(f.act)
+            # As nas.model builds it (dropout not in place; a no-op in eval either way).
             module = nn.Sequential(nn.Linear(f.in_ch, f.exp), act(inplace=True),
-                                   nn.Dropout(p=0.2, inplace=True), nn.Linear(f.exp, f.out))
+                                   nn.Dropout(p=0.2), nn.Linear(f.exp, f.out))
         else:
             module = nn.Sequential(nn.Dropout(p=0.2, inplace=True), nn.Linear(f.in_ch, f.out))
         shape = (f.in_ch,)

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import random
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -54,7 +53,7 @@ from nas.cost.keys import (
     parse_key,
     spec_key_tuple,
 )
-from nas.cost.timing import HarnessConfig, HarnessError, harness_provenance
+from nas.cost.timing import HarnessConfig, harness_provenance
 
 SCHEMA_VERSION = 1
 TABLE_FILE = "table.csv"
@@ -685,11 +684,6 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def summary_of(values: Sequence[float]) -> dict[str, float]:
-    """Median and spread of a few numbers (for reports)."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 __all__ = [
