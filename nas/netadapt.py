@@ -258,31 +258,34 @@ class TableLatency:
         import statistics
 
         from nas.cost.lut import LatencyTableError
-        from nas.cost.ort_runner import loadavg
+        from nas.cost.ort_runner import aggregate, loadavg
         from nas.cost.timing import harness_context, measure_in_context
 
         if self.harness is None and self.table.provenance.get("source") != "measured here":
             raise LatencyTableError("this table was imported from another device; measuring "
                                     "missing keys here would mix devices -- pass a harness")
         cfg = self.harness or self.table.harness_config()
-        per_pass: dict[str, list[float]] = {}
-        iqr: dict[str, list[float]] = {}
+        # Per-pass rows combined exactly as a table build combines them (``cfg.pass_statistic``:
+        # the shipped tables use the minimum), so new keys and the anchors agree in kind.
+        per_pass: dict[str, list[dict[str, float]]] = {}
         with harness_context(cfg):
             for _ in range(cfg.passes):
                 _, ops = measure_in_context(spec.resolved(), cfg)
                 for key, timing in ops:
-                    per_pass.setdefault(key, []).append(timing.median_ms)
-                    iqr.setdefault(key, []).append(timing.iqr_ms)
-        now = {k: statistics.median(v) for k, v in per_pass.items()}
+                    per_pass.setdefault(key, []).append(
+                        {"median_ms": timing.median_ms, "min_ms": timing.min_ms,
+                         "iqr_ms": timing.iqr_ms, "mean_ms": timing.mean_ms, "n": timing.n})
+        figures = {k: aggregate(rows, cfg.pass_statistic) for k, rows in per_pass.items()}
+        now = {k: f["ms"] for k, f in figures.items()}
         known = [k for k in now if k in self.table and now[k] > 0]
         ratio = statistics.median(self.table.ms(k) / now[k] for k in known) if known else 1.0
         load = (loadavg() or [""])[0]
         stamp = datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
         for key in missing:
-            values = per_pass[key]
-            self.table.set_entry(key, now[key] * ratio, iqr_ms=statistics.median(iqr[key]) * ratio,
-                                 mean_ms=statistics.fmean(values) * ratio, n=len(values),
-                                 passes=cfg.passes, pass_spread_ms=(max(values) - min(values)) * ratio,
+            f = figures[key]
+            self.table.set_entry(key, f["ms"] * ratio, iqr_ms=f["iqr_ms"] * ratio,
+                                 mean_ms=f["mean_ms"] * ratio, n=f["n"], passes=cfg.passes,
+                                 pass_spread_ms=f["pass_spread_ms"] * ratio,
                                  loadavg=load, measured_at=stamp, method="context-anchored")
         self.table.provenance.setdefault("builds", []).append({
             "date": stamp, "keys": len(missing), "method": "context-anchored (nas.netadapt)",

@@ -66,6 +66,8 @@ def test_validate_writes_csv_png_and_prints_figures(tmp_path, capsys):
     assert len(csv_path.read_text().splitlines()) == 7
     summary = yaml.safe_load((table_dir / "validation_summary.yaml").read_text())
     assert summary["tiny"]["metrics"]["n"] == 6
+    assert "against itself" in out
+    assert -1.0 <= summary["tiny"]["measurement"]["split_half_kendall_tau"] <= 1.0
 
 
 def test_build_then_predict(tmp_path, capsys):

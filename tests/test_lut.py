@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -274,3 +275,19 @@ def test_onnxruntime_table_measures_exported_ops(tmp_path, monkeypatch):
     assert loaded.ms("pool_r4_i32") > 0
     with pytest.raises(IncompatibleTableError, match="runtime"):
         loaded.measure(["head_i32_c11"], FAST, progress=False)
+
+
+def test_split_half_tau_measures_the_measurements_self_agreement():
+    from nas.cost.validate import split_half_tau
+
+    def spec_rounds(even: float, odd: float) -> dict:
+        rounds = [even, odd, even + 0.5, odd + 0.5]
+        return {"rounds_ms": [r + 1.0 for r in rounds], "rounds_min_ms": rounds}
+
+    agreeing = [spec_rounds(v, v + 0.1) for v in (1.0, 2.0, 3.0, 4.0)]
+    reversed_halves = [spec_rounds(v, 5.0 - v) for v in (1.0, 2.0, 3.0, 4.0)]
+    assert split_half_tau(agreeing, "min") == pytest.approx(1.0)
+    assert split_half_tau(agreeing, "median") == pytest.approx(1.0)
+    assert split_half_tau(reversed_halves, "min") == pytest.approx(-1.0)
+    one_round = [{"rounds_ms": [1.0], "rounds_min_ms": [1.0]}] * 3
+    assert math.isnan(split_half_tau(one_round, "min"))

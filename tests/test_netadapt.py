@@ -181,6 +181,25 @@ def test_missing_keys_are_measured_on_demand(tmp_path, mode):
         assert "context-anchored" in {saved.entry(k)["method"] for k in saved.keys}
 
 
+@pytest.mark.parametrize("statistic, expected_ms", [("min", 1.0), ("median", 2.0)])
+def test_anchored_keys_use_the_tables_pass_statistic(monkeypatch, statistic, expected_ms):
+    # Every op "measures" median 2 ms, minimum 1 ms: an empty table has no anchors (ratio 1),
+    # so each new entry is the harness's own figure -- the minimum for the shipped tables.
+    import nas.cost.timing as timing
+    from nas.cost.keys import keys_for_spec
+    from nas.cost.timing import Timing
+
+    def fake_measure(spec, cfg=None, *, model=None):
+        op = Timing(median_ms=2.0, iqr_ms=0.1, mean_ms=2.1, n=10, min_ms=1.0)
+        return op, [(key, op) for key in keys_for_spec(spec)]
+
+    monkeypatch.setattr(timing, "measure_in_context", fake_measure)
+    harness = HarnessConfig(passes=3, pass_statistic=statistic)
+    table = LatencyTable.create(harness, resolution=32, note="tests")
+    TableLatency(table, measure_missing=True, harness=harness, mode="anchored")(TINY)
+    assert {table.entry(k)["ms"] for k in table.keys} == {expected_ms}
+
+
 def test_uniform_width_baseline_meets_the_latency_and_stays_legal(tmp_path):
     latency = formula_latency(TINY, tmp_path)
     target = 0.8 * latency(TINY)

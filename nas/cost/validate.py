@@ -50,6 +50,34 @@ def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict
     }
 
 
+def split_half_tau(measured: Sequence[dict[str, Any]], statistic: str) -> float:
+    """Kendall tau between the figures of the even and the odd rounds of the same specs.
+
+    How well the end-to-end measurement agrees with itself: a table's rank correlation with
+    the measurement cannot be expected to exceed what two halves of the measurement reach
+    (on a machine whose speed moves from call to call this, not the table, is the cap).
+    Each half is reduced like the whole (``statistic`` of ``HarnessConfig.pass_statistic``).
+    NaN with fewer than two rounds or two specs.
+    """
+    import numpy as np
+    from scipy import stats
+
+    def figure(rounds_median: list[float], rounds_min: list[float]) -> float:
+        if statistic == "min":
+            return float(min(rounds_min))
+        return float(np.quantile(rounds_median, 0.25 if statistic == "q25" else 0.5))
+
+    halves: list[list[float]] = [[], []]
+    for m in measured:
+        if len(m["rounds_ms"]) < 2:
+            return float("nan")
+        for h in (0, 1):
+            halves[h].append(figure(m["rounds_ms"][h::2], m["rounds_min_ms"][h::2]))
+    if len(halves[0]) < 2:
+        return float("nan")
+    return float(stats.kendalltau(halves[0], halves[1]).statistic)
+
+
 @dataclass
 class ValidationReport:
     """What :func:`validate` found: per-spec rows and summary figures."""
@@ -60,10 +88,12 @@ class ValidationReport:
     settings: dict[str, Any]
     metrics_uncalibrated: dict[str, float] = field(default_factory=dict)
     metrics_recalibrated: dict[str, float] | None = None
+    measurement_split_half_tau: float = float("nan")
     files: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         out = {"metrics": self.metrics, "metrics_uncalibrated": self.metrics_uncalibrated,
+               "measurement": {"split_half_kendall_tau": self.measurement_split_half_tau},
                "settings": self.settings}
         if self.metrics_recalibrated is not None:
             out["metrics_recalibrated"] = self.metrics_recalibrated
@@ -85,6 +115,8 @@ class ValidationReport:
         if r:
             lines.append(f"  recalibrated now: MAPE {r['mape_pct']:.2f}%  within +-10% "
                          f"{r['within_10_pct']:.1f}%  tau {r['kendall_tau']:.3f}")
+        lines.append(f"  the measurement against itself (even vs odd rounds): Kendall tau "
+                     f"{self.measurement_split_half_tau:.3f}")
         s = self.settings
         lines.append(f"  runtime {s['runtime']}, {s['threads']} thread(s), batch {s['batch']}, "
                      f"{s['rounds']} interleaved rounds, load average {s['loadavg_start']} -> "
@@ -182,7 +214,9 @@ def validate(
         "wall_s": round(time.perf_counter() - started, 1),
     }
     report = ValidationReport(space=space.name, metrics=metrics, rows=rows, settings=settings,
-                              metrics_uncalibrated=metrics_raw, metrics_recalibrated=recal)
+                              metrics_uncalibrated=metrics_raw, metrics_recalibrated=recal,
+                              measurement_split_half_tau=split_half_tau(measured,
+                                                                        harness.pass_statistic))
     if out_dir is not None:
         write_report(report, out_dir)
     return report
