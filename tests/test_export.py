@@ -48,3 +48,26 @@ def test_old_opset_is_refused(tmp_path: Path):
     model = build_model(load_spec("small"))
     with pytest.raises(ValueError, match="opset"):
         export_module(model, torch.randn(1, 3, 64, 64), tmp_path / "x.onnx", opset=11)
+
+
+def test_torchscript_exporter_writes_an_equivalent_graph(tmp_path: Path):
+    # Latency tables may export with the faster tracing exporter: its graph must be the
+    # dynamo one's up to naming (GlobalAveragePool for ReduceMean, Flatten for Reshape,
+    # Identity nodes) and compute the same outputs.
+    spec = load_spec("small").replace(resolution=64)
+    model = _trained_looking(build_model(spec))
+    x = torch.randn(1, 3, 64, 64)
+    counts = {}
+    for exporter in ("dynamo", "torchscript"):
+        path = export_module(model, x, tmp_path / f"{exporter}.onnx", exporter=exporter)
+        assert compare_with_onnxruntime(model, path, x) <= 1e-4
+        same = {"GlobalAveragePool": "ReduceMean", "Flatten": "Reshape"}
+        counts[exporter] = {same.get(op, op): n for op, n in onnx_op_counts(path).items()
+                            if op != "Identity"}
+    assert counts["torchscript"] == counts["dynamo"] and counts["dynamo"]["HardSwish"] > 0
+
+
+def test_unknown_exporter_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        export_module(build_model(load_spec("small")), torch.randn(1, 3, 64, 64),
+                      tmp_path / "x.onnx", exporter="tf2onnx")

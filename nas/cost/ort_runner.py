@@ -511,6 +511,7 @@ def measure_manifest(
         "resolution": manifest.get("resolution"),
         "spaces": manifest.get("spaces", []),
         "manifest_created": manifest.get("created"),
+        "onnx_exporter": manifest.get("onnx_exporter"),
         "harness": settings,
         "loadavg_start": load_start,
         "loadavg_end": loadavg(),
