@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         "arch": args.arch, "resolution": args.resolution, "threads": 1, "batch": 1,
-        "realtime": realtime, "seconds": args.seconds, "torch": torch.__version__,
+        "realtime": realtime, "seconds": args.seconds, "torch": str(torch.__version__),
         "overall": figures(calls["ms"]),
         "per_copy": {int(c): figures(g["ms"]) for c, g in calls.groupby("copy")},
         "per_second_min_ms_range": [round(float(per_second["min"].min()), 3),
