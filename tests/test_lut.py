@@ -291,3 +291,22 @@ def test_split_half_tau_measures_the_measurements_self_agreement():
     assert split_half_tau(reversed_halves, "min") == pytest.approx(-1.0)
     one_round = [{"rounds_ms": [1.0], "rounds_min_ms": [1.0]}] * 3
     assert math.isnan(split_half_tau(one_round, "min"))
+
+
+@pytest.mark.parametrize("folder, runtime", [("cpu-torch-1t-b1-224", "torch-cpu"),
+                                             ("cpu-ort-1t-b1-224", "onnxruntime")])
+def test_shipped_tables_cover_the_default_spaces_and_carry_their_validation(folder, runtime):
+    import yaml
+
+    from nas.cost.lut import resolve_table_dir
+    from nas.space import load_space
+
+    path = resolve_table_dir(folder)
+    table = LatencyTable.load(path)
+    table.check_compatible(runtime=runtime, resolution=224)
+    summary = yaml.safe_load((path / "validation_summary.yaml").read_text())
+    for name in ("mobilenetv3_large", "mobilenetv3_small"):
+        assert table.missing_keys(load_space(name)) == []
+        assert (path / f"validation_{name}.csv").is_file() and (path / f"validation_{name}.png").is_file()
+        assert summary[name]["metrics"]["n"] >= 100
+        assert summary[name]["metrics"]["within_10_pct"] >= 95.0
