@@ -118,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "missing, then scores and summarises")
     parser.add_argument("--supernet-epochs", type=int, default=8)
     parser.add_argument("--num-random", type=int, default=2)
+    parser.add_argument("--no-distill", action="store_true",
+                        help="train the supernet on the labels only, without in-place "
+                             "distillation from the largest network (checkpoint folder "
+                             "supernet_e<epochs>_nodistill)")
     parser.add_argument("--bn-batches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two OpenMP "
@@ -190,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     train_cfg = SupernetTrainConfig(
         epochs=args.supernet_epochs, lr=proxy_cfg.lr, optimizer=proxy_cfg.optimizer,
         weight_decay=proxy_cfg.weight_decay, label_smoothing=proxy_cfg.label_smoothing,
-        num_random=args.num_random, device="cpu", progress=args.progress, checkpoint_every=20)
+        num_random=args.num_random, distill=not args.no_distill, device="cpu",
+        progress=args.progress, checkpoint_every=20)
+    checkpoint_name = f"supernet_e{args.supernet_epochs}" + ("_nodistill" if args.no_distill else "")
     loaders = make_loaders(data_cfg, seed=train_cfg.seed)
     t0 = time.perf_counter()
     trained = train_supernet(new_supernet(space, loaders.num_classes, train_cfg), data_cfg,
-                             train_cfg, checkpoint_dir=args.work / f"supernet_e{args.supernet_epochs}",
+                             train_cfg, checkpoint_dir=args.work / checkpoint_name,
                              loaders=loaders)
     supernet_wall_this_call = time.perf_counter() - t0
     log(f"supernet: {trained.steps} steps, {trained.seconds:.0f} s training in all")
@@ -315,7 +321,9 @@ def summarise(frame: pd.DataFrame, args: argparse.Namespace, data_cfg: DataConfi
         f"(warm-up {proxy_cfg.warmup_epochs} epochs), label smoothing {proxy_cfg.label_smoothing}, "
         f"BN recalibration {proxy_cfg.bn_recalibration_batches} batches.",
         f"* Supernet: {train_cfg.epochs} epochs of sandwich steps (largest + smallest + "
-        f"{train_cfg.num_random} random), in-place distillation, {train_cfg.optimizer} lr "
+        f"{train_cfg.num_random} random), "
+        f"{'in-place distillation' if train_cfg.distill else 'labels only (no distillation)'}, "
+        f"{train_cfg.optimizer} lr "
         f"{train_cfg.lr} {train_cfg.schedule}; scoring: BN recalibration on {args.bn_batches} "
         f"training batches, top-1 on {summary['settings']['val_images']} validation images.", "",
         f"**Kendall tau (supernet score vs stand-alone top-1): {r['kendall_tau']:.3f}** "
