@@ -414,6 +414,7 @@ def _plot(frame: pd.DataFrame, tau: float, path: Path) -> None:
     for row in frame.itertuples():
         ax.annotate(row.spec, (row.supernet_top1, row.standalone_top1), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     ax.set_xlabel("supernet score (top-1 after BN recalibration)")
     ax.set_ylabel("stand-alone proxy-trained top-1 (mean over seeds)")
     ax.set_title(f"Supernet vs stand-alone ranking (Kendall tau {tau:.2f})")
