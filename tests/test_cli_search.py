@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -89,13 +90,23 @@ def test_table_resolution_must_match(tmp_path: Path, tiny_table: Path):
     assert result.returncode == 2 and "resolution" in result.stderr
 
 
+def _stacks_of(process: subprocess.Popen, log: Path) -> str:
+    """Abort a stuck run and return its log, which ends with every thread's Python stack."""
+    process.send_signal(signal.SIGABRT)  # faulthandler (PYTHONFAULTHANDLER=1) dumps the stacks
+    process.wait(timeout=60)
+    return log.read_text(errors="replace")[-6000:]
+
+
 def test_ctrl_c_stops_cleanly_with_outputs(tmp_path: Path, tiny_table: Path):
-    run_dir = tmp_path / "run"
-    process = subprocess.Popen(_args(run_dir, tiny_table, "trials=200"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    storage = None
-    while time.time() < deadline:
+    run_dir, log = tmp_path / "run", tmp_path / "nas-search.log"
+    # Output goes to a file, not a pipe nobody reads while we wait (a full pipe would stall
+    # the run); faulthandler lets a stuck run show where it is stuck.
+    with open(log, "w") as sink:
+        process = subprocess.Popen(_args(run_dir, tiny_table, "trials=200"), stdout=sink,
+                                   stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    deadline, finished = time.time() + 240, 0
+    while time.time() < deadline and finished < 2:
         time.sleep(2)
         if (run_dir / JOURNAL_NAME).is_file():
             storage = optuna.storages.JournalStorage(
@@ -104,11 +115,15 @@ def test_ctrl_c_stops_cleanly_with_outputs(tmp_path: Path, tiny_table: Path):
                 study = optuna.load_study(study_name="mobilenetv3_search", storage=storage)
             except KeyError:
                 continue
-            if len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) >= 2:
-                break
+            finished = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    if finished < 2:
+        pytest.fail(f"nas-search finished {finished} trial(s) in 240 s:\n{_stacks_of(process, log)}")
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
-    assert "interrupted" in out + err
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"nas-search ignored Ctrl-C for 120 s:\n{_stacks_of(process, log)}")
+    assert "interrupted" in log.read_text()
     trials = pd.read_csv(run_dir / "trials.csv")
     assert (trials["state"] == "COMPLETE").sum() >= 2
     assert len(trials) < 200
