@@ -143,10 +143,7 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
     objective = job.factory(job.factory_args)
     before = finished_trials(study)
     # catch=Exception: a failing trial is recorded (with its reason) and the study goes on.
-    # gc_after_trial=False: CI caught Optuna's forced gc.collect() after a trial hanging for
-    # minutes inside the collector (faulthandler stack, session-3 note); Python's own
-    # generational collection still frees memory.
-    study.optimize(objective, n_trials=job.n_trials, catch=(Exception,), gc_after_trial=False)
+    study.optimize(objective, n_trials=job.n_trials, catch=(Exception,), gc_after_trial=True)
     return finished_trials(study) - before
 
 
