@@ -104,7 +104,11 @@ def test_ctrl_c_stops_cleanly_with_outputs(tmp_path: Path, tiny_table: Path):
     with open(log, "w") as sink:
         process = subprocess.Popen(_args(run_dir, tiny_table, "trials=200"), stdout=sink,
                                    stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                                   # A test session started in the background (`cmd &`) has
+                                   # SIGINT ignored, and children inherit that: give the run
+                                   # the default disposition a terminal's Ctrl-C meets.
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, finished = time.time() + 240, 0
     while time.time() < deadline and finished < 2:
         time.sleep(2)
