@@ -8,8 +8,8 @@
    6 epochs (issue 4's benchmark: the most repeatable proxy setting), over two seeds, through
    :class:`nas.proxy.ProxyTrainingEvaluator`; results are cached in JSON-lines files, so an
    interrupted benchmark resumes.
-3. Train one supernet with the sandwich rule and in-place distillation (checkpointed,
-   resumes), then score every spec with :class:`nas.supernet_evaluator.SupernetEvaluator`
+3. Train one supernet with the sandwich rule, with in-place distillation or (``--no-distill``)
+   on the labels only (checkpointed, resumes), then score every spec with :class:`nas.supernet_evaluator.SupernetEvaluator`
    (activate, recalibrate BN, validation top-1), timing each score.
 4. Kendall's tau (and Spearman's rho) between supernet scores and the reference's mean
    top-1, the reference's own seed-to-seed tau (the ceiling), and the parameter count as a
@@ -257,7 +257,7 @@ def summarise(frame: pd.DataFrame, args: argparse.Namespace, data_cfg: DataConfi
     tau_rest, p_rest = kendalltau(rest["supernet_top1"], rest["standalone_top1"])
     # The loss is a finer-grained score than top-1 on 932 images (one image = 0.11 points).
     tau_loss, p_loss = kendalltau(-frame["supernet_val_loss"], frame["standalone_top1"])
-    seed_columns = sorted(c for c in frame.columns if c.startswith("standalone_top1_seed"))
+    seed_columns = reference_seed_columns(frame)
     reference_repeatability: dict[str, Any] = {}
     if len(seed_columns) >= 2:
         # The ceiling: how well the stand-alone ranking agrees with itself across seeds, and
@@ -395,9 +395,13 @@ def resummarise(args: argparse.Namespace) -> int:
     return 0
 
 
+def reference_seed_columns(frame: pd.DataFrame) -> list[str]:
+    """The per-seed stand-alone columns of results.csv (``standalone_top1_seed<N>``)."""
+    return sorted(c for c in frame.columns if c.startswith("standalone_top1_seed"))
+
+
 def seed_columns_text(frame: pd.DataFrame) -> str:
-    seeds = sorted(c.removeprefix("standalone_top1_seed") for c in frame.columns
-                   if c.startswith("standalone_top1_seed"))
+    seeds = [c.removeprefix("standalone_top1_seed") for c in reference_seed_columns(frame)]
     return ", ".join(seeds) if seeds else "(one run)"
 
 
