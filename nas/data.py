@@ -6,8 +6,10 @@ Three sources, chosen by :attr:`DataConfig.name`:
   deterministic by seed, any resolution and class count; the offline default.
 * ``imagefolder``: ``root/train/<class>/<image>`` and, when present, ``root/val/<class>/...``
   (torchvision's ``ImageFolder``); reads ``../shared/datasets/cifar10-subset``.
-* ``cifar10``: torchvision's CIFAR-10 under ``root`` (``download=True`` fetches it; the tests
-  never do). Its official test batch serves as the validation split unless ``carve_val``.
+* ``cifar10``: an ImageFolder-layout folder of equal-size images (``train/`` and ``val/``,
+  e.g. ``../shared/datasets/cifar10``) decoded once into a uint8 tensor cache on disk and fed
+  from memory with augmentation on tensors (:mod:`nas.tensor_data`): no image file is
+  decoded during an epoch. ``train_per_class`` picks a class-balanced, seeded subset.
 
 When a source has no validation split (or ``carve_val`` asks for one), a fixed, class-
 stratified split of ``val_fraction`` is carved from train, seeded by :attr:`DataConfig.seed`
@@ -114,6 +116,8 @@ class DataConfig:
             match the class folders (a guard against pointing at the wrong dataset).
         train_samples: ``synthetic``: images in train (default 2000); others: when set, a
             seeded random subset of train of that size (for quick runs).
+        train_per_class: ``cifar10`` only: a class-balanced, seeded subset of train with
+            this many images per class (cheap proxies); exclusive with ``train_samples``.
         val_samples: ``synthetic``: images in val (default 500); others: subset of val.
         batch_size: images per training and evaluation batch.
         num_workers: DataLoader worker processes (0 = load in the main process).
@@ -122,7 +126,8 @@ class DataConfig:
         val_fraction: share of train carved out as val when no val split exists.
         carve_val: carve val from train even when the source has a val/test split
             (keeps the official test images untouched for the final report).
-        download: ``cifar10`` only: fetch it into ``root`` when missing (needs a network).
+        cache_dir: ``cifar10`` only: where the decoded tensors are cached (null:
+            ``$NAS_CACHE_DIR`` or ``~/.cache/mnv3-nas``); not a result-changing setting.
         augment: training augmentation of real images: ``pad_crop`` (resize, random crop
             with 1/8 padding, horizontal flip: the CIFAR recipe), ``resized_crop``
             (``RandomResizedCrop`` + flip: the ImageNet recipe), ``none``, or ``auto``
@@ -135,13 +140,14 @@ class DataConfig:
     resolution: int = 64
     num_classes: int | None = None
     train_samples: int | None = None
+    train_per_class: int | None = None
     val_samples: int | None = None
     batch_size: int = 64
     num_workers: int = 0
     seed: int = 0
     val_fraction: float = 0.1
     carve_val: bool = False
-    download: bool = False
+    cache_dir: str | None = None
     augment: Literal["auto", "pad_crop", "resized_crop", "none"] = "auto"
 
     def __post_init__(self) -> None:
@@ -156,12 +162,22 @@ class DataConfig:
         check_int(owner, "resolution", self.resolution, minimum=8)
         check_int(owner, "num_classes", self.num_classes, minimum=2, optional=True)
         check_int(owner, "train_samples", self.train_samples, minimum=1, optional=True)
+        check_int(owner, "train_per_class", self.train_per_class, minimum=1, optional=True)
+        if self.train_per_class is not None and self.name != "cifar10":
+            raise ConfigError(f"{owner}.train_per_class needs name='cifar10' (the tensor cache), "
+                              f"got name={self.name!r}; use train_samples for a random subset")
+        if self.train_per_class is not None and self.train_samples is not None:
+            raise ConfigError(f"{owner}: set train_per_class or train_samples, not both")
         check_int(owner, "val_samples", self.val_samples, minimum=1, optional=True)
         check_int(owner, "batch_size", self.batch_size, minimum=1)
         check_int(owner, "num_workers", self.num_workers, minimum=0)
         check_int(owner, "seed", self.seed, minimum=0)
         check_number(owner, "val_fraction", self.val_fraction, low=0.0, high=0.9, low_open=True)
-        for flag in ("carve_val", "download"):
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, Path)):
+            raise ConfigError(f"{owner}.cache_dir must be a path string or null, got {self.cache_dir!r}")
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", str(self.cache_dir))
+        for flag in ("carve_val",):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{owner}.{flag} must be true or false, got {getattr(self, flag)!r}")
         check_choice(owner, "augment", self.augment, AUGMENTATIONS)
@@ -175,9 +191,10 @@ class DataConfig:
         return dataclasses.asdict(self)
 
     def settings(self) -> dict[str, Any]:
-        """The fields that change results (not ``num_workers``), for cache keys and records."""
+        """The fields that change results (not ``num_workers``, ``cache_dir``), for cache keys."""
         out = self.to_dict()
         out.pop("num_workers")
+        out.pop("cache_dir")
         return out
 
 
@@ -455,21 +472,6 @@ def _imagefolder_sources(cfg: DataConfig) -> tuple[Any, Any | None, list[str], s
     return train, val, list(train.classes), train.samples[0][0] if train.samples else None
 
 
-def _cifar10_sources(cfg: DataConfig) -> tuple[Any, Any, list[str], None]:
-    from torchvision.datasets import CIFAR10
-
-    root = Path(cfg.root or "")
-    if not cfg.download and not root.is_dir():
-        raise DataError(f"{root}: no such directory (CIFAR-10 root; pass download=True to fetch it)")
-    try:
-        train = CIFAR10(str(root), train=True, download=cfg.download)
-        test = CIFAR10(str(root), train=False, download=cfg.download)
-    except RuntimeError as err:
-        raise DataError(f"{root}: CIFAR-10 not found or corrupted ({err}); expected "
-                        f"{root / 'cifar-10-batches-py'}, or set download=True") from None
-    return train, test, list(train.classes), None
-
-
 def make_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
     """``(train_ds, val_ds, num_classes)`` for ``cfg``.
 
@@ -485,12 +487,10 @@ def make_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
                               split=1, **common)  # type: ignore[arg-type]
         return TransformedDataset(train, None), TransformedDataset(val, None), num_classes
 
-    if cfg.name == "imagefolder":
-        train_src, val_src, classes, first = _imagefolder_sources(cfg)
-        where = str(Path(cfg.root or "") / "train")
-    else:
-        train_src, val_src, classes, first = _cifar10_sources(cfg)
-        where = f"CIFAR-10 at {cfg.root}"
+    if cfg.name == "cifar10":
+        raise ConfigError("DataConfig.name='cifar10' is fed from a tensor cache: use make_loaders")
+    train_src, val_src, classes, first = _imagefolder_sources(cfg)
+    where = str(Path(cfg.root or "") / "train")
     _check_class_count(cfg, classes, where)
     augment = _resolve_augment(cfg, first)
     train_tf = train_transform(cfg.resolution, augment)
@@ -510,19 +510,84 @@ def make_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
 
 
 class Loaders(NamedTuple):
-    """Training and validation loaders with the dataset's class count."""
+    """Training and validation loaders with the dataset's class count.
 
-    train: DataLoader
-    val: DataLoader
+    ``train``/``val`` are torch ``DataLoader`` objects (``synthetic``, ``imagefolder``) or
+    :class:`nas.tensor_data.TensorLoader` objects (``cifar10``); both iterate
+    ``(images, labels)`` batches and expose ``sampler.set_epoch(epoch, start)``.
+    """
+
+    train: Any
+    val: Any
     num_classes: int
 
 
-def make_loaders(cfg: DataConfig, *, seed: int = 0, pin_memory: bool = False) -> Loaders:
+def _tensor_loaders(cfg: DataConfig, seed: int, device: torch.device | str, rank: int, world: int,
+                    pin_memory: bool) -> Loaders:
+    """The ``cifar10`` source: cached uint8 tensors, batches built in memory."""
+    from nas.tensor_data import TensorDataError, TensorSplit, balanced_subset, load_tensor_folder
+
+    try:
+        splits = load_tensor_folder(cfg.root or "", cache_dir=cfg.cache_dir)
+    except TensorDataError as err:
+        raise DataError(str(err)) from None
+    train, val = splits["train"], splits["val"]
+    classes = train.classes
+    _check_class_count(cfg, classes, str(Path(cfg.root or "") / "train"))
+
+    def take(split: TensorSplit, index: Sequence[int]) -> TensorSplit:
+        picked = torch.as_tensor(list(index), dtype=torch.long)
+        return TensorSplit(split.images[picked], split.labels[picked], split.classes)
+
+    if cfg.carve_val:
+        train_idx, val_idx = _stratified_split(train.labels.tolist(), cfg.val_fraction, cfg.seed)
+        train, val = take(train, train_idx), take(train, val_idx)
+    if cfg.train_per_class is not None:
+        try:
+            train = balanced_subset(train, cfg.train_per_class, cfg.seed, f"{cfg.root}/train")
+        except TensorDataError as err:
+            raise DataError(str(err)) from None
+    for split, limit, tag, name in ((train, cfg.train_samples, 1, "train"),
+                                    (val, cfg.val_samples, 2, "val")):
+        if limit is not None and limit > len(split):
+            raise DataError(f"DataConfig.{name}_samples={limit} exceeds the {len(split)} images "
+                            f"of {cfg.root}/{name}")
+    if cfg.train_samples is not None:
+        keep = np.random.default_rng([cfg.seed, 1]).permutation(len(train))[:cfg.train_samples]
+        train = take(train, sorted(keep.tolist()))
+    if cfg.val_samples is not None:
+        keep = np.random.default_rng([cfg.seed, 2]).permutation(len(val))[:cfg.val_samples]
+        val = take(val, sorted(keep.tolist()))
+    if cfg.batch_size % world:
+        raise ConfigError(f"DataConfig.batch_size={cfg.batch_size} (the global batch) is not "
+                          f"divisible by the {world} data-parallel processes")
+    from nas.tensor_data import TensorLoader
+
+    pad = max(1, round(4 * train.images.shape[-1] / 32)) if cfg.augment != "none" else 0
+    common = dict(batch_size=cfg.batch_size, resolution=cfg.resolution, device=device,
+                  pin_memory=pin_memory)
+    # Every rank scores the whole val split: all ranks then report the same accuracy.
+    return Loaders(TensorLoader(train, seed=seed, train=True, pad=pad, rank=rank, world=world,
+                                **common),  # type: ignore[arg-type]
+                   TensorLoader(val, seed=seed, train=False, **common),  # type: ignore[arg-type]
+                   len(classes))
+
+
+def make_loaders(cfg: DataConfig, *, seed: int = 0, pin_memory: bool = False,
+                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> Loaders:
     """Loaders for ``cfg``; ``seed`` (the training seed) fixes shuffling and augmentation.
 
-    The training loader's sampler is an :class:`EpochSampler` (call ``set_epoch`` each
-    epoch); it drops the last incomplete batch so BatchNorm never sees a batch of one.
+    The training loader's sampler is an :class:`EpochSampler` (or the tensor source's
+    :class:`nas.tensor_data.BatchOrder`; call ``set_epoch`` each epoch); it drops the last
+    incomplete batch so BatchNorm never sees a batch of one. ``device`` is where the
+    ``cifar10`` source keeps its tensors and builds batches (the training device);
+    ``rank``/``world`` give a data-parallel process its share of every batch (``cifar10``).
     """
+    if cfg.name == "cifar10":
+        return _tensor_loaders(cfg, seed, device, rank, world, pin_memory)
+    if world != 1:
+        raise ConfigError(f"data-parallel training needs DataConfig.name='cifar10' (the tensor "
+                          f"source), got name={cfg.name!r}")
     train_ds, val_ds, num_classes = make_datasets(cfg)
     n_train = len(train_ds)  # type: ignore[arg-type]
     common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory)

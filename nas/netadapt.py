@@ -60,7 +60,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -72,6 +71,7 @@ from torch import nn
 
 from nas.arch import NetworkSpec
 from nas.bn import recalibrate_bn
+from nas.checkpoint import cpu_state, save_atomic, write_text_atomic
 from nas.data import DataConfig, Loaders, make_loaders
 from nas.formats import from_yaml, save_spec, to_string, to_yaml
 from nas.model import MobileNetV3Net, build_model
@@ -625,24 +625,6 @@ class FineTuner:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
 @dataclass
 class Checkpoint:
     """The state after a finished step: enough to continue exactly."""
@@ -675,11 +657,11 @@ class RunFolder:
     def save(self, ck: Checkpoint) -> None:
         d = self.step_dir(ck.step)
         save_spec(ck.spec, d / "spec.yaml")
-        _save_atomic(ck.state_dict, d / "weights.pth")
+        save_atomic(ck.state_dict, d / "weights.pth")
         state = {"step": ck.step, "latency_ms": ck.latency_ms, "top1": ck.top1,
                  "history": ck.history, "settings": ck.settings}
         # state.json last: its presence marks the step as finished.
-        _write_atomic(d / STATE_FILE, json.dumps(state, indent=1, default=str))
+        write_text_atomic(d / STATE_FILE, json.dumps(state, indent=1, default=str))
         for extra in list(d.glob("proposal*")):  # the step's scratch files
             extra.unlink()
         # Resuming needs the latest weights only; keep the start's too, drop the rest.
@@ -714,7 +696,7 @@ class RunFolder:
 
     def save_proposal(self, step: int, index: int, row: dict[str, Any], model: nn.Module) -> None:
         d = self.step_dir(step)
-        _save_atomic(_cpu_state(model), d / f"proposal{index:02d}.pth")
+        save_atomic(cpu_state(model), d / f"proposal{index:02d}.pth")
         with open(d / "proposals.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
 
@@ -746,7 +728,7 @@ def write_history(history: Sequence[dict[str, Any]], path: Path) -> Path:
     import pandas as pd
 
     frame = pd.DataFrame(list(history), columns=HISTORY_COLUMNS)
-    _write_atomic(path, frame.to_csv(index=False))
+    write_text_atomic(path, frame.to_csv(index=False))
     return path
 
 
@@ -869,7 +851,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
         if tuner.selection == "holdout":
             history.append(_row(0, "start", proposal="start", latency_ms=start_ms, top1=start_val,
                                 split="val", spec=spec))
-        ck = Checkpoint(step=0, spec=spec, state_dict=_cpu_state(model), latency_ms=start_ms,
+        ck = Checkpoint(step=0, spec=spec, state_dict=cpu_state(model), latency_ms=start_ms,
                         top1=start_sel, history=history, settings=settings)
         folder.save(ck)
         say(f"start: {start_ms:.3f} ms, selection top-1 {start_sel:.4f}; target {target_ms:.3f} ms, "
@@ -926,7 +908,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
         current_model = build_model(prop.spec, num_classes=tuner.num_classes)
         current_model.load_state_dict(folder.proposal_weights(step, chosen))
         current, current_ms, current_top1 = prop.spec, prop.latency_ms, results[chosen][0]
-        folder.save(Checkpoint(step=step, spec=current, state_dict=_cpu_state(current_model),
+        folder.save(Checkpoint(step=step, spec=current, state_dict=cpu_state(current_model),
                                latency_ms=current_ms, top1=current_top1, history=history,
                                settings=settings))
         write_history(history, folder.root / "history.csv")
@@ -985,7 +967,7 @@ def _finish(folder: RunFolder, start: NetworkSpec, spec: NetworkSpec, model: Mob
                           folder.root / "netadapt.yaml"),
         "weights": folder.root / "netadapt.pth",
     }
-    _save_atomic(_cpu_state(model), paths["weights"])
+    save_atomic(cpu_state(model), paths["weights"])
     evaluated = sum(1 for r in history if r["phase"] == "short_term")
     result = NetAdaptResult(
         spec=spec, model=model, start_ms=start_ms, latency_ms=current_ms, target_ms=target_ms,
@@ -998,7 +980,7 @@ def _finish(folder: RunFolder, start: NetworkSpec, spec: NetworkSpec, model: Mob
         {"netadapt": cfg.to_dict(), "tuner": tuner.settings()}, default=str)),
         proposals_evaluated=evaluated, num_classes=tuner.num_classes)
     paths["summary"] = folder.root / "summary.json"
-    _write_atomic(paths["summary"], json.dumps(summary, indent=1, default=str))
+    write_text_atomic(paths["summary"], json.dumps(summary, indent=1, default=str))
     say(f"done ({stopped}): {start_ms:.3f} -> {current_ms:.3f} ms in {step} step(s); "
         f"val top-1 {start_val:.4f} -> {top1:.4f}")
     return result

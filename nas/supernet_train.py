@@ -21,25 +21,22 @@ end of every epoch; data order and augmentation are pure functions of (seed, epo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import os
 import random
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from tqdm.auto import tqdm
 
 from nas.arch import NetworkSpec
+from nas.checkpoint import read_checkpoint as _read_checkpoint
 from nas.data import (
     ConfigError,
     DataConfig,
-    EpochSampler,
     Loaders,
     check_choice,
     check_int,
@@ -50,16 +47,11 @@ from nas.data import (
 from nas.formats import spec_from_dict, spec_to_dict
 from nas.space import SearchSpace, StageSpace
 from nas.supernet import IMPORTANCE_NORMS, Supernet
-from nas.train import (
-    NonFiniteLossError,
-    TrainConfig,
-    make_optimizer,
-    make_scheduler,
-    resolve_device,
-)
+from nas.loop import CheckpointSpec, LoopOptions, NonFiniteLossError, StepContext, run_loop
+from nas.train import TrainConfig, make_optimizer, make_scheduler, resolve_device
 
 CHECKPOINT_NAME = "supernet.pt"
-CHECKPOINT_FORMAT = "nas.supernet/1"
+CHECKPOINT_FORMAT = "nas.supernet/2"  # 2: nas.loop's LoopState progress
 
 
 class SupernetCheckpointError(RuntimeError):
@@ -97,6 +89,7 @@ class SupernetTrainConfig:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         checkpoint_every: also checkpoint every this many steps (None: epoch ends only).
         progress: show a tqdm progress bar.
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA AMP with a gradient scaler).
         channels_last: feed images in channels-last memory format; oneDNN's convolutions
             run a sandwich step about 2.5x faster on a CPU that way (measured on the
             project's 2-core machine). A speed knob: results agree up to float rounding.
@@ -124,6 +117,7 @@ class SupernetTrainConfig:
     device: str = "auto"
     checkpoint_every: int | None = 50
     progress: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
 
     def __post_init__(self) -> None:
@@ -164,7 +158,7 @@ class SupernetTrainConfig:
             momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
             warmup_epochs=self.warmup_epochs, label_smoothing=self.label_smoothing,
             grad_clip_norm=self.grad_clip_norm, seed=self.seed, device=self.device,
-            progress=self.progress,
+            progress=self.progress, precision=self.precision,
         )
 
 
@@ -234,12 +228,14 @@ def sandwich_specs(supernet: Supernet, rng: random.Random, num_random: int,
 
 def sandwich_step(supernet: Supernet, images: torch.Tensor, target: torch.Tensor,
                   specs: list[tuple[str, NetworkSpec]], *, label_smoothing: float = 0.0,
-                  distill: bool = True, temperature: float = 1.0) -> dict[str, float]:
+                  distill: bool = True, temperature: float = 1.0,
+                  ctx: StepContext | None = None) -> dict[str, float]:
     """Forward and backward every sub-network of ``specs`` on one batch (no optimiser step).
 
     The first spec must be the largest (the teacher). Gradients accumulate in the shared
     weights; call ``optimizer.zero_grad()`` before and ``optimizer.step()`` after.
-    Returns the mean loss per role. Raises :class:`~nas.train.NonFiniteLossError`.
+    Returns the mean loss per role. Raises :class:`~nas.loop.NonFiniteLossError`. Under
+    :func:`nas.loop.run_loop`, ``ctx`` supplies autocast and the (scaled) backward pass.
     """
     if not specs or specs[0][0] != "largest":
         raise ValueError("sandwich_step: the first spec must be the largest (the teacher)")
@@ -248,18 +244,22 @@ def sandwich_step(supernet: Supernet, images: torch.Tensor, target: torch.Tensor
     sums: dict[str, list[float]] = {}
     for role, spec in specs:
         supernet.set_active(spec)
-        logits = supernet(images)
-        if teacher is None or not distill:
-            loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-        else:
-            loss = distillation_loss(logits, teacher, temperature)
+        with ctx.autocast() if ctx is not None else contextlib.nullcontext():
+            logits = supernet(images)
+            if teacher is None or not distill:
+                loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+            else:
+                loss = distillation_loss(logits, teacher, temperature)
         if role == "largest":
             teacher = logits.detach()
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLossError(f"non-finite {role} sub-network loss {value}; the supernet "
                                      "diverged: lower the learning rate or add warm-up", loss=value)
-        loss.backward()
+        if ctx is not None:
+            ctx.backward(loss)
+        else:
+            loss.backward()
         sums.setdefault(role, []).append(value)
     return {role: sum(v) / len(v) for role, v in sums.items()}
 
@@ -274,47 +274,16 @@ def zero_init_residual(supernet: Supernet) -> None:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-@dataclass
-class _Progress:
-    """Everything besides weights/optimiser/scheduler that a resume needs."""
-
-    step: int = 0
-    epoch: int = 0
-    epoch_batches: int = 0
-    sorted: bool = False
-    seconds: float = 0.0
-    images: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
 def checkpoint_file(checkpoint_dir: str | Path) -> Path:
     """Where :func:`train_supernet` keeps its checkpoint in ``checkpoint_dir``."""
     return Path(checkpoint_dir) / CHECKPOINT_NAME
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    # Write then rename, so an interruption never leaves a half-written checkpoint.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a supernet checkpoint (on the CPU)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SupernetCheckpointError(f"{path}: no such supernet checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise SupernetCheckpointError(f"{path}: cannot read checkpoint ({err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise SupernetCheckpointError(f"{path}: not a supernet checkpoint (format "
-                                      f"{CHECKPOINT_FORMAT!r}); write one with `nas-supernet train`")
-    return ckpt
+    return _read_checkpoint(path, CHECKPOINT_FORMAT, what="supernet checkpoint",
+                            hint="; write one with `nas-supernet train`",
+                            error=SupernetCheckpointError)
 
 
 def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
@@ -329,27 +298,6 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
     supernet.eval()
     record = {k: ckpt[k] for k in ("arch", "settings", "progress", "finished")}
     return supernet, record
-
-
-def _rng_state(sampler: random.Random) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "sampler": sampler.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], sampler: random.Random) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["sampler"]
-    sampler.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _settings_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    return [f"{part}.{key}: checkpoint {saved.get(part, {}).get(key)!r} vs now {value!r}"
-            for part in now for key, value in now[part].items()
-            if saved.get(part, {}).get(key) != value]
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -407,10 +355,9 @@ def train_supernet(
     if cfg.kernel_transform != supernet.kernel_transform:
         raise ConfigError(f"SupernetTrainConfig.kernel_transform is {cfg.kernel_transform} but the "
                           f"supernet was built with kernel_transform={supernet.kernel_transform}")
-    started = time.perf_counter()
     device = resolve_device(cfg.device)
     if loaders is None:
-        loaders = make_loaders(data_cfg, seed=cfg.seed, pin_memory=device.type == "cuda")
+        loaders = make_loaders(data_cfg, seed=cfg.seed, pin_memory=device.type == "cuda", device=device)
     if loaders.num_classes != supernet.num_classes:
         raise ConfigError(f"the supernet has {supernet.num_classes} classes but the data has "
                           f"{loaders.num_classes} (DataConfig.num_classes / the dataset's folders)")
@@ -419,127 +366,57 @@ def train_supernet(
         raise ValueError("the training loader yields no batches (dataset smaller than one batch?)")
     optim_cfg = cfg.optim_config()
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
 
     supernet.to(device)
+    if cfg.channels_last:
+        supernet.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(supernet, optim_cfg)
     scheduler = make_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps)
     sampler = random.Random(cfg.seed)
     settings = {"data": data_cfg.settings(), "train": cfg.settings()}
-    arch = supernet_arch(supernet)
-    state = _Progress()
     ckpt_path = checkpoint_file(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = read_checkpoint(ckpt_path)
-        if ckpt["arch"] != arch:
-            raise SupernetCheckpointError(f"{ckpt_path}: written for another supernet (space, class "
-                                          "count or kernel_transform differ); use another folder")
-        diffs = _settings_diff(ckpt["settings"], settings)
-        if diffs:
-            raise SupernetCheckpointError(f"{ckpt_path}: written with other settings "
-                                          f"({'; '.join(diffs)}); use another folder or the same settings")
-        supernet.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], sampler)
-        state = _Progress(**ckpt["progress"])
-    else:
+    resuming = resume and ckpt_path is not None and ckpt_path.is_file()
+    if not resuming:
         torch.manual_seed(cfg.seed)
         if cfg.zero_init_residual:
             zero_init_residual(supernet)
-    previous_seconds = state.seconds
 
-    def save() -> None:
-        state.seconds = previous_seconds + time.perf_counter() - started
-        if ckpt_path is None:
-            return
-        _save_atomic({
-            "format": CHECKPOINT_FORMAT, "arch": arch, "settings": settings,
-            "model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "progress": dataclasses.asdict(state),
-            "rng": _rng_state(sampler), "finished": state.step >= total_steps,
-        }, ckpt_path)
+    def step(images: torch.Tensor, target: torch.Tensor, ctx: StepContext) -> dict[str, float]:
+        state = ctx.state
+        largest_only = state.step < cfg.largest_warmup_steps
+        if (not largest_only and cfg.largest_warmup_steps and cfg.sort_channels
+                and not state.flags.get("sorted")):
+            # OFA: channels are re-organised once the full network is trained.
+            supernet.sort_channels(cfg.importance, optimizer=optimizer)
+            state.flags["sorted"] = True
+        specs = sandwich_specs(supernet, sampler, cfg.num_random, largest_only)
+        losses = sandwich_step(supernet, images, target, specs, label_smoothing=cfg.label_smoothing,
+                               distill=cfg.distill, temperature=cfg.kd_temperature, ctx=ctx)
+        return {f"loss_{role}": value for role, value in losses.items()}
 
-    steps_this_call = 0
+    def on_step_roles(number: int, metrics: dict[str, float]) -> None:
+        if on_step is not None:
+            on_step(number, {k.removeprefix("loss_"): v for k, v in metrics.items()})
 
-    def stopping() -> bool:
-        return stop_after is not None and steps_this_call >= stop_after
-
-    bar = tqdm(total=total_steps, initial=state.step, desc=f"supernet epoch {state.epoch + 1}/{num_epochs}",
-               disable=not cfg.progress, dynamic_ncols=True, leave=False)
-    try:
-        while state.step < total_steps and not stopping():
-            epoch = state.epoch
-            for images, target in _epoch_batches(loaders.train, epoch, state.epoch_batches):
-                images = images.to(device, non_blocking=True)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                target = target.to(device, non_blocking=True)
-                largest_only = state.step < cfg.largest_warmup_steps
-                if (not largest_only and cfg.largest_warmup_steps and cfg.sort_channels
-                        and not state.sorted):
-                    # OFA: channels are re-organised once the full network is trained.
-                    supernet.sort_channels(cfg.importance, optimizer=optimizer)
-                    state.sorted = True
-                specs = sandwich_specs(supernet, sampler, cfg.num_random, largest_only)
-                optimizer.zero_grad(set_to_none=True)
-                losses = sandwich_step(supernet, images, target, specs,
-                                       label_smoothing=cfg.label_smoothing, distill=cfg.distill,
-                                       temperature=cfg.kd_temperature)
-                if cfg.grad_clip_norm is not None:
-                    nn.utils.clip_grad_norm_(supernet.parameters(), cfg.grad_clip_norm)
-                optimizer.step()
-                scheduler.step()
-                state.step += 1
-                state.epoch_batches += 1
-                state.images += len(target)
-                steps_this_call += 1
-                for role, value in losses.items():
-                    state.sums[role] = state.sums.get(role, 0.0) + value
-                    state.counts[role] = state.counts.get(role, 0) + 1
-                bar.update(1)
-                if state.step % 10 == 0 or state.step == total_steps:
-                    bar.set_postfix({r: f"{state.sums[r] / state.counts[r]:.3f}" for r in state.sums},
-                                    refresh=False)
-                if on_step is not None:
-                    on_step(state.step, losses)
-                if state.epoch_batches >= steps_per_epoch or state.step >= total_steps or stopping():
-                    break
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                    save()
-            if state.epoch_batches >= steps_per_epoch or state.step >= total_steps:
-                state.history.append({
-                    "epoch": epoch + 1, "step": state.step, "lr": scheduler.get_last_lr()[0],
-                    **{f"loss_{r}": state.sums[r] / state.counts[r] for r in state.sums},
-                    "seconds": previous_seconds + time.perf_counter() - started,
-                })
-                state.epoch, state.epoch_batches = epoch + 1, 0
-                state.sums, state.counts = {}, {}
-                bar.set_description(f"supernet epoch {min(epoch + 2, num_epochs)}/{num_epochs}")
-            save()
-    finally:
-        bar.close()
-    state.seconds = previous_seconds + time.perf_counter() - started
+    checkpoint = None if ckpt_path is None else CheckpointSpec(
+        path=ckpt_path, format=CHECKPOINT_FORMAT, arch=supernet_arch(supernet), settings=settings,
+        error=SupernetCheckpointError, what="supernet checkpoint",
+        hint="; write one with `nas-supernet train`")
+    options = LoopOptions(total_steps=total_steps, device=device, precision=cfg.precision,
+                          channels_last=cfg.channels_last, grad_clip_norm=cfg.grad_clip_norm,
+                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                          desc="supernet")
+    state = run_loop(supernet, optimizer, scheduler, loaders.train, step, options,
+                     checkpoint=checkpoint, resume=resume, sampler=sampler, on_step=on_step_roles,
+                     stop_after=stop_after)
     supernet.eval()
     supernet.set_active(supernet.largest_spec())
     return SupernetTrainResult(
         supernet=supernet, steps=state.step, finished=state.step >= total_steps,
         seconds=state.seconds,
-        images_per_second=state.images / state.seconds if state.seconds else 0.0,
+        images_per_second=state.images / state.train_seconds if state.train_seconds else 0.0,
         history=state.history, checkpoint=ckpt_path, settings=settings,
     )
-
-
-def _epoch_batches(loader: Any, epoch: int, skip: int) -> Any:
-    """The loader's batches for ``epoch``, skipping the first ``skip`` (a resumed epoch)."""
-    sampler = loader.sampler
-    if isinstance(sampler, EpochSampler):
-        sampler.set_epoch(epoch, start=skip * (loader.batch_size or 1))
-        return iter(loader)
-    iterator = iter(loader)
-    for _ in range(skip):
-        next(iterator)
-    return iterator
 
 
 __all__ = [

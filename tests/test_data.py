@@ -182,7 +182,7 @@ def test_cifar_subset_reads_upsampled(cifar_subset):
 
 
 def test_cifar10_missing_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="no such directory"):
-        make_datasets(DataConfig(name="cifar10", root=str(tmp_path / "absent")))
-    with pytest.raises(DataError, match="cifar-10-batches-py, or set download=True"):
-        make_datasets(DataConfig(name="cifar10", root=str(tmp_path)))
+    with pytest.raises(DataError, match="absent: no such directory"):
+        make_loaders(DataConfig(name="cifar10", root=str(tmp_path / "absent"), cache_dir=str(tmp_path)))
+    with pytest.raises(DataError, match="train: no such directory"):
+        make_loaders(DataConfig(name="cifar10", root=str(tmp_path), cache_dir=str(tmp_path)))

@@ -116,7 +116,7 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -
     first = train_supernet(new_supernet(tiny_space(), 4, cfg), DATA, cfg, checkpoint_dir=tmp_path,
                            stop_after=3)
     assert not first.finished and first.steps == 3
-    assert read_checkpoint(tmp_path / "supernet.pt")["progress"]["sorted"]
+    assert read_checkpoint(tmp_path / "supernet.pt")["progress"]["flags"]["sorted"]
     resumed = train_supernet(new_supernet(tiny_space(), 4, cfg), DATA, cfg, checkpoint_dir=tmp_path)
     assert resumed.finished and resumed.steps == 6
     for key, value in resumed.supernet.state_dict().items():

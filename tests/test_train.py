@@ -118,7 +118,7 @@ def test_non_finite_loss_raises_naming_the_step():
         return output * float("nan") if calls["n"] == 3 else output
 
     model.classifier.register_forward_hook(poison)
-    with pytest.raises(NonFiniteLossError, match="non-finite training loss nan at step 3") as info:
+    with pytest.raises(NonFiniteLossError, match="non-finite train_loss nan at step 3") as info:
         train(model, DATA, _cfg())
     assert info.value.step == 3 and math.isnan(info.value.loss)
 

@@ -85,6 +85,14 @@ def build_evaluator(cfg: dict[str, Any], run_dir: Path):
         from nas.train import TrainConfig
 
         train_cfg = TrainConfig.from_dict(cfg["evaluator"]["train"])
+        if cfg["evaluator"].get("protocol"):
+            from nas.protocols import load_protocol
+
+            # A named protocol replaces the data group and the train section (device and
+            # display settings stay the evaluator's).
+            protocol = load_protocol(cfg["evaluator"]["protocol"], train={
+                "device": train_cfg.device, "progress": train_cfg.progress})
+            data_cfg, train_cfg = protocol.data, protocol.train
         cache = run_dir / "proxy_cache.jsonl" if cfg["evaluator"].get("cache", True) else None
         return ProxyTrainingEvaluator(data_cfg, train_cfg, cache_path=cache)
     if kind == "supernet":

@@ -1,10 +1,17 @@
 """``nas-train``: train one architecture on a dataset and write its metrics and weights.
 
     nas-train small --data synthetic --resolution 64 --epochs 2 --out runs/small
+    nas-train small --protocol proxy --out runs/small-proxy       # a named protocol (CIFAR-10)
+    nas-train small --protocol reference --seed 1 --out runs/small-ref-s1
     nas-train large --data imagefolder --root ../shared/datasets/cifar10-subset --epochs 5
-    nas-train my_bneck.yaml --data cifar10 --root ~/data/cifar10 --download
+    nas-train my_bneck.yaml --data cifar10 --root ../shared/datasets/cifar10 --train-per-class 500
     nas-train small --data imagefolder --root DIR --weights mobilenet_v3_small.pth
     nas-train small --data synthetic --out runs/small --resume     # after an interruption
+    torchrun --nproc-per-node 2 -m nas.cli.train small --protocol proxy --out runs/ddp  # DDP
+
+A --protocol (nas/conf/protocol/<name>.yaml, or a YAML file) sets the data and training
+fields; options given explicitly on the command line override it. One torch thread per
+process by default (--threads): on a small shared CPU more threads were 20-60x slower.
 
 Writes into --out: metrics.csv (one row per epoch), summary.yaml (final top-1/top-5, the
 settings, seconds, images/s), model.pth (the trained state_dict, torchvision key names) and
@@ -22,6 +29,7 @@ from nas.arch import SpecError
 from nas.data import DATASETS, ConfigError, DataConfig, DataError
 from nas.train import (
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULES,
     CheckpointError,
     NonFiniteLossError,
@@ -40,10 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "bneck YAML file")
     data = parser.add_argument_group("data")
     data.add_argument("--data", choices=DATASETS, default="synthetic")
-    data.add_argument("--root", help="dataset directory (imagefolder: train/ and val/ class "
-                                     "folders; cifar10: torchvision's CIFAR-10 root)")
+    data.add_argument("--root", help="dataset directory (imagefolder, cifar10: train/ and val/ "
+                                     "class folders; cifar10 decodes them once into a tensor cache)")
     data.add_argument("--resolution", type=int, default=64,
                       help="training resolution; small images are upsampled to it (default 64)")
+    data.add_argument("--train-per-class", type=int,
+                      help="cifar10: a class-balanced seeded subset of train, this many a class")
+    data.add_argument("--cache-dir", help="cifar10: tensor cache folder (default "
+                                          "$NAS_CACHE_DIR or ~/.cache/mnv3-nas)")
     data.add_argument("--num-classes", type=int, help="synthetic: classes (default 10)")
     data.add_argument("--train-samples", type=int,
                       help="synthetic: train size (default 2000); others: a seeded subset")
@@ -55,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num-workers", type=int, default=0)
     data.add_argument("--data-seed", type=int, default=0,
                       help="seed of the synthetic images and of carved splits")
-    data.add_argument("--download", action="store_true", help="cifar10: fetch it if missing")
     opt = parser.add_argument_group("training")
     opt.add_argument("--epochs", type=int, default=1)
     opt.add_argument("--steps", type=int, help="optimiser steps in all (overrides --epochs)")
@@ -71,9 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0, help="training seed")
     opt.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     opt.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    opt.add_argument("--threads", type=int,
-                     help="torch CPU threads (default: torch's choice; on a busy shared "
-                          "machine 1 is often faster)")
+    opt.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads per process (default 1: on a busy shared machine "
+                          "two threads trained 20-60x slower than one)")
+    opt.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="bf16 autocast (CPU or CUDA) or fp16 AMP (CUDA)")
+    opt.add_argument("--compile", action="store_true", help="torch.compile the model")
+    opt.add_argument("--no-channels-last", action="store_true",
+                     help="keep the NCHW memory format (channels-last is faster on CPUs)")
+    parser.add_argument("--protocol", help="a named training protocol (proxy, reference) or a "
+                                           "protocol YAML; explicit options override its fields")
     parser.add_argument("--out", type=Path, help="output folder (default outputs/nas-train/<arch>)")
     parser.add_argument("--weights", type=Path,
                         help="a state_dict .pth (e.g. torchvision's) to start from; the "
@@ -84,45 +102,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configs(args: argparse.Namespace, out: Path) -> tuple[DataConfig, TrainConfig]:
-    data_cfg = DataConfig(
-        name=args.data, root=args.root, resolution=args.resolution, num_classes=args.num_classes,
-        train_samples=args.train_samples, val_samples=args.val_samples,
-        val_fraction=args.val_fraction, batch_size=args.batch_size, num_workers=args.num_workers,
-        seed=args.data_seed, download=args.download,
-    )
-    train_cfg = TrainConfig(
-        epochs=args.epochs, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
-        schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        bn_recalibration_batches=args.bn_recalibration_batches, seed=args.seed,
-        device=args.device, checkpoint_dir=str(out / "checkpoint"),
-        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-    )
-    return data_cfg, train_cfg
+# Command-line option -> (config part, field); the option's value goes to that field.
+_DATA_OPTIONS = {"data": "name", "root": "root", "resolution": "resolution",
+                 "num_classes": "num_classes", "train_samples": "train_samples",
+                 "train_per_class": "train_per_class", "val_samples": "val_samples",
+                 "val_fraction": "val_fraction", "batch_size": "batch_size",
+                 "num_workers": "num_workers", "data_seed": "seed", "cache_dir": "cache_dir"}
+_TRAIN_OPTIONS = {"epochs": "epochs", "steps": "steps", "lr": "lr", "optimizer": "optimizer",
+                  "schedule": "schedule", "warmup_epochs": "warmup_epochs",
+                  "weight_decay": "weight_decay", "label_smoothing": "label_smoothing",
+                  "bn_recalibration_batches": "bn_recalibration_batches", "seed": "seed",
+                  "device": "device", "checkpoint_every": "checkpoint_every",
+                  "precision": "precision", "compile": "compile"}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train as ``args`` say and write the outputs; returns the summary."""
+def _explicit_options(argv: list[str] | None) -> set[str]:
+    """The options given on the command line (not defaulted): they override a protocol."""
+    parser = build_parser()
+    for action in parser._actions:  # argparse has no public "was it given" query
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _configs(args: argparse.Namespace, out: Path, explicit: set[str]) -> tuple[DataConfig, TrainConfig]:
+    from nas.protocols import load_protocol
+
+    display = {"checkpoint_dir": str(out / "checkpoint"), "progress": not args.no_progress,
+               "channels_last": not args.no_channels_last}
+    if args.protocol is None:
+        data = {field: getattr(args, option) for option, field in _DATA_OPTIONS.items()}
+        train = {field: getattr(args, option) for option, field in _TRAIN_OPTIONS.items()}
+        return DataConfig.from_dict(data), TrainConfig.from_dict({**train, **display})
+    data = {field: getattr(args, option) for option, field in _DATA_OPTIONS.items() if option in explicit}
+    train = {field: getattr(args, option) for option, field in _TRAIN_OPTIONS.items()
+             if option in explicit}
+    protocol = load_protocol(args.protocol, data=data, train={**train, **display})
+    return protocol.data, protocol.train
+
+
+def run(args: argparse.Namespace, explicit: set[str] | None = None) -> dict[str, Any]:
+    """Train as ``args`` say and write the outputs; returns the summary.
+
+    ``explicit``: the options given on the command line (they override ``--protocol``).
+    Under ``torchrun`` the processes train one network data-parallel; rank 0 writes.
+    """
     import pandas as pd
     import torch
     import yaml
 
     from nas.data import make_loaders
+    from nas.distributed import init_from_env
     from nas.formats import load_spec, to_string
     from nas.model import build_model
     from nas.train import load_weights, resolve_device, train
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    explicit = explicit if explicit is not None else set(vars(args))
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     spec = load_spec(args.arch)
     stem = Path(str(args.arch)).stem if str(args.arch).endswith((".yaml", ".yml")) else str(args.arch)
-    out: Path = args.out or Path("outputs") / "nas-train" / f"{stem}-{args.data}-r{args.resolution}"
-    data_cfg, train_cfg = _configs(args, out)
+    kind = args.protocol and Path(str(args.protocol)).stem or f"{args.data}-r{args.resolution}"
+    out: Path = args.out or Path("outputs") / "nas-train" / f"{stem}-{kind}"
+    data_cfg, train_cfg = _configs(args, out, explicit)
     device = resolve_device(train_cfg.device)
-    loaders = make_loaders(data_cfg, seed=train_cfg.seed, pin_memory=device.type == "cuda")
+    parallel = init_from_env(train_cfg.device)
+    loaders = make_loaders(data_cfg, seed=train_cfg.seed, pin_memory=device.type == "cuda",
+                           device=device, rank=parallel.rank, world=parallel.world)
     reinitialised: list[str] = []
     if args.weights is not None:
         torch.manual_seed(train_cfg.seed)
@@ -135,7 +181,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         target = spec
     out.mkdir(parents=True, exist_ok=True)
-    result = train(target, data_cfg, train_cfg, loaders=loaders, resume=args.resume)
+    result = train(target, data_cfg, train_cfg, loaders=loaders, resume=args.resume, parallel=parallel)
+    summary_extra = {"protocol": args.protocol, "precision": train_cfg.precision,
+                     "channels_last": train_cfg.channels_last, "compile": train_cfg.compile,
+                     "processes": parallel.world, "rank": parallel.rank}
+    if parallel.rank != 0:
+        return {"top1": result.top1, "top5": result.top5, "steps": result.steps,
+                "seconds": result.seconds, "images_per_second": result.images_per_second,
+                "arch": str(args.arch), "out": str(out), **summary_extra}
 
     pd.DataFrame(result.history).to_csv(out / "metrics.csv", index=False)
     torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / "model.pth")
@@ -152,6 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "images_per_second": round(result.images_per_second, 2),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        **summary_extra,
         "weights": str(args.weights) if args.weights else None,
         "reinitialised": reinitialised,
         "out": str(out),
@@ -162,12 +216,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nas.distributed import shutdown
+
     args = build_parser().parse_args(argv)
     try:
-        summary = run(args)
+        summary = run(args, _explicit_options(argv))
     except USER_ERRORS as err:
         print(f"nas-train: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
+    if summary.get("rank", 0) != 0:
+        return 0
     top5 = "n/a" if summary["top5"] is None else f"{summary['top5']:.4f}"
     print(f"{summary['arch']}: top-1 {summary['top1']:.4f}  top-5 {top5}  "
           f"({summary['steps']} steps, {summary['seconds']:.1f} s, "

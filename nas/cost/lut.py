@@ -36,12 +36,12 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from nas._io import write_text_atomic
 from nas.arch import BlockSpec, NetworkSpec, conv_output_size
 from nas.cost import ort_runner
 from nas.cost.keys import (
@@ -282,8 +282,8 @@ class LatencyTable:
         frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
         self._provenance["n_keys"] = len(rows)
         self._provenance["updated"] = _now()
-        _atomic_write(directory / TABLE_FILE, frame.to_csv(index=False, float_format="%.6g"))
-        _atomic_write(directory / PROVENANCE_FILE,
+        write_text_atomic(directory / TABLE_FILE, frame.to_csv(index=False, float_format="%.6g"))
+        write_text_atomic(directory / PROVENANCE_FILE,
                       json.dumps(self._provenance, indent=2, sort_keys=True, default=str) + "\n")
         self.path = directory
         return directory
@@ -678,12 +678,6 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
                 continue  # a line cut short by an interruption
             rows.append(row)
     return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 __all__ = [

@@ -1,0 +1,310 @@
+"""Repeatability of the training protocols on CIFAR-10: seed noise, rankings, cost.
+
+For a set of Small-space specs (smallest, largest, canonical, the rest random at evenly
+spaced parameter-count quantiles of a seeded pool; ``supernet_benchmark.pick_specs``), train
+every spec from scratch under each protocol with several seeds and score it on CIFAR-10
+``val``:
+
+* ``reference`` (``nas/conf/protocol/reference.yaml``), 2-3 seeds: the ranking that final
+  figures, the proxy and the supernet are judged against;
+* ``proxy`` (``nas/conf/protocol/proxy.yaml``) and its variants (``VARIANTS`` below), 2 seeds:
+  the search's cheap accuracy objective.
+
+Reported (``summary.yaml``, ``summary.md``, ``runs.csv``, ``networks.csv``, ``tradeoff.png``):
+per-network seed mean and std, each protocol's seed-to-seed Kendall tau (every seed pair),
+each protocol's Kendall tau against the reference's seed mean (each seed, and its own seed
+mean), canonical Small's top-1 under every protocol, and seconds per candidate; the plot
+shows ranking quality against cost. Every finished run is appended to a JSON-lines file in
+``--work`` (one per protocol and seed, so processes never share a file) and a run in
+progress checkpoints every ``--checkpoint-every`` steps: a killed benchmark resumes where it
+stopped. Split the work over the two cores with one process per seed::
+
+    python experiments/repeatability_benchmark.py --protocols reference --seeds 0 &
+    python experiments/repeatability_benchmark.py --protocols reference --seeds 1 &
+    wait; python experiments/repeatability_benchmark.py --summary-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+
+from nas.cost.ort_runner import cpu_model  # noqa: E402
+from nas.data import make_loaders  # noqa: E402
+from nas.formats import to_string  # noqa: E402
+from nas.protocols import Protocol, load_protocol, with_fields  # noqa: E402
+from nas.space import load_space  # noqa: E402
+from nas.train import train  # noqa: E402
+from supernet_benchmark import params_of, pick_specs  # noqa: E402
+
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
+DEFAULT_OUT = REPO / "experiments" / "results" / "repeatability"
+DEFAULT_WORK = REPO / "outputs" / "repeatability_benchmark"
+
+# Proxy variants tried beside the shipped proxy protocol: (base protocol, data fields,
+# train fields). Each is meant to cost at most about 60 s per Small-space candidate on one
+# thread of the project's machine.
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "reference": ("reference", {}, {}),
+    "proxy": ("proxy", {}, {}),
+    "proxy_r32_c2000_e3": ("proxy", {"resolution": 32, "train_per_class": 2000}, {}),
+    "proxy_r48_full_e1": ("proxy", {"train_per_class": None}, {"epochs": 1, "warmup_epochs": 0.1}),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] load {os.getloadavg()[0]:.2f} | {message}", flush=True)
+
+
+def protocol_of(name: str, args: argparse.Namespace) -> Protocol:
+    base, data, train_fields = VARIANTS[name]
+    data = {**data, "root": str(args.root)}
+    if args.train_per_class is not None:
+        data["train_per_class"] = args.train_per_class
+    if args.val_samples is not None:
+        data["val_samples"] = args.val_samples
+    train_fields = {**train_fields, "device": "cpu", "progress": args.progress}
+    if args.epochs is not None:
+        train_fields["epochs"] = args.epochs
+    return with_fields(load_protocol(base), data=data, train=train_fields, name=name)
+
+
+def settings_key(protocol: Protocol) -> str:
+    """A short hash of what determines a protocol's results (not the data root's spelling)."""
+    settings = protocol.settings()
+    settings["data"].pop("root", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_rows(work: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(work.glob("runs-*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log(f"{path}:{number}: skipped a torn line (a run killed while writing)")
+    return rows
+
+
+def run_all(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    space = load_space("mobilenetv3_small")
+    specs = pick_specs(space, args.specs, args.pool, args.spec_seed)
+    done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in read_rows(args.work)}
+    for name in args.protocols:
+        protocol = protocol_of(name, args)
+        key = settings_key(protocol)
+        seeds = args.seeds if args.seeds is not None else (
+            [0, 1] if name == "reference" else [0, 1])
+        loaders_by_seed: dict[int, Any] = {}
+        for seed in seeds:
+            for spec_name, spec in specs.items():
+                if args.only and spec_name not in args.only:
+                    continue
+                arch = to_string(spec)
+                if (name, key, arch, seed) in done:
+                    continue
+                if seed not in loaders_by_seed:
+                    loaders_by_seed = {seed: make_loaders(protocol.data, seed=seed)}
+                folder = args.work / "checkpoints" / name / f"{spec_name}-seed{seed}"
+                cfg = with_fields(protocol, train={"seed": seed, "checkpoint_dir": str(folder),
+                                                   "checkpoint_every": args.checkpoint_every}).train
+                log(f"{name} {spec_name} seed {seed}: training ({protocol.train.epochs} epochs at "
+                    f"{protocol.data.resolution} px{', resuming' if folder.exists() else ''})")
+                load_start = os.getloadavg()[0]
+                result = train(spec, protocol.data, cfg, loaders=loaders_by_seed[seed], resume=True)
+                row = {
+                    "protocol": name, "settings_key": key, "spec": spec_name, "arch": arch,
+                    "seed": seed, "top1": result.top1, "top5": result.top5, "loss": result.loss,
+                    "seconds": result.seconds, "images_per_second": result.images_per_second,
+                    "steps": result.steps, "params": params_of(spec, 10),
+                    "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2),
+                    "host": platform.node(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+                args.work.mkdir(parents=True, exist_ok=True)
+                with open(args.work / f"runs-{name}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                shutil.rmtree(folder, ignore_errors=True)
+                log(f"{name} {spec_name} seed {seed}: top-1 {result.top1:.4f} "
+                    f"({result.seconds:.0f} s, {result.images_per_second:.0f} images/s)")
+
+
+# ---------------------------------------------------------------------------- summary
+def _tau(a: pd.Series, b: pd.Series) -> float | None:
+    joined = pd.concat([a, b], axis=1).dropna()
+    if len(joined) < 3:
+        return None
+    return float(kendalltau(joined.iloc[:, 0], joined.iloc[:, 1]).statistic)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(statistics.mean(kept), 3) if kept else None
+
+
+def summarise(args: argparse.Namespace) -> dict[str, Any]:
+    rows = read_rows(args.work)
+    if not rows:
+        raise SystemExit(f"repeatability_benchmark: no finished runs in {args.work}")
+    runs = pd.DataFrame(rows)
+    # Only the current settings of each protocol count (an edited protocol starts afresh).
+    current = {name: settings_key(protocol_of(name, args)) for name in VARIANTS}
+    runs = runs[runs.apply(lambda r: current.get(r["protocol"]) == r["settings_key"], axis=1)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs.sort_values(["protocol", "spec", "seed"]).to_csv(args.out / "runs.csv", index=False)
+    table = runs.pivot_table(index="spec", columns=["protocol", "seed"], values="top1")
+    networks = runs.groupby(["protocol", "spec"]).agg(
+        params=("params", "first"), seeds=("seed", "count"), top1_mean=("top1", "mean"),
+        top1_std=("top1", "std"), seconds=("seconds", "median")).reset_index()
+    networks.to_csv(args.out / "networks.csv", index=False)
+    reference = (table["reference"].mean(axis=1) if "reference" in table.columns.get_level_values(0)
+                 else None)
+    summary: dict[str, Any] = {
+        "data": str(args.root), "val_images": args.val_samples or "all (5,000)",
+        "specs": int(runs["spec"].nunique()), "host": platform.node(), "cpu": cpu_model(),
+        "torch": str(torch.__version__), "protocols": {},
+    }
+    for name in [n for n in VARIANTS if n in table.columns.get_level_values(0)]:
+        part = table[name]
+        seeds = list(part.columns)
+        pair_taus = {f"{a}-{b}": _tau(part[a], part[b]) for a, b in itertools.combinations(seeds, 2)}
+        std = runs[runs.protocol == name].groupby("spec")["top1"].std().dropna() * 100
+        entry: dict[str, Any] = {
+            "settings": protocol_of(name, args).settings(),
+            "seeds": [int(s) for s in seeds],
+            "networks_with_all_seeds": int(part.dropna().shape[0]),
+            "seed_to_seed_tau": {k: (round(v, 3) if v is not None else None) for k, v in pair_taus.items()},
+            "seed_to_seed_tau_mean": _mean(list(pair_taus.values())),
+            "seed_std_points_median": round(float(std.median()), 3) if len(std) else None,
+            "seed_std_points_max": round(float(std.max()), 3) if len(std) else None,
+            "seconds_per_candidate_median": round(float(runs[runs.protocol == name]["seconds"].median()), 1),
+            "canonical_top1_mean": (round(float(part.loc["canonical"].mean()) * 100, 2)
+                                    if "canonical" in part.index else None),
+            "canonical_top1_std": (round(float(part.loc["canonical"].std()) * 100, 2)
+                                   if "canonical" in part.index and part.loc["canonical"].count() > 1 else None),
+            "load_average_median": round(float(runs[runs.protocol == name]["load_start"].median()), 2),
+        }
+        if reference is not None and name != "reference":
+            entry["tau_vs_reference_mean_per_seed"] = {
+                str(s): (round(t, 3) if (t := _tau(part[s], reference)) is not None else None) for s in seeds}
+            mean_tau = _tau(part.mean(axis=1), reference)
+            entry["tau_seed_mean_vs_reference_mean"] = round(mean_tau, 3) if mean_tau is not None else None
+        if name == "reference" and len(seeds) >= 3:
+            loo = [_tau(part[s], part.drop(columns=[s]).mean(axis=1)) for s in seeds]
+            entry["tau_one_seed_vs_mean_of_others"] = _mean(loo)
+        summary["protocols"][name] = entry
+    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    _write_markdown(summary, networks, args.out / "summary.md")
+    _plot(summary, networks, args.out / "tradeoff.png")
+    log(f"summary written to {args.out}")
+    return summary
+
+
+def _write_markdown(summary: dict[str, Any], networks: pd.DataFrame, path: Path) -> None:
+    lines = ["# Protocol repeatability on CIFAR-10 val", "",
+             "| protocol | seeds | s/candidate | seed-to-seed tau | tau vs reference mean | "
+             "median seed std (pts) | canonical top-1 |", "|---|---|---|---|---|---|---|"]
+    for name, e in summary["protocols"].items():
+        vs = e.get("tau_seed_mean_vs_reference_mean", "-")
+        canon = (f"{e['canonical_top1_mean']:.2f} +- {e['canonical_top1_std']}"
+                 if e["canonical_top1_mean"] is not None else "-")
+        lines.append(f"| {name} | {len(e['seeds'])} | {e['seconds_per_candidate_median']} | "
+                     f"{e['seed_to_seed_tau_mean']} | {vs} | {e['seed_std_points_median']} | {canon} |")
+    lines += ["", "Per network (top-1 mean and std over seeds, percent):", "",
+              networks.assign(top1_mean=networks.top1_mean * 100, top1_std=networks.top1_std * 100)
+              .round(2).to_markdown(index=False)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _plot(summary: dict[str, Any], networks: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for name, e in summary["protocols"].items():
+        x = e["seconds_per_candidate_median"]
+        y_self = e["seed_to_seed_tau_mean"]
+        y_ref = e.get("tau_seed_mean_vs_reference_mean")
+        if y_self is not None:
+            left.scatter(x, y_self, marker="o", color="tab:blue")
+            left.annotate(name, (x, y_self), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        if y_ref is not None:
+            left.scatter(x, y_ref, marker="s", color="tab:orange")
+    left.scatter([], [], marker="o", color="tab:blue", label="seed-to-seed tau")
+    left.scatter([], [], marker="s", color="tab:orange", label="tau vs reference mean")
+    left.set_xscale("log")
+    left.set_xlabel("seconds per candidate (median, 1 thread)")
+    left.set_ylabel("Kendall tau")
+    left.set_title("Ranking quality against cost")
+    left.legend(fontsize=8)
+    for name, part in networks.groupby("protocol"):
+        right.errorbar(part["params"] / 1e6, part["top1_mean"] * 100, yerr=part["top1_std"].fillna(0) * 100,
+                       fmt="o", capsize=3, label=name, alpha=0.8)
+    right.set_xlabel("parameters (M)")
+    right.set_ylabel("val top-1 (%) mean +- std over seeds")
+    right.set_title("Networks under each protocol")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help="finished runs (JSON lines) and checkpoints of runs in progress")
+    parser.add_argument("--protocols", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="training seeds (default 0 1)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SPEC", help="train only these specs")
+    parser.add_argument("--specs", type=int, default=8)
+    parser.add_argument("--pool", type=int, default=200)
+    parser.add_argument("--spec-seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--summary-only", action="store_true", help="no training: summarise")
+    # Shrinking knobs for smoke tests (they change the settings key: separate results).
+    parser.add_argument("--train-per-class", type=int, default=None)
+    parser.add_argument("--val-samples", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.summary_only:
+        run_all(args)
+    summarise(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""Small file helpers shared by every module that writes results: atomic replacement.
+
+Kept free of torch and pandas so that light modules (latency tables) can use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A per-process temporary name beside ``path`` (its folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(path.name + f".tmp{os.getpid()}")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename over ``path``: a kill never leaves
+    half a file, and a reader sees the old or the new content."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = ["temporary_sibling", "write_text_atomic"]
