@@ -47,6 +47,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
+from nas.checkpoint import CheckpointError  # noqa: E402
 from nas.cost.ort_runner import cpu_model  # noqa: E402
 from nas.data import make_loaders  # noqa: E402
 from nas.formats import to_string  # noqa: E402
@@ -133,7 +134,14 @@ def run_all(args: argparse.Namespace) -> None:
                 log(f"{name} {spec_name} seed {seed}: training ({protocol.train.epochs} epochs at "
                     f"{protocol.data.resolution} px{', resuming' if folder.exists() else ''})")
                 load_start = os.getloadavg()[0]
-                result = train(spec, protocol.data, cfg, loaders=loaders_by_seed[seed], resume=True)
+                try:
+                    result = train(spec, protocol.data, cfg, loaders=loaders_by_seed[seed], resume=True)
+                except CheckpointError as err:
+                    # A checkpoint another version of the loop wrote: that run starts over
+                    # (finished runs are rows in the JSON-lines files and are never lost).
+                    log(f"{name} {spec_name} seed {seed}: {err}; starting this run over")
+                    shutil.rmtree(folder)
+                    result = train(spec, protocol.data, cfg, loaders=loaders_by_seed[seed], resume=True)
                 row = {
                     "protocol": name, "settings_key": key, "spec": spec_name, "arch": arch,
                     "seed": seed, "top1": result.top1, "top5": result.top5, "loss": result.loss,

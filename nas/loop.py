@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nas.checkpoint import check_matches, read_checkpoint, rng_state, save_atomic, set_rng_state
+from nas.data import ConfigError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -110,7 +111,8 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextMa
     if precision == "fp32":
         return contextlib.nullcontext
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device (use bf16 on a CPU)")
+        raise ConfigError(f"precision fp16 (AMP with a gradient scaler) needs a CUDA device, "
+                          f"training runs on {device}; use precision bf16 on a CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -166,6 +168,7 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     """
     started = time.perf_counter()
     device = options.device
+    autocast = autocast_for(device, options.precision)  # refuses fp16 off CUDA first
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError("the training loader yields no batches (dataset smaller than one batch?)")
@@ -204,7 +207,7 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     def backward(loss: torch.Tensor) -> None:
         scaler.scale(loss).backward()
 
-    ctx = StepContext(autocast=autocast_for(device, options.precision), backward=backward, state=state)
+    ctx = StepContext(autocast=autocast, backward=backward, state=state)
     steps_this_call = 0
     bar = tqdm(total=total, initial=state.step, desc=f"{options.desc} epoch {state.epoch + 1}/{num_epochs}",
                disable=not options.progress, dynamic_ncols=True, leave=False)

@@ -53,3 +53,15 @@ def test_nas_train_options_given_explicitly_override_the_protocol(tmp_path: Path
     assert train.weight_decay == load_protocol("proxy").train.weight_decay  # the protocol's
     assert data.resolution == 48 and data.train_per_class == 1000  # not the CLI defaults
     assert train.checkpoint_dir == str(tmp_path / "checkpoint")
+
+
+def test_the_search_can_score_candidates_with_a_protocol(tmp_path: Path) -> None:
+    from nas.cli.search import build_evaluator
+
+    cfg = {"data": {"name": "synthetic"},
+           "evaluator": {"kind": "proxy", "cache": False, "protocol": "proxy",
+                         "train": {"epochs": 2, "device": "cpu", "progress": False}}}
+    evaluator = build_evaluator(cfg, tmp_path)
+    proxy = load_protocol("proxy")
+    assert evaluator.data_cfg == proxy.data  # the protocol's data replaces the data group
+    assert evaluator.train_cfg.epochs == proxy.train.epochs and evaluator.train_cfg.device == "cpu"

@@ -226,3 +226,20 @@ def test_recalibration_on_a_network():
     with pytest.raises(ValueError, match="no batches"):
         recalibrate_bn(model, [], num_batches=2)
     assert torch.equal(model.state_dict()["features.0.1.running_mean"], after["features.0.1.running_mean"])
+
+
+# ---------------------------------------------------------------------------- speed knobs
+def test_bf16_autocast_trains_and_fp16_needs_cuda() -> None:
+    result = train(TINY, DATA, _cfg(precision="bf16"))
+    assert 0.0 <= result.top1 <= 1.0 and math.isfinite(result.loss)
+    assert result.settings["train"]["precision"] == "bf16"  # changes results: part of the key
+    with pytest.raises(ConfigError, match="precision fp16 .* needs a CUDA device"):
+        train(TINY, DATA, _cfg(precision="fp16"))
+    with pytest.raises(ConfigError, match="TrainConfig.precision must be one of"):
+        _cfg(precision="fp8")
+
+
+def test_channels_last_changes_speed_not_results() -> None:
+    fast, plain = train(TINY, DATA, _cfg()), train(TINY, DATA, _cfg(channels_last=False))
+    assert fast.settings == plain.settings  # a speed knob: not part of the result's key
+    assert abs(fast.loss - plain.loss) < 1e-3 and abs(fast.top1 - plain.top1) <= 2 / 64
