@@ -123,6 +123,12 @@ class Objective:
             if self.settings.budget_ms is not None:
                 # Feasible when <= 0 (Optuna's convention); samplers prefer feasible trials.
                 trial.set_constraint("latency_budget", latency_ms - self.settings.budget_ms)
+            original = evaluated_trial(trial.study, to_string(spec))
+            if original is not None:
+                # A repeat of a network the study has already scored (a resumed sampler or
+                # another worker proposed it): answered with that trial's result, costs no
+                # evaluation and does not count towards the budget.
+                return self._repeat(trial, original)
             if self.cost is not None:
                 madds, params = self.cost(spec)
                 trial.set_user_attr("madds", madds)
@@ -154,6 +160,24 @@ class Objective:
         return reward
 
 
+    @staticmethod
+    def _repeat(trial: optuna.Trial, original: FrozenTrial) -> float | tuple[float, float]:
+        for key in ("accuracy", "top5", "madds", "params", "reward"):
+            if key in original.user_attrs:
+                trial.set_user_attr(key, original.user_attrs[key])
+        trial.set_user_attr("duplicate_of", original.number)
+        values = original.values
+        return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def evaluated_trial(study: optuna.Study, spec: str) -> FrozenTrial | None:
+    """The first complete, non-repeat trial of ``study`` that scored the network ``spec``."""
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.user_attrs.get("spec") == spec and "duplicate_of" not in other.user_attrs:
+            return other
+    return None
+
+
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
     """Keep what a storage can hold (numbers, strings, lists, dicts)."""
     out: dict[str, Any] = {}
@@ -179,15 +203,24 @@ def enqueue_canonical(study: optuna.Study, space: SearchSpace) -> bool:
     return True
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count towards the requested number (complete or failed with a reason)."""
-    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count towards the budget: complete and not a repeat of another.
+
+    Failed, killed and interrupted trials do not count (they are retried), nor do repeats.
+    """
+    return sum("duplicate_of" not in t.user_attrs
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` meets its constraints (Optuna's convention: every value <= 0)."""
+    return all(value <= 0 for value in trial.constraints.values())
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The non-dominated feasible trials (for ``mnasnet`` mode: the best trial)."""
+    """The non-dominated feasible trials, repeats left out (``mnasnet``: the best feasible)."""
     if len(study.directions) == 1:
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if feasible(t) and "duplicate_of" not in t.user_attrs]
         return [max(complete, key=lambda t: t.value)] if complete else []
-    return study.best_trials
+    return [t for t in study.best_trials if "duplicate_of" not in t.user_attrs]

@@ -1,20 +1,28 @@
-"""What a search leaves in its run folder: trials.csv, pareto.csv, pareto.png, bneck YAMLs."""
+"""What a search leaves in its run folder: trials.csv, pareto.csv, pareto.png, bneck YAMLs.
+
+Written after every trial (:class:`TrialReporter`) and at the end, each file atomically, so
+a killed run leaves a consistent folder; ``pareto/`` holds exactly the current front.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.formats import from_string, save_spec
-from nas.search import pareto_trials
+from nas._io import temporary_sibling, write_text_atomic
+from nas.formats import from_string, to_yaml
+from nas.search import counted_trials, pareto_trials
 
 TRIAL_COLUMNS = [
     "number", "state", "accuracy", "latency_ms", "madds", "params", "reward", "top5",
-    "duration_s", "canonical", "spec", "fail_reason",
+    "duration_s", "canonical", "duplicate_of", "retry_of", "spec", "fail_reason",
 ]
 
 
@@ -35,6 +43,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "top5": attrs.get("top5"),
             "duration_s": duration,
             "canonical": bool(attrs.get("canonical", False)),
+            "duplicate_of": attrs.get("duplicate_of"),
+            "retry_of": attrs.get("retry_of", RetryFailedTrialCallback.retried_trial_number(t)),
             "spec": attrs.get("spec"),
             "fail_reason": attrs.get("fail_reason"),
         }
@@ -52,18 +62,53 @@ def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
     frame = trials_frame(study)
     paths = {"trials": run_dir / "trials.csv", "pareto": run_dir / "pareto.csv",
              "plot": run_dir / "pareto.png", "configs": run_dir / "pareto"}
-    frame.to_csv(paths["trials"], index=False)
+    write_text_atomic(paths["trials"], frame.to_csv(index=False))
     front = pareto_trials(study)
     front_numbers = {t.number for t in front}
     pareto = frame[frame["number"].isin(front_numbers)].sort_values("latency_ms")
-    pareto.to_csv(paths["pareto"], index=False)
+    write_text_atomic(paths["pareto"], pareto.to_csv(index=False))
     paths["configs"].mkdir(exist_ok=True)
+    wanted = {}
     for trial in front:
-        spec = from_string(trial.user_attrs["spec"])
         name = f"trial{trial.number:04d}"
-        save_spec(spec.replace(name=f"{study.study_name}_{name}"), paths["configs"] / f"{name}.yaml")
+        wanted[f"{name}.yaml"] = from_string(trial.user_attrs["spec"]).replace(
+            name=f"{study.study_name}_{name}")
+    for path in paths["configs"].glob("trial*.yaml"):
+        if path.name not in wanted:  # no longer on the front
+            path.unlink(missing_ok=True)
+    for file_name, spec in wanted.items():
+        write_text_atomic(paths["configs"] / file_name, to_yaml(spec))
     plot_front(frame, front_numbers, paths["plot"], title=study.study_name)
     return paths
+
+
+class TrialReporter:
+    """After every trial: rewrite the outputs and print one progress line.
+
+    Picklable, so worker processes run it too (their outputs replace each other atomically).
+    """
+
+    def __init__(self, run_dir: Path, budget: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.budget = budget
+        self.started = time.monotonic()
+
+    def __call__(self, study: optuna.Study) -> None:
+        write_outputs(study, self.run_dir)
+        last = max(study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)), key=lambda t: t.datetime_complete)
+        attrs = last.user_attrs
+        done = counted_trials(study)
+        elapsed = time.monotonic() - self.started
+        if last.state == TrialState.COMPLETE:
+            what = (f"top-1 {100 * attrs.get('accuracy', float('nan')):.2f}%, "
+                    f"{attrs.get('latency_ms', float('nan')):.3f} ms")
+            if "duplicate_of" in attrs:
+                what += f" (repeat of trial {attrs['duplicate_of']}: not counted)"
+        else:
+            what = f"{last.state.name}: {attrs.get('fail_reason', '')}"[:160]
+        print(f"trial {last.number} [{done}/{self.budget}] {what} | {attrs.get('spec', '')} | "
+              f"{elapsed:.0f} s", flush=True)
 
 
 def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str) -> None:
@@ -89,7 +134,9 @@ def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str) 
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = temporary_sibling(path)
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, path)
     plt.close(fig)
 
 
@@ -100,7 +147,16 @@ def summary_table(study: optuna.Study) -> str:
     lines = [f"study {study.study_name}: {len(frame)} trials " + json.dumps(counts)]
     front = pareto_trials(study)
     if not front:
-        lines.append("no complete trial yet")
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if "latency_ms" in t.user_attrs]
+        if not complete:
+            lines.append("no complete trial yet")
+        else:
+            fastest = min(complete, key=lambda t: t.user_attrs["latency_ms"])
+            over = max(fastest.constraints.values(), default=float("nan"))
+            lines.append(f"no feasible trial: none of the {len(complete)} complete trials meets the "
+                         f"latency budget; the fastest, trial {fastest.number} at "
+                         f"{fastest.user_attrs['latency_ms']:.3f} ms, is {over:.3f} ms over it")
         return "\n".join(lines)
     shown = frame[frame["number"].isin({t.number for t in front})].sort_values("latency_ms")
     lines.append("Pareto front (fastest first):")

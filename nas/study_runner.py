@@ -1,4 +1,4 @@
-"""Running a study: storage, parallel workers, dead-worker recovery, clean interruption.
+"""Running a study: storage, parallel workers, one global budget, recovery, clean stops.
 
 Storage is an Optuna JournalStorage file in the run folder by default, or any RDB URL
 (``postgresql://``, ``mysql+pymysql://``, ``sqlite:///``) so workers on several machines
@@ -6,24 +6,40 @@ share one study. For RDB storages Optuna's own heartbeat fails and retries the t
 worker that died; the journal file has no heartbeat, so a worker's host and pid are stored
 on each trial and a trial whose worker process is gone (same host) is failed and retried
 when a worker starts.
+
+**One budget for all workers.** Every worker, on any machine, runs until the study holds
+``budget`` complete trials (:func:`nas.search.counted_trials`: repeats of an evaluated
+network, failed, killed and interrupted trials do not count). A trial starts only when the
+complete trials plus the running trials numbered before it leave room in the budget;
+otherwise it waits (a running trial may still fail) and ends PRUNED, unevaluated, when the
+budget is reached. So the count is exact however many workers share the storage.
+
+**Fresh seeds per start.** A worker's sampler is seeded from the configured seed, the
+worker's index, the number of trials the study held when it started, and (after the first
+start) its host and pid: a resumed or added worker does not replay the sequence of an
+earlier one. A fresh single-worker run keeps the configured seed, so it is repeatable.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
 import socket
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from nas.search import finished_trials
+from nas.search import counted_trials
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +61,64 @@ class StorageSettings:
         return Path(self.run_dir) / JOURNAL_NAME
 
 
+class JournalError(RuntimeError):
+    """The journal file is damaged (the message names the file, the line and the repair)."""
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a journal whose last record is torn (a full disk, a kill mid-write) or garbled.
+
+    Optuna would append the next record onto the torn line and every later open would fail
+    with a bare JSON error; this names the file and line and the command that repairs it.
+    """
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise JournalError(f"{path}:{number}: not a complete journal record; repair with "
+                               f"`nas-study repair {path}` (keeps the {number - 1} records before "
+                               "it, the damaged file is kept beside it)") from None
+    if lines[-1]:
+        raise JournalError(f"{path}:{len(lines)}: the last record is cut short (the run was killed "
+                           f"or the disk filled while writing it); repair with `nas-study repair "
+                           f"{path}` (keeps the {len(lines) - 1} complete records)")
+
+
+def repair_journal(path: Path) -> tuple[int, int, Path | None]:
+    """Keep the complete records before the first damaged one; ``(kept, dropped, backup)``.
+
+    The original file is kept as ``<name>.damaged-<time>`` beside the repaired one.
+    """
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    kept: list[bytes] = []
+    for line in lines[:-1]:
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        kept.append(line)
+    dropped = len([x for x in lines if x]) - len(kept)
+    if dropped == 0:
+        return len(kept), 0, None
+    backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    backup.write_bytes(data)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+    os.replace(tmp, path)
+    return len(kept), dropped, backup
+
+
 def open_storage(settings: StorageSettings) -> BaseStorage:
-    """Open (creating if needed) the study storage."""
+    """Open (creating if needed) the study storage; a damaged journal is refused."""
     if settings.url is None:
         path = settings.journal_path
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_journal(path)
         # The open-lock works on any file system (the symlink lock does not on some mounts).
         backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
         return JournalStorage(backend)
@@ -102,6 +171,46 @@ def recover_dead_workers(study: optuna.Study, *, max_retry: int = 1) -> list[int
     return failed
 
 
+def _retry_targets(study: optuna.Study) -> set[int]:
+    """Numbers of failed trials that already have a retry (ours or Optuna's callback's)."""
+    targets = set()
+    for trial in study.get_trials(deepcopy=False):
+        if "retry_of" in trial.user_attrs:
+            targets.add(int(trial.user_attrs["retry_of"]))
+        number = RetryFailedTrialCallback.retried_trial_number(trial)
+        if number is not None:
+            targets.add(number)
+    return targets
+
+
+def requeue_failed(study: optuna.Study, *, max_retry: int = 1) -> list[int]:
+    """Enqueue one retry of every failed trial (killed, interrupted, or raised) that has none.
+
+    Called once per start before the workers run, so a Ctrl-C'd or killed trial is tried
+    again first and the budget is spent on complete trials. Returns the retried numbers.
+    """
+    retried = _retry_targets(study)
+    queued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        retries = int(trial.user_attrs.get("retries", 0))
+        if trial.number in retried or retries >= max_retry or not trial.params:
+            continue
+        attrs = {"retries": retries + 1, "retry_of": trial.number}
+        if trial.user_attrs.get("canonical"):
+            attrs["canonical"] = True
+        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+        queued.append(trial.number)
+    return queued
+
+
+def worker_seed(seed: int, worker_index: int, trials_at_start: int) -> int:
+    """The sampler seed of one worker start (see the module docstring)."""
+    if worker_index == 0 and trials_at_start == 0:
+        return seed
+    parts = [seed, worker_index, trials_at_start, os.getpid(), zlib.crc32(socket.gethostname().encode())]
+    return int(np.random.SeedSequence(parts).generate_state(1)[0] % (2**31 - 1))
+
+
 def load_or_create_study(
     storage: BaseStorage, *, study_name: str, directions: list[str], sampler: optuna.samplers.BaseSampler,
     resume: bool,
@@ -129,63 +238,160 @@ class WorkerJob:
     study_name: str
     factory: ObjectiveFactory
     factory_args: Any
-    n_trials: int
-    sampler_factory: Callable[[Any], optuna.samplers.BaseSampler]
+    budget: int
+    sampler_factory: Callable[[Any, int], optuna.samplers.BaseSampler]
     sampler_args: Any
+    seed: int = 0
+    on_trial_end: Callable[[optuna.Study], None] | None = None
+    poll_seconds: float = 2.0
+    max_repeats: int = 100
+
+
+class SamplerExhaustedError(RuntimeError):
+    """The sampler keeps proposing networks the study has already evaluated."""
+
+
+class BudgetReached(Exception):
+    """Raised inside a waiting trial when the other workers have completed the budget."""
+
+
+def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
+    """Wait until ``trial`` may run without overshooting the budget (module docstring)."""
+    while True:
+        done = counted_trials(study)
+        if done >= job.budget:
+            raise BudgetReached(f"budget of {job.budget} complete trials reached by other workers")
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if t.number < trial.number]
+        if done + len(ahead) < job.budget:
+            return
+        # A trial ahead may belong to a dead worker: let recovery fail it.
+        recover_dead_workers(study, max_retry=job.storage.max_retry)
+        if isinstance(study._storage, RDBStorage):
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(job.poll_seconds)
 
 
 def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
-    """Join the study and run ``job.n_trials`` trials; returns how many this worker finished."""
+    """Join the study and run trials until it holds ``job.budget`` counted trials.
+
+    Returns how many counted trials this worker added.
+    """
     storage = open_storage(job.storage)
+    probe = optuna.load_study(study_name=job.study_name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler())
+    seed = worker_seed(job.seed, worker_index, len(probe.get_trials(deepcopy=False)))
+    log.info("worker %d: sampler seed %d", worker_index, seed)
     study = optuna.load_study(study_name=job.study_name, storage=storage,
-                              sampler=job.sampler_factory(job.sampler_args, worker_index))
+                              sampler=job.sampler_factory(job.sampler_args, seed))
     recover_dead_workers(study, max_retry=job.storage.max_retry)
     objective = job.factory(job.factory_args)
-    before = finished_trials(study)
-    # catch=Exception: a failing trial is recorded (with its reason) and the study goes on.
-    study.optimize(objective, n_trials=job.n_trials, catch=(Exception,), gc_after_trial=True)
-    return finished_trials(study) - before
+    before = counted_trials(study)
+    repeats = {"run": 0}
+
+    def gated(trial: optuna.Trial) -> Any:
+        # Recorded first, so a worker that dies while its trial waits is recognised too.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            _gate(study, trial, job)
+        except BudgetReached as err:
+            study.stop()
+            trial.set_user_attr("fail_reason", f"not run: {err}")
+            raise optuna.TrialPruned(str(err)) from None
+        return objective(trial)
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        repeats["run"] = repeats["run"] + 1 if "duplicate_of" in trial.user_attrs else 0
+        if job.on_trial_end is not None:
+            job.on_trial_end(study)
+        if counted_trials(study) >= job.budget:
+            study.stop()
+        elif repeats["run"] >= job.max_repeats:
+            study.stop()
+            raise SamplerExhaustedError(
+                f"the sampler proposed {repeats['run']} networks in a row that the study has "
+                f"already evaluated ({counted_trials(study)} of {job.budget} trials done); the "
+                "space may be exhausted: lower `trials` or widen the space")
+
+    if counted_trials(study) < job.budget:
+        # catch=Exception: a failing trial is recorded (with its reason) and the study goes on.
+        study.optimize(gated, n_trials=None, catch=(Exception,), callbacks=[after],
+                       gc_after_trial=True)
+    return counted_trials(study) - before
 
 
-def _worker_process(job: WorkerJob, worker_index: int) -> None:
+def _worker_process(job: WorkerJob, worker_index: int, errors: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(job, worker_index)
+    try:
+        run_worker(job, worker_index)
+    except KeyboardInterrupt:
+        # Optuna has marked the running trial FAIL; it is retried at the next start.
+        raise SystemExit(130) from None
+    except Exception as err:  # reported by the parent with the worker's index
+        errors.put((worker_index, f"{type(err).__name__}: {err}"))
+        raise SystemExit(1) from None
 
 
-def split_trials(n_trials: int, n_workers: int) -> list[int]:
-    """Shares of ``n_trials`` for ``n_workers`` that add up exactly."""
-    base, extra = divmod(n_trials, n_workers)
-    return [base + (1 if i < extra else 0) for i in range(n_workers)]
+class WorkerError(RuntimeError):
+    """A worker process failed (the message names the worker and the reason)."""
 
 
 def run_parallel(job: WorkerJob, n_workers: int) -> None:
-    """Run ``job.n_trials`` trials over ``n_workers`` processes on this machine.
+    """Run worker processes on this machine until the study holds ``job.budget`` trials.
 
     Each process opens the storage itself; the journal's file lock and the RDB's
-    transactions keep trial numbers unique. A worker that dies leaves its running trial to
-    :func:`recover_dead_workers` (journal) or Optuna's heartbeat (RDB).
+    transactions keep trial numbers unique, and the budget is shared (module docstring). A
+    worker that dies leaves its running trial to :func:`recover_dead_workers` (journal) or
+    Optuna's heartbeat (RDB), and the others carry on to the full budget. Ctrl-C lets the
+    workers fail their running trials, then re-raises ``KeyboardInterrupt``.
     """
     if n_workers == 1:
         run_worker(job)
         return
     context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
     processes = []
-    for index, share in enumerate(split_trials(job.n_trials, n_workers)):
-        if share == 0:
-            continue
-        worker_job = WorkerJob(**{**job.__dict__, "n_trials": share})
-        process = context.Process(target=_worker_process, args=(worker_job, index), daemon=False)
+    for index in range(n_workers):
+        process = context.Process(target=_worker_process, args=(job, index, errors), daemon=False)
         process.start()
         processes.append(process)
     try:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
+        # The workers got the same SIGINT: give them time to mark their trials, then stop them.
+        deadline = time.monotonic() + 30
         for process in processes:
-            process.terminate()
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
         for process in processes:
-            process.join()
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        fail_trials_of_exited_workers(job, [p.pid for p in processes if p.pid is not None])
         raise
-    bad = [p.exitcode for p in processes if p.exitcode != 0]
+    reasons = {}
+    while not errors.empty():
+        index, reason = errors.get()
+        reasons[index] = reason
+    bad = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
     if bad:
-        raise RuntimeError(f"{len(bad)} worker process(es) exited with codes {bad}")
+        fail_trials_of_exited_workers(job, [p.pid for p in processes if p.pid is not None])
+        described = "; ".join(f"worker {i} exited with code {code}"
+                              + (f" ({reasons[i]})" if i in reasons else
+                                 " (killed by a signal)" if code is not None and code < 0 else "")
+                              for i, code in bad)
+        raise WorkerError(described)
+
+
+def fail_trials_of_exited_workers(job: WorkerJob, pids: list[int]) -> list[int]:
+    """Mark FAIL the RUNNING trials of these (exited) worker processes, in any storage."""
+    study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage),
+                              sampler=optuna.samplers.RandomSampler())
+    host = socket.gethostname()
+    names = {f"{host}:{pid}" for pid in pids}
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") in names:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(trial.number)
+    return failed

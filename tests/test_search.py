@@ -25,8 +25,10 @@ from nas.study_runner import (
     load_or_create_study,
     open_storage,
     recover_dead_workers,
+    requeue_failed,
     run_parallel,
-    split_trials,
+    run_worker,
+    worker_seed,
 )
 
 SPACE = "mobilenetv3_small"
@@ -146,12 +148,14 @@ def stand_in_objective(args: tuple[str, int]) -> Objective:
                      latency=expansion_latency, settings=StudySettings(sampler="random"))
 
 
-def stand_in_sampler(args: int, worker_index: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=args + worker_index)
+def stand_in_sampler(args: int, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
-def test_split_trials_adds_up():
-    assert split_trials(7, 3) == [3, 2, 2] and sum(split_trials(10, 4)) == 10
+def test_worker_seeds_differ_per_start_but_a_fresh_run_keeps_its_seed():
+    assert worker_seed(7, 0, 0) == 7  # fresh single-worker run: repeatable
+    seeds = {worker_seed(7, 0, 5), worker_seed(7, 1, 0), worker_seed(7, 1, 5), worker_seed(7, 0, 9)}
+    assert len(seeds) == 4 and 7 not in seeds
 
 
 def test_two_worker_processes_share_one_journal(tmp_path: Path):
@@ -160,13 +164,16 @@ def test_two_worker_processes_share_one_journal(tmp_path: Path):
                                  sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
     enqueue_canonical(study, load_space(SPACE))
     job = WorkerJob(storage=storage_settings, study_name="w", factory=stand_in_objective,
-                    factory_args=(SPACE, 0), n_trials=12, sampler_factory=stand_in_sampler, sampler_args=0)
+                    factory_args=(SPACE, 0), budget=12, sampler_factory=stand_in_sampler, sampler_args=0,
+                    poll_seconds=0.2)
     run_parallel(job, 2)
     study = optuna.load_study(study_name="w", storage=open_storage(storage_settings))
     trials = study.trials
-    assert len(trials) == 12
-    assert sorted(t.number for t in trials) == list(range(12))
-    assert all(t.state == TrialState.COMPLETE for t in trials)
+    counted = [t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    assert len(counted) == 12  # the budget counts across both processes, exactly
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    specs = [t.user_attrs["spec"] for t in counted]
+    assert len(specs) == len(set(specs))  # no network evaluated twice
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
     assert sum(bool(t.user_attrs.get("canonical")) for t in trials) == 1  # popped once
@@ -216,3 +223,41 @@ def test_resume_requires_an_existing_study(tmp_path: Path):
     with pytest.raises(FileExistsError, match="resume=true"):
         load_or_create_study(storage, study_name="x", directions=["maximize"],
                              sampler=optuna.samplers.RandomSampler(), resume=False)
+
+
+# ------------------------------------------------------------------ a damaged journal
+def test_a_torn_journal_is_refused_then_repaired(tmp_path: Path):
+    from nas.cli.study import main as study_main
+    from nas.study_runner import JournalError
+
+    storage_settings = StorageSettings(run_dir=str(tmp_path))
+    study = load_or_create_study(open_storage(storage_settings), study_name="j",
+                                 directions=["maximize", "minimize"],
+                                 sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
+    space = load_space(SPACE)
+    study.optimize(Objective(space=space, evaluator=CountingEvaluator(), latency=expansion_latency,
+                             settings=StudySettings(sampler="random")), n_trials=3)
+    journal = storage_settings.journal_path
+    whole = journal.read_bytes()
+    records = whole.count(b"\n")
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id"')  # disk full mid-write
+    with pytest.raises(JournalError, match=rf"study.journal:{records + 1}: the last record is cut short.*nas-study repair"):
+        open_storage(storage_settings)
+    assert study_main(["repair", str(journal)]) == 0
+    assert journal.read_bytes() == whole  # every complete record kept
+    assert len(list(tmp_path.glob("study.journal.damaged-*"))) == 1
+    resumed = optuna.load_study(study_name="j", storage=open_storage(storage_settings))
+    assert len(resumed.get_trials(states=(TrialState.COMPLETE,))) == 3
+
+
+def test_mnasnet_best_respects_the_budget_and_none_feasible_is_said(tmp_path: Path):
+    settings = StudySettings(mode="mnasnet", target_ms=1.2, sampler="random", budget_ms=0.01)
+    space = load_space(SPACE)
+    study = _study(tmp_path, settings)
+    study.optimize(Objective(space=space, evaluator=CountingEvaluator(), latency=expansion_latency,
+                             settings=settings), n_trials=3)
+    from nas.search import pareto_trials
+
+    assert pareto_trials(study) == []  # the best reward is infeasible: not reported as best
+    text = summary_table(study)
+    assert "no feasible trial: none of the 3 complete trials meets the latency budget" in text

@@ -24,24 +24,30 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nas.arch import NetworkSpec
-from nas.search import Objective, StudySettings, enqueue_canonical, finished_trials, make_sampler
-from nas.search_outputs import summary_table, write_outputs
+from nas.search import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
+from nas.search_outputs import TrialReporter, summary_table, write_outputs
 from nas.space import SearchSpace, space_from_dict
 from nas.study_runner import (
+    JournalError,
     StorageSettings,
+    WorkerError,
     WorkerJob,
     load_or_create_study,
     open_storage,
     recover_dead_workers,
+    requeue_failed,
     run_parallel,
 )
 
 log = logging.getLogger("nas-search")
 
 
-
 class SearchError(RuntimeError):
     """The run cannot start (bad config, uncovered table, ...); the message says why."""
+
+
+class SearchInterrupted(Exception):
+    """Ctrl-C stopped the run after its outputs were written (exit status 130)."""
 
 
 def table_dir(name_or_path: str) -> Path:
@@ -131,10 +137,10 @@ def build_objective(args: tuple[dict[str, Any], str]) -> Objective:
                      latency=table.predict, settings=settings_of(cfg), cost=cost)
 
 
-def build_sampler(cfg: dict[str, Any], worker_index: int) -> optuna.samplers.BaseSampler:
+def build_sampler(cfg: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler with this worker start's seed (:func:`worker_seed`)."""
     settings = settings_of(cfg)
-    # Distinct seeds per worker, or parallel workers would propose identical trials.
-    return make_sampler(StudySettings(**{**settings.__dict__, "seed": settings.seed + worker_index}))
+    return make_sampler(StudySettings(**{**settings.__dict__, "seed": seed}))
 
 
 def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace) -> None:
@@ -170,23 +176,31 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["top1", "latency_ms"] if settings.mode == "pareto" else ["reward"])
     recover_dead_workers(study)
+    retried = requeue_failed(study)
+    if retried:
+        log.info("retrying failed, killed or interrupted trial(s) %s first", retried)
     enqueue_canonical(study, space)
-    remaining = cfg["trials"] - finished_trials(study)
-    log.info("study %s: %d trial(s) finished, %d to run with %d worker(s); run folder %s",
-             cfg["study_name"], finished_trials(study), max(remaining, 0), cfg["n_workers"], run_dir)
+    done = counted_trials(study)
+    log.info("study %s: %d of %d trial(s) complete, %d worker(s) here; run folder %s",
+             cfg["study_name"], done, cfg["trials"], cfg["n_workers"], run_dir)
+    interrupted = False
     try:
-        if remaining > 0:
+        if done < cfg["trials"]:
             job = WorkerJob(storage=storage_settings, study_name=cfg["study_name"],
                             factory=build_objective, factory_args=(cfg, str(run_dir)),
-                            n_trials=remaining, sampler_factory=build_sampler, sampler_args=cfg)
+                            budget=cfg["trials"], sampler_factory=build_sampler, sampler_args=cfg,
+                            seed=cfg["seed"], on_trial_end=TrialReporter(run_dir, cfg["trials"]))
             run_parallel(job, cfg["n_workers"])
     except KeyboardInterrupt:
+        interrupted = True
         log.warning("interrupted: writing the outputs of the finished trials")
     finally:
         study = optuna.load_study(study_name=cfg["study_name"], storage=storage)
         paths = write_outputs(study, run_dir)
         print(summary_table(study))
         print(f"outputs: {', '.join(str(p) for p in paths.values())}")
+    if interrupted:
+        raise SearchInterrupted
     return study
 
 
@@ -197,6 +211,11 @@ def _hydra_main(cfg: DictConfig) -> None:
     assert isinstance(plain, dict)
     try:
         run(plain, run_dir)
+    except SearchInterrupted:
+        raise SystemExit(130) from None  # the shell's code for Ctrl-C; outputs are written
+    except (WorkerError, JournalError) as err:
+        print(f"nas-search: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except (SearchError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         # Configuration problems end with one line and exit code 2, not a traceback.
         print(f"nas-search: error: {err}", file=sys.stderr)
