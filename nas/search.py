@@ -203,6 +203,13 @@ def enqueue_canonical(study: optuna.Study, space: SearchSpace) -> bool:
     return True
 
 
+def retried_number(trial: FrozenTrial) -> int | None:
+    """The failed trial that ``trial`` retries, when Optuna's heartbeat callback enqueued it."""
+    with warnings.catch_warnings():  # experimental in Optuna since 2.8, unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+
+
 def counted_trials(study: optuna.Study) -> int:
     """Trials that count towards the budget: complete and not a repeat of another.
 

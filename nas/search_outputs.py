@@ -13,12 +13,11 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from nas._io import temporary_sibling, write_text_atomic
 from nas.formats import from_string, to_yaml
-from nas.search import counted_trials, pareto_trials
+from nas.search import counted_trials, pareto_trials, retried_number
 
 TRIAL_COLUMNS = [
     "number", "state", "accuracy", "latency_ms", "madds", "params", "reward", "top5",
@@ -44,7 +43,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "duration_s": duration,
             "canonical": bool(attrs.get("canonical", False)),
             "duplicate_of": attrs.get("duplicate_of"),
-            "retry_of": attrs.get("retry_of", RetryFailedTrialCallback.retried_trial_number(t)),
+            "retry_of": attrs.get("retry_of", retried_number(t)),
             "spec": attrs.get("spec"),
             "fail_reason": attrs.get("fail_reason"),
         }

@@ -39,7 +39,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailed
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from nas.search import counted_trials
+from nas.search import counted_trials, retried_number
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _retry_targets(study: optuna.Study) -> set[int]:
     for trial in study.get_trials(deepcopy=False):
         if "retry_of" in trial.user_attrs:
             targets.add(int(trial.user_attrs["retry_of"]))
-        number = RetryFailedTrialCallback.retried_trial_number(trial)
+        number = retried_number(trial)
         if number is not None:
             targets.add(number)
     return targets

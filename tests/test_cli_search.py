@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from nas.cost.lut import LatencyTable
 from nas.cost.timing import HarnessConfig
 from nas.formats import load_spec
 from nas.space import load_space
+from nas.search import retried_number
 from nas.study_runner import JOURNAL_NAME
 
 SPACES = Path(__file__).resolve().parent / "data" / "spaces"
@@ -195,3 +197,56 @@ def test_two_processes_on_one_study_share_one_budget(tmp_path: Path, tiny_table:
     counted = trials[(trials["state"] == "COMPLETE") & trials["duplicate_of"].isna()]
     assert len(counted) == 6 and counted["spec"].is_unique
     assert set(trials["state"]) <= {"COMPLETE", "PRUNED"}  # PRUNED: waited, budget reached
+
+
+POSTGRES_URL = os.environ.get("NAS_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="no PostgreSQL: set NAS_TEST_POSTGRES_URL "
+                                             "(.ci/run starts a throw-away cluster)")
+def test_two_machines_share_a_postgresql_study_through_a_kill(tmp_path: Path, tiny_table: Path):
+    study_name = f"scaleout_{os.getpid()}_{int(time.time())}"
+    storage_args = [f"storage={POSTGRES_URL}", f"study_name={study_name}", "heartbeat_interval=1",
+                    "trials=6"]
+    machine_a = subprocess.Popen(_args(tmp_path / "a", tiny_table, *storage_args),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = optuna.storages.RDBStorage(POSTGRES_URL)
+    deadline = time.time() + 120
+    while study_name not in optuna.get_all_study_names(storage) and time.time() < deadline:
+        time.sleep(0.5)
+
+    def start_b() -> subprocess.Popen:
+        return subprocess.Popen(_args(tmp_path / "b", tiny_table, *storage_args, "resume=true"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    machine_b = start_b()
+    worker_b = f"{socket.gethostname()}:{machine_b.pid}"
+    victim = None
+    while victim is None and time.time() < deadline + 120:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("worker") == worker_b and "spec" in t.user_attrs:
+                victim = t.number  # machine B is evaluating this network
+        time.sleep(0.2)
+    assert victim is not None, "machine B never ran a trial"
+    machine_b.kill()  # SIGKILL: no handler runs; only the heartbeat can tell
+    machine_b.wait(timeout=60)
+    machine_b = start_b()
+    for process in (machine_a, machine_b):
+        out, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, out[-3000:]
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = study.get_trials()
+    counted = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+               and "duplicate_of" not in t.user_attrs]
+    assert len(counted) == 6  # exactly the budget over both machines
+    specs = [t.user_attrs["spec"] for t in counted]
+    assert len(set(specs)) == 6  # no network evaluated twice
+    assert trials[victim].state == optuna.trial.TrialState.FAIL  # failed by the heartbeat
+    retries = [t for t in trials
+               if retried_number(t) == victim or t.user_attrs.get("retry_of") == victim]
+    assert len(retries) == 1 and retries[0].params == trials[victim].params  # and retried once
+    for folder in (tmp_path / "a", tmp_path / "b"):  # each machine's outputs are consistent
+        frame = pd.read_csv(folder / "trials.csv")
+        assert len(list((folder / "pareto").glob("*.yaml"))) == len(pd.read_csv(folder / "pareto.csv"))
+        assert set(frame["number"]) <= {t.number for t in trials}
