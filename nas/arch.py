@@ -55,11 +55,23 @@ def _where(row: int | None) -> str:
     return f"bneck row {row + 1}: " if row is not None else ""
 
 
-def _check_int(name: str, value: object, *, row: int | None, minimum: int = 1) -> None:
+# Upper bounds far above any mobile network (MobileNetV3-Large's widest layer has 1280
+# channels, ImageNet networks run at 224-600 px), so that a typo is refused before a
+# builder tries to allocate terabytes.
+MAX_CHANNELS = 16384
+MAX_RESOLUTION = 4096
+MAX_CLASSES = 100_000
+MAX_BLOCKS = 200
+
+
+def _check_int(name: str, value: object, *, row: int | None, minimum: int = 1,
+               maximum: int = MAX_CHANNELS) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{_where(row)}field '{name}' must be an integer, got {value!r}")
     if value < minimum:
         raise SpecError(f"{_where(row)}field '{name}' must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise SpecError(f"{_where(row)}field '{name}' must be <= {maximum}, got {value}")
 
 
 def _check_choice(name: str, value: object, allowed: tuple, *, row: int | None) -> None:
@@ -97,7 +109,7 @@ class BlockSpec:
 
     def validate(self, row: int | None = None) -> None:
         """Raise :class:`SpecError` naming the field (and ``row``) when invalid."""
-        _check_int("kernel", self.kernel, row=row)
+        _check_int("kernel", self.kernel, row=row, maximum=15)
         if self.kernel % 2 == 0:
             raise SpecError(f"{_where(row)}field 'kernel' must be odd, got {self.kernel}")
         _check_int("expansion", self.expansion, row=row)
@@ -186,6 +198,8 @@ class NetworkSpec:
         """Raise :class:`SpecError` naming the field (and block row) when invalid."""
         if not isinstance(self.blocks, tuple) or not self.blocks:
             raise SpecError("field 'blocks' must hold at least one bneck row")
+        if len(self.blocks) > MAX_BLOCKS:
+            raise SpecError(f"field 'blocks' holds {len(self.blocks)} bneck rows; at most {MAX_BLOCKS}")
         for row, block in enumerate(self.blocks):
             if not isinstance(block, BlockSpec):
                 raise SpecError(f"bneck row {row + 1}: expected a BlockSpec, got {block!r}")
@@ -200,12 +214,12 @@ class NetworkSpec:
             raise SpecError(f"field 'dropout' must be a number, got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise SpecError(f"field 'dropout' must be in [0, 1), got {self.dropout}")
-        _check_int("num_classes", self.num_classes, row=None)
-        _check_int("resolution", self.resolution, row=None, minimum=8)
+        _check_int("num_classes", self.num_classes, row=None, maximum=MAX_CLASSES)
+        _check_int("resolution", self.resolution, row=None, minimum=8, maximum=MAX_RESOLUTION)
         if isinstance(self.width_mult, bool) or not isinstance(self.width_mult, (int, float)):
             raise SpecError(f"field 'width_mult' must be a number, got {self.width_mult!r}")
-        if not self.width_mult > 0:
-            raise SpecError(f"field 'width_mult' must be > 0, got {self.width_mult}")
+        if not 0 < self.width_mult <= 16:
+            raise SpecError(f"field 'width_mult' must be in (0, 16], got {self.width_mult}")
         _check_choice("width_convention", self.width_convention, WIDTH_CONVENTIONS, row=None)
 
     # ------------------------------------------------------------------ derived views

@@ -198,7 +198,12 @@ def load_spec(name_or_path: str | Path) -> NetworkSpec:
         raise SpecError(
             f"{key}: no such file, and not a canonical name (one of {sorted(CANONICAL_NAMES)})"
         )
-    return from_yaml(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not a bneck YAML file (not UTF-8 text: byte {err.start} "
+                        f"cannot be decoded)") from None
+    return from_yaml(text, str(path))
 
 
 def save_spec(spec: NetworkSpec, path: str | Path) -> Path:

@@ -108,10 +108,22 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from nas.cost.lut import LatencyTable
+    import warnings
+
+    from nas.cost.lut import HostMismatchWarning, LatencyTable
     from nas.formats import load_spec
 
     table = LatencyTable.load(args.table)
+    # A table measured on another CPU or runtime version predicts for that machine, not
+    # this one: say so on one stderr line (or stop, with --strict) before any figure.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HostMismatchWarning)
+        table.check_host(strict=args.strict)
+    for warning in caught:
+        if issubclass(warning.category, HostMismatchWarning):
+            print(f"nas-lut: warning: {warning.message}", file=sys.stderr)
+        else:  # not ours: pass it on unchanged
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     for arch in args.arch:
         spec = load_spec(arch)
         if args.breakdown:
@@ -216,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--table", required=True, type=Path)
     pred.add_argument("arch", nargs="+", help="canonical name or bneck YAML")
     pred.add_argument("--breakdown", action="store_true")
+    pred.add_argument("--strict", action="store_true",
+                      help="fail (exit 2) if the table was measured on another CPU/GPU or "
+                           "runtime version than this host's (default: warn)")
     pred.set_defaults(func=_predict)
 
     export = sub.add_parser("export-ops", help="export every needed op as ONNX plus a manifest")

@@ -67,9 +67,32 @@ class Components:
     objective: Objective
 
 
+def space_source(cfg: dict[str, Any]) -> str:
+    """The file the ``space`` group was read from (for error messages), else its name."""
+    name = f"space '{cfg['space'].get('name', '?')}'"
+    if not HydraConfig.initialized():
+        return name
+    runtime = HydraConfig.get().runtime
+    choice = runtime.choices.get("space")
+    for source in runtime.config_sources:
+        if source.schema == "file":
+            candidate = Path(source.path) / "space" / f"{choice}.yaml"
+        elif source.schema == "pkg":
+            import importlib.util
+
+            spec = importlib.util.find_spec(source.path.replace("/", "."))
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            candidate = Path(list(spec.submodule_search_locations)[0]) / "space" / f"{choice}.yaml"
+        else:
+            continue
+        if candidate.is_file():
+            return str(candidate)
+    return name
+
+
 def build_space(cfg: dict[str, Any]) -> SearchSpace:
-    source = f"space '{cfg['space'].get('name', '?')}'"
-    return space_from_dict(cfg["space"], source)
+    return space_from_dict(cfg["space"], space_source(cfg))
 
 
 def load_table(cfg: dict[str, Any]):
@@ -77,6 +100,7 @@ def load_table(cfg: dict[str, Any]):
 
     table = LatencyTable.load(table_dir(cfg["latency"]["table"]))
     table.check_compatible(runtime=cfg["latency"]["runtime"], resolution=cfg["latency"]["resolution"])
+    table.check_host()  # warns (HostMismatchWarning) if measured on another CPU/runtime version
     return table
 
 
@@ -161,8 +185,46 @@ def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace) -> None:
     table.build(space, progress=True, save_to=table.path)
 
 
+# Top-level keys whose type Hydra does not check (the YAML has no schema): (kind, minimum).
+_TYPED_KEYS: dict[str, tuple[str, float | None]] = {
+    "trials": ("int", 1), "n_workers": ("int", 1), "threads": ("int", 1), "seed": ("int", 0),
+    "heartbeat_interval": ("int", 1), "budget_ms": ("number?", None), "target_ms": ("number?", None),
+    "reward_exponent": ("number?", None), "resume": ("bool", None), "profile_costs": ("bool", None),
+    "storage": ("str?", None), "study_name": ("str", None), "mode": ("str", None),
+    "sampler": ("str", None), "latency.table": ("str", None), "latency.runtime": ("str", None),
+    "latency.resolution": ("int", 8), "latency.measure_missing": ("bool", None),
+}
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Refuse a mistyped value with a message naming the key (``trials=abc``, ``n_workers=0``)."""
+    for key, (kind, minimum) in _TYPED_KEYS.items():
+        value: Any = cfg
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise SearchError(f"config key {key} is missing")
+            value = value[part]
+        optional = kind.endswith("?")
+        if optional and value is None:
+            continue
+        base = kind.rstrip("?")
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "bool": isinstance(value, bool),
+              "str": isinstance(value, str) and value != ""}[base]
+        if ok and minimum is not None and value < minimum:
+            ok = False
+        if not ok:
+            wanted = {"int": "an integer", "number": "a number", "bool": "true or false",
+                      "str": "a non-empty string"}[base]
+            bound = f" >= {minimum:g}" if minimum is not None else ""
+            null = " or null" if optional else ""
+            raise SearchError(f"{key} must be {wanted}{bound}{null}, got {value!r}")
+
+
 def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     """Run (or resume) the study described by ``cfg``; outputs land in ``run_dir``."""
+    check_config(cfg)
     space = build_space(cfg)
     settings = settings_of(cfg)
     ensure_table_covers(cfg, space)
@@ -224,8 +286,27 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
+    import os
+
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _hydra_main()
+    # Let composition errors reach the handlers below instead of Hydra's printed traceback.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        _hydra_main()
+    except yaml.YAMLError as err:  # a config file (e.g. a custom space) that is not YAML
+        mark = getattr(err, "problem_mark", None)
+        where = f"{mark.name}:{mark.line + 1}" if mark is not None else "a config file"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        print(f"nas-search: error: {where}: not valid YAML ({problem})", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (HydraException, OmegaConfBaseException) as err:  # unknown group, bad override
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"nas-search: error: {first}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

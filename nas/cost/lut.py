@@ -27,6 +27,15 @@ Two measurement methods (recorded in the provenance):
 
 A missing key is never answered with a default: :meth:`LatencyTable.predict` raises
 :class:`MissingKeysError` naming the keys, or measures them when the caller allows.
+
+:meth:`LatencyTable.load` is strict: a duplicate key, a key the parser cannot read, a
+latency that is empty, not a number, NaN/inf or not positive, a short row, an empty table
+or a provenance that is not an object or lacks a field raises :class:`LatencyTableError`
+naming the file, the line (as counted in the file, header = line 1) and the column or
+field -- a silently wrong table is worse than none, since every prediction inherits it.
+:meth:`LatencyTable.check_host` compares the provenance's device and runtime version with
+this machine's (a table is only exact where it was measured) and warns
+(:class:`HostMismatchWarning`) or, when strict, raises :class:`HostMismatchError`.
 """
 
 from __future__ import annotations
@@ -34,10 +43,14 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import hashlib
+import io
 import json
 import math
+import platform
 import random
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -46,6 +59,7 @@ from nas.arch import BlockSpec, NetworkSpec, conv_output_size
 from nas.cost import ort_runner
 from nas.cost.keys import (
     KEY_COLUMNS,
+    BadKeyError,
     SpecsOrSpace,
     bneck_key,
     keys_for,
@@ -53,7 +67,7 @@ from nas.cost.keys import (
     parse_key,
     spec_key_tuple,
 )
-from nas.cost.timing import HarnessConfig, harness_provenance
+from nas.cost.timing import HarnessConfig, harness_provenance, runtime_version
 
 SCHEMA_VERSION = 1
 TABLE_FILE = "table.csv"
@@ -93,6 +107,19 @@ class SchemaVersionError(LatencyTableError):
 
 class IncompatibleTableError(LatencyTableError):
     """The table was measured for another runtime, resolution, thread count or batch."""
+
+
+class HostMismatchError(IncompatibleTableError):
+    """``check_host(strict=True)``: the table was measured on another device or runtime version."""
+
+
+class HostMismatchWarning(UserWarning):
+    """The table was measured on another device or runtime version than this host's.
+
+    A warning, not an error, by default: using a table off its host is sometimes intended
+    (an imported table predicts for its board), but per-op figures do not carry across
+    CPUs (a table built on an AMD EPYC over-predicts an Intel Xeon by up to 29%).
+    """
 
 
 class MissingKeysError(KeyError):
@@ -235,10 +262,13 @@ class LatencyTable:
         return cls(provenance)
 
     @classmethod
-    def load(cls, directory: str | Path) -> LatencyTable:
-        """Read ``table.csv`` and ``provenance.json`` from ``directory``."""
-        import pandas as pd
+    def load(cls, directory: str | Path, *, allow_empty: bool = False) -> LatencyTable:
+        """Read ``table.csv`` and ``provenance.json`` from ``directory``, strictly.
 
+        Any defect raises :class:`LatencyTableError` naming the file, line and column (or
+        the provenance field). ``allow_empty`` accepts a header-only table: what a build
+        leaves behind before its first key, which :func:`build_table` resumes.
+        """
         directory = Path(directory)
         prov_path = directory / PROVENANCE_FILE
         table_path = directory / TABLE_FILE
@@ -247,24 +277,8 @@ class LatencyTable:
         if not prov_path.is_file() or not table_path.is_file():
             raise LatencyTableError(f"{directory}: not a latency table (needs {TABLE_FILE} and "
                                     f"{PROVENANCE_FILE})")
-        try:
-            provenance = json.loads(prov_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise LatencyTableError(f"{prov_path}: not valid JSON: {err}") from None
-        version = provenance.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise SchemaVersionError(f"{directory}: table schema version {version!r}, this code "
-                                     f"reads version {SCHEMA_VERSION}; rebuild the table")
-        for field in ("runtime", "resolution", "threads", "batch"):
-            if field not in provenance:
-                raise LatencyTableError(f"{prov_path}: provenance lacks '{field}'")
-        frame = pd.read_csv(table_path, dtype={"key": str})
-        missing = [c for c in ("key", "ms") if c not in frame.columns]
-        if missing:
-            raise LatencyTableError(f"{table_path}: missing column(s) {missing}")
-        entries = {}
-        for row in frame.to_dict(orient="records"):
-            entries[str(row["key"])] = {c: row.get(c) for c in VALUE_COLUMNS if c in row}
+        provenance = _read_provenance(prov_path, directory)
+        entries = _read_table_csv(table_path, allow_empty=allow_empty)
         return cls(provenance, entries, path=directory)
 
     def save(self, directory: str | Path | None = None) -> Path:
@@ -354,6 +368,24 @@ class LatencyTable:
                 raise IncompatibleTableError(
                     f"latency table{where} was measured for {field}={have!r}, asked for "
                     f"{field}={value!r}; build a table for {field}={value!r}")
+
+    def check_host(self, strict: bool = False) -> list[str]:
+        """Compare the provenance's device and runtime version with this host's.
+
+        Returns what differs (empty if nothing). On a difference, warns with
+        :class:`HostMismatchWarning`, or raises :class:`HostMismatchError` when ``strict``:
+        callers about to predict for this machine call it once, not per prediction.
+        """
+        differences = host_mismatch(self._provenance)
+        if differences:
+            where = f" {self.path}" if self.path else ""
+            message = (f"latency table{where} was measured on another host: "
+                       f"{'; '.join(differences)}; its predictions may not hold on this machine "
+                       f"(rebuild the table here with 'nas-lut build')")
+            if strict:
+                raise HostMismatchError(message)
+            warnings.warn(message, HostMismatchWarning, stacklevel=2)
+        return differences
 
     def harness_config(self) -> HarnessConfig:
         """The harness the table was measured with (for measuring missing keys alike)."""
@@ -608,7 +640,7 @@ def build_table(specs_or_space: SpecsOrSpace, out: str | Path, harness: HarnessC
     if resolution is None:
         resolution = _resolution_of(items)
     if (out / PROVENANCE_FILE).is_file():
-        table = LatencyTable.load(out)
+        table = LatencyTable.load(out, allow_empty=True)  # a build stopped before its first key
         table.check_compatible(runtime=harness.runtime, resolution=resolution,
                                threads=harness.threads, batch=harness.batch, dtype=harness.dtype)
     else:
@@ -616,6 +648,195 @@ def build_table(specs_or_space: SpecsOrSpace, out: str | Path, harness: HarnessC
         table.save(out)
     table.build(items, harness, progress=progress, save_to=out, callback=callback)
     return table
+
+
+# ---------------------------------------------------------------------------- host check
+def host_device(runtime: str) -> str:
+    """This machine's device for ``runtime``: the GPU name for torch-cuda, else the CPU model."""
+    if runtime == "torch-cuda":
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+        except ImportError:
+            pass
+        return "no CUDA device"
+    return ort_runner.cpu_model()
+
+
+def _host_runtime_version(runtime: str) -> str:
+    try:
+        return str(runtime_version(runtime))
+    except ImportError:
+        return "not installed"
+
+
+def host_mismatch(provenance: dict[str, Any]) -> list[str]:
+    """What differs between the host recorded in a table's provenance and this machine.
+
+    Compares the device (CPU model, or GPU for torch-cuda), the runtime's version and the
+    machine architecture; each difference reads ``"<what>: table '<x>', this host '<y>'"``.
+    A field the provenance does not record is reported too: the table cannot vouch for it.
+    """
+    runtime = str(provenance.get("runtime", ""))
+    recorded_host = provenance.get("host") if isinstance(provenance.get("host"), dict) else {}
+    differences = []
+    table_device = provenance.get("device") or recorded_host.get("cpu_model")
+    here = host_device(runtime)
+    if table_device is None:
+        differences.append(f"device: table records none, this host {here!r}")
+    elif str(table_device) != here:
+        kind = "GPU" if runtime == "torch-cuda" else "CPU"
+        differences.append(f"{kind}: table {str(table_device)!r}, this host {here!r}")
+    table_version = provenance.get("runtime_version")
+    here_version = _host_runtime_version(runtime)
+    if table_version is None:
+        differences.append(f"{runtime} version: table records none, this host {here_version!r}")
+    elif str(table_version) != here_version:
+        differences.append(f"{runtime} version: table {str(table_version)!r}, "
+                           f"this host {here_version!r}")
+    machine = recorded_host.get("machine")
+    if machine and str(machine) != platform.machine():
+        differences.append(f"architecture: table {str(machine)!r}, this host {platform.machine()!r}")
+    return differences
+
+
+# ---------------------------------------------------------------------------- strict reading
+_REQUIRED_PROVENANCE = ("runtime", "resolution", "threads", "batch")
+_INT_COLUMNS = ("n", "passes")
+_TEXT_COLUMNS = ("measured_at", "method")
+# A plain decimal number; float() alone would also take "1_0", "inf" and "nan".
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _read_provenance(path: Path, directory: Path) -> dict[str, Any]:
+    """The provenance object, checked for its schema version and required fields."""
+    try:
+        provenance = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise LatencyTableError(f"{path}: cannot read: {err}") from None
+    except json.JSONDecodeError as err:
+        raise LatencyTableError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(provenance, dict):
+        raise LatencyTableError(f"{path}: provenance must be a JSON object, got a "
+                                f"{type(provenance).__name__}")
+    version = provenance.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(f"{directory}: table schema version {version!r}, this code "
+                                 f"reads version {SCHEMA_VERSION}; rebuild the table")
+    for name in _REQUIRED_PROVENANCE:
+        if name not in provenance:
+            raise LatencyTableError(f"{path}: provenance lacks field '{name}'")
+    if not isinstance(provenance["runtime"], str) or not provenance["runtime"]:
+        raise LatencyTableError(f"{path}: field 'runtime' must be a non-empty string, got "
+                                f"{provenance['runtime']!r}")
+    for name in ("resolution", "threads", "batch"):
+        value = provenance[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise LatencyTableError(f"{path}: field '{name}' must be a positive integer, got "
+                                    f"{value!r}")
+    for name in ("host", "harness", "calibration"):
+        if provenance.get(name) is not None and not isinstance(provenance[name], dict):
+            raise LatencyTableError(f"{path}: field '{name}' must be a JSON object, got "
+                                    f"{provenance[name]!r:.60}")
+    calibration = provenance.get("calibration")
+    for name in ("a", "b") if calibration else ():
+        value = calibration.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LatencyTableError(f"{path}: field 'calibration.{name}' must be a finite number, "
+                                    f"got {value!r}")
+    return provenance
+
+
+def _read_table_csv(path: Path, *, allow_empty: bool) -> dict[str, dict[str, Any]]:
+    """The entries of ``table.csv`` by key; every defect names the file, line and column."""
+    entries: dict[str, dict[str, Any]] = {}
+    first_line: dict[str, int] = {}
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise LatencyTableError(f"{path}: cannot read: {err}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a BOM (spreadsheet export) is not a defect
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise LatencyTableError(f"{path}: line {line}: not UTF-8 text ({err.reason} at byte "
+                                f"{err.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise LatencyTableError(f"{path}: empty file (expected the header line "
+                                    f"{','.join(CSV_COLUMNS[:2])},...,ms,...)")
+        missing = [c for c in ("key", "ms") if c not in header]
+        if missing:
+            raise LatencyTableError(f"{path}: line 1 (header): missing column(s) {missing}")
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise LatencyTableError(f"{path}: line 1 (header): column(s) {repeated} appear twice")
+        for cells in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue  # a blank line carries nothing
+            if len(cells) != len(header):
+                raise LatencyTableError(f"{path}: line {line}: {len(cells)} field(s), the "
+                                        f"header has {len(header)} (a truncated row?)")
+            row = dict(zip(header, cells))
+            key = row["key"]
+            try:
+                parse_key(key)
+            except BadKeyError as err:
+                raise LatencyTableError(f"{path}: line {line}, column 'key': {err}") from None
+            if key in first_line:
+                raise LatencyTableError(f"{path}: line {line}, column 'key': duplicate key "
+                                        f"{key!r} (first at line {first_line[key]})")
+            first_line[key] = line
+            entries[key] = _row_figures(row, path, line)
+    except csv.Error as err:
+        raise LatencyTableError(f"{path}: line {reader.line_num}: unreadable CSV ({err})") from None
+    if not entries and not allow_empty:
+        raise LatencyTableError(f"{path}: no rows after the header (line 1); a table holds at "
+                                "least one key")
+    return entries
+
+
+def _row_figures(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
+    """The value columns of one CSV row: ``ms`` must be a positive number, others may be empty."""
+    figures: dict[str, Any] = {"ms": _cell_number(row["ms"], path, line, "ms", required=True)}
+    for column in VALUE_COLUMNS:
+        if column == "ms" or column not in row:
+            continue
+        if column in _TEXT_COLUMNS:
+            figures[column] = row[column] or None
+            continue
+        value = _cell_number(row[column], path, line, column, required=False)
+        if column in _INT_COLUMNS and value is not None and value.is_integer():
+            value = int(value)
+        figures[column] = value
+    return figures
+
+
+def _cell_number(cell: str, path: Path, line: int, column: str, *, required: bool) -> float | None:
+    """One numeric cell: ``ms`` (``required``) must be > 0, the other figures >= 0 or empty."""
+    where = f"{path}: line {line}, column '{column}'"
+    text = cell.strip()
+    if not text:
+        if required:
+            raise LatencyTableError(f"{where}: empty value, expected milliseconds > 0")
+        return None
+    if not _NUMBER.fullmatch(text):
+        kind = "not a finite number" if text.lower().lstrip("+-") in ("nan", "inf", "infinity") \
+            else "not a number"
+        raise LatencyTableError(f"{where}: {cell[:40]!r} is {kind}")
+    value = float(text)
+    if not math.isfinite(value):  # e.g. "1e999"
+        raise LatencyTableError(f"{where}: {cell[:40]!r} is not a finite number")
+    if required and value <= 0:
+        raise LatencyTableError(f"{where}: latency must be > 0 ms, got {cell[:40]!r}")
+    if value < 0:
+        raise LatencyTableError(f"{where}: must be >= 0, got {cell[:40]!r}")
+    return value
 
 
 def _statistic_text(statistic: str, method: str) -> str:
@@ -681,7 +902,8 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "CSV_COLUMNS", "IncompatibleTableError", "LatencyTable", "LatencyTableError", "METHODS",
-    "MissingKeysError", "SCHEMA_VERSION", "SchemaVersionError", "build_table", "cover_hosts",
+    "CSV_COLUMNS", "HostMismatchError", "HostMismatchWarning", "IncompatibleTableError",
+    "LatencyTable", "LatencyTableError", "METHODS", "MissingKeysError", "SCHEMA_VERSION",
+    "SchemaVersionError", "build_table", "cover_hosts", "host_device", "host_mismatch",
     "synthetic_host",
 ]

@@ -118,6 +118,10 @@ class ValidationReport:
         lines.append(f"  the measurement against itself (even vs odd rounds): Kendall tau "
                      f"{self.measurement_split_half_tau:.3f}")
         s = self.settings
+        lines.append(f"  table measured on {s.get('table_device')}, validated on "
+                     f"{s.get('host_device')} (this host)")
+        if s.get("host_mismatch"):
+            lines.append(f"  warning: the table comes from another host: {'; '.join(s['host_mismatch'])}")
         lines.append(f"  runtime {s['runtime']}, {s['threads']} thread(s), batch {s['batch']}, "
                      f"{s['rounds']} interleaved rounds, load average {s['loadavg_start']} -> "
                      f"{s['loadavg_end']}, {s['wall_s']:.0f} s")
@@ -148,6 +152,7 @@ def validate(
     overlap = set(specs) & set(cal_specs)
     if overlap:
         cal_specs = [s for s in cal_specs if s not in overlap]
+    from nas.cost.lut import host_device, host_mismatch
     from nas.formats import to_string
 
     stored = set((table.calibration or {}).get("specs") or [])
@@ -202,7 +207,10 @@ def validate(
         "runtime": harness.runtime, "runtime_version": table.provenance.get("runtime_version"),
         "threads": harness.threads, "batch": harness.batch, "dtype": harness.dtype,
         "resolution": space.base.resolution, "harness": harness.to_dict(),
-        "device": table.provenance.get("device"), "host": platform.node(),
+        # Both devices: a table measured elsewhere is validated here, and a summary naming
+        # only the table's device hid that the figures compare two machines.
+        "table_device": table.provenance.get("device"), "host_device": host_device(harness.runtime),
+        "host_mismatch": host_mismatch(table.provenance), "host": platform.node(),
         "table": str(table.path) if table.path else None,
         "table_method": table.provenance.get("method"),
         "calibration": ({k: v for k, v in table.calibration.items()
