@@ -85,3 +85,13 @@ def test_bad_search_values(tmp_path: Path, override: str, names: list[str]) -> N
 ])
 def test_bad_training_values(tmp_path: Path, args: list[str], names: list[str]) -> None:
     _assert_clean_error(_run("nas-train", *args, "--out", str(tmp_path / "run")), *names)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["validate", "--table", "latency_tables/cpu-torch-1t-b1-224", "--space", "mobilenetv3_small",
+      "--n", "0"], ["--n: expected an integer >= 1, got 0"]),
+    (["calibrate", "--table", "latency_tables/cpu-torch-1t-b1-224", "--threads", "x"],
+     ["--threads: expected an integer >= 1"]),
+])
+def test_bad_lut_values(args: list[str], names: list[str]) -> None:
+    _assert_clean_error(_run("nas-lut", *args, cwd=Path(__file__).resolve().parents[1]), *names)

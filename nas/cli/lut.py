@@ -19,6 +19,17 @@ from nas.arch import SpecError
 from nas.space import SpaceError
 
 
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports anything else as a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
 def _harness(args: argparse.Namespace, base=None):
     from nas.cost.timing import HarnessConfig
 
@@ -155,11 +166,11 @@ def _import(args: argparse.Namespace) -> None:
 
 def _add_harness_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     g = p.add_argument_group("harness" + ("" if defaults else " (default: the table's)"))
-    g.add_argument("--threads", type=int, default=1 if defaults else None)
-    g.add_argument("--batch", type=int, default=1 if defaults else None)
-    g.add_argument("--passes", type=int, default=None,
+    g.add_argument("--threads", type=positive_int, default=1 if defaults else None)
+    g.add_argument("--batch", type=positive_int, default=1 if defaults else None)
+    g.add_argument("--passes", type=positive_int, default=None,
                    help="interleaved passes / host networks per key (default 5)")
-    g.add_argument("--repeats", type=int, default=None, help="minimum samples per measurement")
+    g.add_argument("--repeats", type=positive_int, default=None, help="minimum samples per measurement")
     g.add_argument("--warmup", type=int, default=None, help="minimum warm-up calls")
     g.add_argument("--min-run-time", type=float, default=None, help="minimum seconds per measurement")
     g.add_argument("--max-run-time", type=float, default=None)
@@ -203,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="predicted vs measured end to end on N random specs")
     validate.add_argument("--table", required=True, type=Path)
     validate.add_argument("--space", required=True)
-    validate.add_argument("--n", type=int, default=100)
+    validate.add_argument("--n", type=positive_int, default=100)
     validate.add_argument("--seed", type=int, default=0)
-    validate.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: passes)")
+    validate.add_argument("--rounds", type=positive_int, default=None, help="interleaved rounds (default: passes)")
     validate.add_argument("--out", type=Path, default=None, help="report folder (default: the table's)")
     validate.add_argument("--recalibrate", type=int, default=0, metavar="N",
                           help="also report a calibration fitted now on N other specs")
@@ -217,9 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit ms = a*sum + b on end-to-end measurements")
     cal.add_argument("--table", required=True, type=Path)
     cal.add_argument("--space", action="append", required=True)
-    cal.add_argument("--n", type=int, default=10, help="networks per space")
+    cal.add_argument("--n", type=positive_int, default=10, help="networks per space")
     cal.add_argument("--seed", type=int, default=1000, help="keep it apart from validation seeds")
-    cal.add_argument("--rounds", type=int, default=None)
+    cal.add_argument("--rounds", type=positive_int, default=None)
     cal.add_argument("--no-progress", action="store_true")
     _add_harness_options(cal, defaults=False)
     cal.set_defaults(func=_calibrate)
@@ -236,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-ops", help="export every needed op as ONNX plus a manifest")
     export.add_argument("--space", action="append", required=True)
     export.add_argument("--out", required=True, type=Path)
-    export.add_argument("--batch", type=int, default=1)
+    export.add_argument("--batch", type=positive_int, default=1)
     export.add_argument("--resolution", type=int, default=None)
     export.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="torch.onnx exporter (torchscript: equivalent graphs, ~30x faster per op)")
