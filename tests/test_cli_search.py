@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -250,3 +251,60 @@ def test_two_machines_share_a_postgresql_study_through_a_kill(tmp_path: Path, ti
         frame = pd.read_csv(folder / "trials.csv")
         assert len(list((folder / "pareto").glob("*.yaml"))) == len(pd.read_csv(folder / "pareto.csv"))
         assert set(frame["number"]) <= {t.number for t in trials}
+
+
+def _wait_for_complete(run_dir: Path, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        if (run_dir / "trials.csv").is_file():
+            frame = pd.read_csv(run_dir / "trials.csv")
+            if (frame["state"] == "COMPLETE").sum() >= count:
+                return
+    pytest.fail(f"fewer than {count} complete trials in {timeout} s")
+
+
+def test_two_workers_ctrl_c_leave_no_running_trial_and_resume_retries(tmp_path: Path, tiny_table: Path):
+    run_dir, log = tmp_path / "run", tmp_path / "nas-search.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(_args(run_dir, tiny_table, "trials=8", "n_workers=2"), stdout=sink,
+                                   stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_complete(run_dir, 2, process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert "RUNNING" not in set(trials["state"])  # every interrupted trial is marked
+    resumed = _run(_args(run_dir, tiny_table, "trials=8", "n_workers=2", "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    counted = trials[(trials["state"] == "COMPLETE") & trials["duplicate_of"].isna()]
+    assert len(counted) == 8 and counted["spec"].is_unique
+    interrupted = trials[trials["state"] == "FAIL"]
+    with_params = interrupted[interrupted.filter(like="param_").notna().any(axis=1)]
+    for number in with_params["number"]:
+        assert (trials["retry_of"] == number).sum() == 1  # each retried once on resume
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def test_a_killed_worker_is_named_and_the_other_finishes_the_budget(tmp_path: Path, tiny_table: Path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_args(run_dir, tiny_table, "trials=6", "n_workers=2"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_complete(run_dir, 1, process)
+    workers = [c for c in _children(process.pid)
+               if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-3000:]
+    assert re.search(r"nas-search: error: worker [01] exited with code -9 \(killed by a signal\)", err)
+    assert "Traceback" not in err
+    trials = pd.read_csv(run_dir / "trials.csv")
+    counted = trials[(trials["state"] == "COMPLETE") & trials["duplicate_of"].isna()]
+    assert len(counted) == 6 and counted["spec"].is_unique  # the survivor did the dead one's share
+    assert "RUNNING" not in set(trials["state"])

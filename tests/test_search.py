@@ -138,6 +138,11 @@ def test_outputs_are_written(tmp_path: Path):
     assert {load_spec(p).replace(name="") for p in configs} == {from_string(s) for s in pareto["spec"]}
     assert paths["plot"].stat().st_size > 0
     assert "Pareto front" in summary_table(study)
+    # A YAML of a trial that has left the front is removed at the next write.
+    stale = paths["configs"] / "trial9999.yaml"
+    stale.write_text(configs[0].read_text())
+    write_outputs(study, tmp_path)
+    assert not stale.exists() and len(list(paths["configs"].glob("*.yaml"))) == len(configs)
 
 
 # ------------------------------------------------------------------ workers and recovery
