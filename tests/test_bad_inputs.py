@@ -95,3 +95,17 @@ def test_bad_training_values(tmp_path: Path, args: list[str], names: list[str]) 
 ])
 def test_bad_lut_values(args: list[str], names: list[str]) -> None:
     _assert_clean_error(_run("nas-lut", *args, cwd=Path(__file__).resolve().parents[1]), *names)
+
+
+def test_a_table_from_another_host_warns_and_strict_refuses(tmp_path: Path) -> None:
+    import json
+
+    table = tmp_path / "other-host"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "latency_tables" / "cpu-torch-1t-b1-224", table)
+    provenance = json.loads((table / "provenance.json").read_text())
+    provenance["device"] = provenance["host"]["cpu_model"] = "Imaginary CPU 9000"
+    (table / "provenance.json").write_text(json.dumps(provenance))
+    result = _run("nas-search", f"latency.table={table}", "latency.strict=true", "trials=1",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_clean_error(result, "Imaginary CPU 9000", "another host")
+    assert not (tmp_path / "run" / "trials.csv").exists()

@@ -100,7 +100,9 @@ def load_table(cfg: dict[str, Any]):
 
     table = LatencyTable.load(table_dir(cfg["latency"]["table"]))
     table.check_compatible(runtime=cfg["latency"]["runtime"], resolution=cfg["latency"]["resolution"])
-    table.check_host()  # warns (HostMismatchWarning) if measured on another CPU/runtime version
+    # Warns (HostMismatchWarning) when measured on another CPU or runtime version; an error
+    # with latency.strict=true.
+    table.check_host(strict=cfg["latency"].get("strict", False))
     return table
 
 
@@ -193,6 +195,7 @@ _TYPED_KEYS: dict[str, tuple[str, float | None]] = {
     "storage": ("str?", None), "study_name": ("str", None), "mode": ("str", None),
     "sampler": ("str", None), "latency.table": ("str", None), "latency.runtime": ("str", None),
     "latency.resolution": ("int", 8), "latency.measure_missing": ("bool", None),
+    "latency.strict": ("bool", None),
 }
 
 
