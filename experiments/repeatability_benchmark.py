@@ -17,7 +17,8 @@ mean), canonical Small's top-1 under every protocol, and seconds per candidate; 
 shows ranking quality against cost. Every finished run is appended to a JSON-lines file in
 ``--work`` (one per protocol and seed, so processes never share a file) and a run in
 progress checkpoints every ``--checkpoint-every`` steps: a killed benchmark resumes where it
-stopped. Split the work over the two cores with one process per seed::
+stopped. The finished runs live in ``--runs`` (committed with the results, so a fresh
+checkout continues the benchmark); checkpoints of runs in progress in ``--work``. Split the work over the two cores with one process per seed::
 
     python experiments/repeatability_benchmark.py --protocols reference --seeds 0 &
     python experiments/repeatability_benchmark.py --protocols reference --seeds 1 &
@@ -59,6 +60,7 @@ from supernet_benchmark import params_of, pick_specs  # noqa: E402
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
 DEFAULT_OUT = REPO / "experiments" / "results" / "repeatability"
 DEFAULT_WORK = REPO / "outputs" / "repeatability_benchmark"
+DEFAULT_RUNS = DEFAULT_OUT / "runs"
 
 # Proxy variants tried beside the shipped proxy protocol: (base protocol, data fields,
 # train fields). Each is meant to cost at most about 60 s per Small-space candidate on one
@@ -95,9 +97,9 @@ def settings_key(protocol: Protocol) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def read_rows(work: Path) -> list[dict[str, Any]]:
+def read_rows(folder: Path) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted(work.glob("runs-*.jsonl")):
+    for path in sorted(folder.glob("runs-*.jsonl")):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -112,7 +114,7 @@ def run_all(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     space = load_space("mobilenetv3_small")
     specs = pick_specs(space, args.specs, args.pool, args.spec_seed)
-    done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in read_rows(args.work)}
+    done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in read_rows(args.runs)}
     for name in args.protocols:
         protocol = protocol_of(name, args)
         key = settings_key(protocol)
@@ -151,8 +153,8 @@ def run_all(args: argparse.Namespace) -> None:
                     "host": platform.node(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
                     "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                 }
-                args.work.mkdir(parents=True, exist_ok=True)
-                with open(args.work / f"runs-{name}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
+                args.runs.mkdir(parents=True, exist_ok=True)
+                with open(args.runs / f"runs-{name}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 shutil.rmtree(folder, ignore_errors=True)
                 log(f"{name} {spec_name} seed {seed}: top-1 {result.top1:.4f} "
@@ -173,9 +175,9 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
-    rows = read_rows(args.work)
+    rows = read_rows(args.runs)
     if not rows:
-        raise SystemExit(f"repeatability_benchmark: no finished runs in {args.work}")
+        raise SystemExit(f"repeatability_benchmark: no finished runs in {args.runs}")
     runs = pd.DataFrame(rows)
     # Only the current settings of each protocol count (an edited protocol starts afresh).
     current = {name: settings_key(protocol_of(name, args)) for name in VARIANTS}
@@ -286,8 +288,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS,
+                        help="finished runs, one JSON-lines file per protocol and seed")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help="finished runs (JSON lines) and checkpoints of runs in progress")
+                        help="checkpoints of runs in progress")
     parser.add_argument("--protocols", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="training seeds (default 0 1)")
