@@ -16,3 +16,20 @@ def cifar_subset() -> Path:
     if not (CIFAR_SUBSET / "train").is_dir():
         pytest.skip(f"shared dataset not found at {CIFAR_SUBSET}")
     return CIFAR_SUBSET
+
+
+def write_image_folder(root: Path, counts: dict[str, int], *, classes: int = 3, size: int = 8,
+                       seed: int = 0) -> Path:
+    """An ImageFolder tree ``root/<split>/class<c>/<i>.png`` of random images, for tests."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(60 + 60 * (c % 3), 30, size=(size, size, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -8,23 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from conftest import write_image_folder
 
 
 def _folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 16), ("val", 4)):
-        for c in range(3):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(60 + 60 * c, 30, size=(8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    return write_image_folder(root, {"train": 16, "val": 4})
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -19,7 +19,6 @@ from typing import Callable
 
 import pytest
 
-from nas.arch import BlockSpec, NetworkSpec
 from nas.cli.lut import main
 from nas.cost import ort_runner
 from nas.cost.keys import keys_for_space
@@ -31,32 +30,17 @@ from nas.cost.lut import (
     host_mismatch,
     resolve_table_dir,
 )
-from nas.cost.timing import HarnessConfig
 from nas.formats import save_spec
-from nas.space import SearchSpace, StageSpace
+from test_lut import FAST, known_table, tiny_space
 
-FAST = HarnessConfig(warmup=1, warmup_time=0.0, repeats=3, min_run_time=0.0, max_run_time=0.05,
-                     passes=2)
 FOREIGN_CPU = "Imaginary CPU 9000 @ 1.00GHz"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_space() -> SearchSpace:
-    base = NetworkSpec(
-        blocks=(BlockSpec(3, 8, 8, False, "RE", 2), BlockSpec(3, 32, 16, False, "RE", 2),
-                BlockSpec(3, 32, 16, False, "RE", 1)),
-        stem_channels=8, last_conv=32, head_features=64, num_classes=10, resolution=32)
-    return SearchSpace(name="tiny", base=base,
-                       stages=(StageSpace(8, 2, 1, (8, 16)), StageSpace(16, 2, 2, (32, 48), (-1, 0))),
-                       kernels=(3,), se=(False,), activations=("RE",))
 
 
 @pytest.fixture(scope="module")
 def valid_table(tmp_path_factory) -> Path:
     """A small valid table folder (every key of the tiny space), measured 'here'."""
-    table = LatencyTable.create(FAST, resolution=32)
-    for i, key in enumerate(keys_for_space(tiny_space())):
-        table.set_entry(key, 0.01 * (i + 1), iqr_ms=0.001, n=5, passes=2)
+    table, _ = known_table(tiny_space(se=(False,)))
     return table.save(tmp_path_factory.mktemp("valid"))
 
 
@@ -198,7 +182,7 @@ def test_duplicate_key_names_both_lines(valid_table, tmp_path):
 
 def test_valid_and_shipped_tables_still_load(valid_table, tmp_path):
     loaded = LatencyTable.load(valid_table)
-    assert len(loaded) == len(keys_for_space(tiny_space()))
+    assert len(loaded) == len(keys_for_space(tiny_space(se=(False,))))
     assert loaded.entry(loaded.keys[0])["n"] == 5
     # A saved-then-loaded table saves to the same CSV (no NaN/None drift).
     loaded.save(tmp_path / "again")
@@ -257,7 +241,7 @@ def test_validation_reports_table_and_host_device(valid_table, tmp_path, monkeyp
          "iqr_ms": 0.0, "pass_spread_ms": 0.0, "rounds_ms": [1.0 + i, 1.0 + i],
          "rounds_min_ms": [1.0 + i, 1.0 + i], "loadavg": ""} for i in range(len(specs))]
     monkeypatch.setattr(val, "measure_end_to_end", measured)
-    report = val.validate(table, tiny_space(), n=4, progress=False)
+    report = val.validate(table, tiny_space(se=(False,)), n=4, progress=False)
     here = ort_runner.cpu_model()
     assert report.settings["table_device"] == FOREIGN_CPU
     assert report.settings["host_device"] == here
@@ -271,7 +255,7 @@ def test_validation_reports_table_and_host_device(valid_table, tmp_path, monkeyp
 @pytest.fixture()
 def foreign_table_and_spec(valid_table, tmp_path) -> tuple[Path, Path]:
     folder = foreign(copy_table(valid_table, tmp_path / "foreign"))
-    return folder, save_spec(tiny_space().base, tmp_path / "base.yaml")
+    return folder, save_spec(tiny_space(se=(False,)).base, tmp_path / "base.yaml")
 
 
 def test_predict_prints_the_mismatch_as_one_stderr_line(foreign_table_and_spec, capsys):

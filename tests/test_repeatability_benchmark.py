@@ -7,23 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
-from PIL import Image
+from conftest import write_image_folder
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "repeatability_benchmark.py"
 
 
 def _folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 3)):
-        for c in range(10):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    return write_image_folder(root, {"train": 6, "val": 3}, classes=10, size=32)
 
 
 def test_benchmark_runs_resumes_and_summarises(tmp_path: Path) -> None:
