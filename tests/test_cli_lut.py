@@ -52,12 +52,19 @@ def synthetic_table(space_path: Path, folder: Path) -> Path:
     return folder
 
 
-def test_validate_writes_csv_png_and_prints_figures(tmp_path, capsys):
+def test_validate_writes_csv_png_and_prints_figures(tmp_path, capsys, monkeypatch):
     space_path = write_space(tmp_path)
     table_dir = synthetic_table(space_path, tmp_path / "table")
-    code = main(["validate", "--table", str(table_dir), "--space", str(space_path), "--n", "6",
-                 "--seed", "0", "--rounds", "2", "--no-progress"])
-    assert code == 0
+    monkeypatch.chdir(tmp_path)
+    args = ["validate", "--table", str(table_dir), "--space", str(space_path), "--n", "6",
+            "--seed", "0", "--rounds", "2", "--no-progress"]
+    assert main(args) == 0
+    # A user's validation goes to a run folder: the table's own report is left alone.
+    assert not (table_dir / "validation_tiny.csv").exists()
+    (run,) = (tmp_path / "outputs" / "nas-lut").glob("validate-table-*")
+    assert (run / "validation_tiny.csv").is_file() and (run / "validation_summary.yaml").is_file()
+    capsys.readouterr()
+    assert main(args + ["--update-report"]) == 0  # a maintainer updates the shipped report
     out = capsys.readouterr().out
     for word in ("MAPE", "within +-5%", "within +-10%", "Kendall tau", "Spearman rho"):
         assert word in out

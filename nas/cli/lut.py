@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from nas.arch import SpecError
@@ -110,8 +111,12 @@ def _validate(args: argparse.Namespace) -> None:
     table = LatencyTable.load(args.table)
     (space,) = _spaces([args.space], None)
     cfg = _harness(args, table.harness_config())
+    # A user's validation never overwrites the report shipped beside a table: it goes to a
+    # run folder unless --update-report asks for the table's own report to be replaced.
+    out = args.out or (Path(args.table) if args.update_report else Path("outputs") / "nas-lut" /
+                       f"validate-{Path(args.table).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     report = validate(table, space, n=args.n, seed=args.seed, harness=cfg, rounds=args.rounds,
-                      out_dir=args.out or args.table, progress=not args.no_progress,
+                      out_dir=out, progress=not args.no_progress,
                       recalibrate=args.recalibrate, measure_missing=args.measure_missing)
     print(report.format())
     for path in report.files:
@@ -217,7 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--n", type=positive_int, default=100)
     validate.add_argument("--seed", type=int, default=0)
     validate.add_argument("--rounds", type=positive_int, default=None, help="interleaved rounds (default: passes)")
-    validate.add_argument("--out", type=Path, default=None, help="report folder (default: the table's)")
+    where = validate.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help="report folder (default: outputs/nas-lut/validate-<table>-<time>)")
+    where.add_argument("--update-report", action="store_true",
+                       help="replace the report kept in the table's folder (maintainers)")
     validate.add_argument("--recalibrate", type=int, default=0, metavar="N",
                           help="also report a calibration fitted now on N other specs")
     validate.add_argument("--measure-missing", action="store_true")
