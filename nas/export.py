@@ -33,10 +33,13 @@ def export_module(
     opset: int | None = None,
     external_data: bool = False,
     exporter: str = "dynamo",
+    dynamic_batch: bool = False,
 ) -> Path:
     """Export ``module`` (eval mode, on CPU) traced with ``example`` to ``path``.
 
     ``exporter`` is ``"dynamo"`` (default) or ``"torchscript"`` (see :data:`EXPORTERS`).
+    ``dynamic_batch`` names the first axis of input and output ``batch`` so one file serves
+    any batch size (deployment); latency-table exports keep the example's fixed batch.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
@@ -45,18 +48,20 @@ def export_module(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval().cpu()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             torch.onnx.export(
                 module, (example.cpu(),), str(path), input_names=["input"], output_names=["output"],
                 opset_version=opset, dynamo=True, external_data=external_data, verbose=False,
+                dynamic_axes=axes,
             )
         else:
             # The tracing exporter needs an explicit opset; 20 is the dynamo default's era.
             torch.onnx.export(
                 module, (example.cpu(),), str(path), input_names=["input"], output_names=["output"],
-                opset_version=opset or 20, dynamo=False, verbose=False,
+                opset_version=opset or 20, dynamo=False, verbose=False, dynamic_axes=axes,
             )
     return path
 

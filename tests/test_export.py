@@ -71,3 +71,13 @@ def test_unknown_exporter_is_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="exporter must be one of"):
         export_module(build_model(load_spec("small")), torch.randn(1, 3, 64, 64),
                       tmp_path / "x.onnx", exporter="tf2onnx")
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_dynamic_batch_axis_runs_at_batch_1_and_4(exporter: str, tmp_path: Path):
+    spec = load_spec("small_minimal").replace(resolution=64)
+    model = _trained_looking(build_model(spec))
+    path = export_module(model, torch.randn(1, 3, 64, 64), tmp_path / "net.onnx", exporter=exporter,
+                         dynamic_batch=True)
+    for batch in (1, 4):
+        assert compare_with_onnxruntime(model, path, torch.randn(batch, 3, 64, 64)) <= 1e-4
