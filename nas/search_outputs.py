@@ -77,7 +77,10 @@ def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
             path.unlink(missing_ok=True)
     for file_name, spec in wanted.items():
         write_text_atomic(paths["configs"] / file_name, to_yaml(spec))
-    plot_front(frame, front_numbers, paths["plot"], title=study.study_name)
+    context = study.user_attrs.get("context", {})
+    title = study.study_name + "".join(f" | {k} {v}" for k, v in context.items()
+                                       if k != "budget_ms" and v is not None)
+    plot_front(frame, front_numbers, paths["plot"], title=title, budget_ms=context.get("budget_ms"))
     return paths
 
 
@@ -110,8 +113,10 @@ class TrialReporter:
               f"{elapsed:.0f} s", flush=True)
 
 
-def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str) -> None:
-    """All complete trials, the front, and the canonical seed, accuracy against latency."""
+def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str,
+               budget_ms: float | None = None) -> None:
+    """All complete trials, the front (labelled with trial numbers), the canonical seed and
+    the latency budget, accuracy against latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,13 +128,19 @@ def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str) 
         ax.scatter(done["latency_ms"], 100 * done["accuracy"], s=14, color="0.6", label="trials")
         best = done[done["number"].isin(front)].sort_values("latency_ms")
         ax.plot(best["latency_ms"], 100 * best["accuracy"], "o-", color="tab:blue", label="Pareto front")
+        for _, row in best.iterrows():
+            ax.annotate(str(int(row["number"])), (row["latency_ms"], 100 * row["accuracy"]),
+                        xytext=(3, 3), textcoords="offset points", fontsize=7, color="tab:blue")
         seed = done[done["canonical"]]
         if not seed.empty:
             ax.scatter(seed["latency_ms"], 100 * seed["accuracy"], marker="*", s=220,
                        color="tab:red", zorder=5, label="canonical seed")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"latency budget {budget_ms:g} ms")
     ax.set_xlabel("lookup-table latency (ms)")
     ax.set_ylabel("proxy top-1 (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

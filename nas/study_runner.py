@@ -280,7 +280,10 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
     storage = open_storage(job.storage)
     probe = optuna.load_study(study_name=job.study_name, storage=storage,
                               sampler=optuna.samplers.RandomSampler())
-    seed = worker_seed(job.seed, worker_index, len(probe.get_trials(deepcopy=False)))
+    # Enqueued (WAITING) trials, such as the canonical seed, do not make a study "started".
+    started = probe.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING))
+    seed = worker_seed(job.seed, worker_index, len(started))
     log.info("worker %d: sampler seed %d", worker_index, seed)
     study = optuna.load_study(study_name=job.study_name, storage=storage,
                               sampler=job.sampler_factory(job.sampler_args, seed))

@@ -308,3 +308,11 @@ def test_a_killed_worker_is_named_and_the_other_finishes_the_budget(tmp_path: Pa
     counted = trials[(trials["state"] == "COMPLETE") & trials["duplicate_of"].isna()]
     assert len(counted) == 6 and counted["spec"].is_unique  # the survivor did the dead one's share
     assert "RUNNING" not in set(trials["state"])
+
+
+def test_a_fresh_one_worker_run_is_repeatable(tmp_path: Path, tiny_table: Path):
+    runs = [_run(_args(tmp_path / f"run{i}", tiny_table, "trials=3", "sampler=random")) for i in (0, 1)]
+    for result in runs:
+        assert result.returncode == 0, result.stderr[-3000:]
+    specs = [list(pd.read_csv(tmp_path / f"run{i}" / "trials.csv")["spec"]) for i in (0, 1)]
+    assert specs[0] == specs[1]  # the configured seed, not a per-start one

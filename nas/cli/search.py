@@ -100,10 +100,22 @@ def load_table(cfg: dict[str, Any]):
 
     table = LatencyTable.load(table_dir(cfg["latency"]["table"]))
     table.check_compatible(runtime=cfg["latency"]["runtime"], resolution=cfg["latency"]["resolution"])
-    # Warns (HostMismatchWarning) when measured on another CPU or runtime version; an error
-    # with latency.strict=true.
-    table.check_host(strict=cfg["latency"].get("strict", False))
     return table
+
+
+def check_table_host(cfg: dict[str, Any]) -> None:
+    """Say once, in one line, when the table was measured on another CPU or runtime version
+    (an error with ``latency.strict=true``)."""
+    from nas.cost.lut import HostMismatchWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HostMismatchWarning)
+        load_table(cfg).check_host(strict=cfg["latency"]["strict"])
+    for warning in caught:
+        if issubclass(warning.category, HostMismatchWarning):
+            print(f"nas-search: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def build_evaluator(cfg: dict[str, Any], run_dir: Path):
@@ -231,6 +243,7 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     space = build_space(cfg)
     settings = settings_of(cfg)
     ensure_table_covers(cfg, space)
+    check_table_host(cfg)
     storage_settings = StorageSettings(run_dir=str(run_dir), url=cfg["storage"],
                                        heartbeat_interval=cfg["heartbeat_interval"],
                                        grace_period=3 * cfg["heartbeat_interval"])
@@ -240,6 +253,11 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     with warnings.catch_warnings():  # experimental in Optuna, but shown by optuna-dashboard
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["top1", "latency_ms"] if settings.mode == "pareto" else ["reward"])
+    protocol = cfg["evaluator"].get("protocol")
+    data = f"protocol {protocol}" if protocol else cfg["data"].get("name")
+    study.set_user_attr("context", {  # named in the plot's title and kept with the study
+        "space": space.name, "data": data, "evaluator": cfg["evaluator"]["kind"],
+        "table": Path(str(cfg["latency"]["table"])).name, "budget_ms": cfg["budget_ms"]})
     recover_dead_workers(study)
     retried = requeue_failed(study)
     if retried:
