@@ -1,0 +1,34 @@
+"""The README's examples run as shown: every YAML block is a loadable bneck config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nas.formats import from_yaml
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_every_yaml_example_is_a_valid_bneck_config() -> None:
+    blocks = _blocks("yaml")
+    assert blocks, "the README shows a bneck YAML example"
+    for number, text in enumerate(blocks, start=1):
+        spec = from_yaml(text, f"README yaml block {number}")
+        assert spec.blocks and spec.resolution > 0
+
+
+def test_every_command_in_a_bash_block_is_a_known_program() -> None:
+    import tomllib
+
+    scripts = set(tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["scripts"])
+    known = scripts | {"pip", "pytest", "python", "torchrun", "createdb", "bash"}
+    for text in _blocks("bash"):
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line and not line.startswith(("-", "\\")) and not line.endswith("\\\\"):
+                assert line.split()[0] in known, line
