@@ -229,8 +229,12 @@ def _check_checkpoint(path: Path, record: dict[str, Any], space: SearchSpace,
         raise SupernetCheckpointError(
             f"evaluator.checkpoint: {path} was trained for space {trained.name!r}, which differs "
             f"from the search's space {space.name!r} (stages or choices); train one for this space")
-    saved = record["settings"]["data"]
-    differ = {k: (saved.get(k), v) for k, v in data_cfg.settings().items() if saved.get(k) != v}
+    saved = dict(record["settings"]["data"])
+    now = data_cfg.settings()
+    for settings in (saved, now):  # ../shared/x and /abs/shared/x are the same data
+        if settings.get("root"):
+            settings["root"] = str(Path(settings["root"]).resolve())
+    differ = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
     if differ:
         log.warning("supernet checkpoint %s was trained on other data settings: %s", path,
                     ", ".join(f"{k}: checkpoint {a!r} vs search {b!r}" for k, (a, b) in differ.items()))
@@ -262,7 +266,10 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
         train_cfg = dataclasses.replace(ev_cfg.train, device=train_device)
         folder = Path(run_dir) / RUN_SUBDIR
         with _file_lock(folder / "train.lock"):
-            log.info("training the supernet for space %s into %s", space.name, folder)
+            log.warning("no evaluator.checkpoint given: training a supernet for space %s on data %s%s "
+                        "into %s first (resumable; pass evaluator.checkpoint=<supernet.pt> to reuse "
+                        "one from `nas-supernet train`)", space.name, data_cfg.name,
+                        f" ({data_cfg.root})" if data_cfg.root else "", folder)
             result = train_supernet(new_supernet(space, loaders.num_classes, train_cfg), data_cfg,
                                     train_cfg, checkpoint_dir=folder, resume=True, loaders=loaders)
         supernet, path, steps = result.supernet, folder / "supernet.pt", result.steps

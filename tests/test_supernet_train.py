@@ -237,3 +237,24 @@ def test_loaders_with_other_class_count_are_refused() -> None:
     net = Supernet(tiny_space(), num_classes=5)
     with pytest.raises(ConfigError, match="classes"):
         SupernetEvaluator(net, DATA, loaders=make_loaders(DATA), device="cpu")
+
+
+def test_checkpoint_data_roots_compare_by_resolved_path(tmp_path: Path, caplog, monkeypatch) -> None:
+    import logging
+
+    from nas.supernet_evaluator import _check_checkpoint
+
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    relative = DataConfig(name="imagefolder", root="../shared/data", resolution=32)
+    absolute = DataConfig(name="imagefolder", root=str(tmp_path / "shared" / "data"), resolution=32)
+    record = {"finished": True, "progress": {"step": 1},
+              "arch": {"space": space_to_dict(tiny_space())}, "settings": {"data": relative.settings()}}
+    with caplog.at_level(logging.WARNING):
+        _check_checkpoint(tmp_path / "s.pt", record, tiny_space(), absolute)
+    assert "other data settings" not in caplog.text  # the same folder spelled two ways
+    other = DataConfig(name="imagefolder", root=str(tmp_path / "shared"), resolution=32)
+    with caplog.at_level(logging.WARNING):
+        _check_checkpoint(tmp_path / "s.pt", record, tiny_space(), other)
+    assert "other data settings" in caplog.text and "root" in caplog.text
