@@ -14,6 +14,7 @@ COMMANDS = {
     "nas-netadapt": "NetAdapt refinement of a network to a latency target (Hydra app)",
     "nas-arch": "bneck configs: show, export to ONNX, convert to timm/torchvision",
     "nas-study": "study storage maintenance (repair a torn journal)",
+    "nas-predict": "top-5 classes of image files under a trained network",
 }
 
 

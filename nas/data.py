@@ -520,6 +520,16 @@ class Loaders(NamedTuple):
     train: Any
     val: Any
     num_classes: int
+    classes: tuple[str, ...] = ()
+
+
+def _class_names(dataset: Any) -> tuple[str, ...]:
+    """The class names behind wrapped datasets (TransformedDataset, Subset, ImageFolder)."""
+    while dataset is not None:
+        if hasattr(dataset, "classes"):
+            return tuple(dataset.classes)
+        dataset = getattr(dataset, "base", None) or getattr(dataset, "dataset", None)
+    return ()
 
 
 def _tensor_loaders(cfg: DataConfig, seed: int, device: torch.device | str, rank: int, world: int,
@@ -570,7 +580,7 @@ def _tensor_loaders(cfg: DataConfig, seed: int, device: torch.device | str, rank
     return Loaders(TensorLoader(train, seed=seed, train=True, pad=pad, rank=rank, world=world,
                                 **common),  # type: ignore[arg-type]
                    TensorLoader(val, seed=seed, train=False, **common),  # type: ignore[arg-type]
-                   len(classes))
+                   len(classes), tuple(classes))
 
 
 def make_loaders(cfg: DataConfig, *, seed: int = 0, pin_memory: bool = False,
@@ -597,7 +607,7 @@ def make_loaders(cfg: DataConfig, *, seed: int = 0, pin_memory: bool = False,
                        generator=torch.Generator().manual_seed(seed), **common)  # type: ignore[arg-type]
     val = DataLoader(val_ds, shuffle=False, generator=torch.Generator().manual_seed(seed),
                      **common)  # type: ignore[arg-type]
-    return Loaders(train, val, num_classes)
+    return Loaders(train, val, num_classes, _class_names(train_ds))
 
 
 __all__ = [
