@@ -84,6 +84,10 @@ def test_build_then_predict(tmp_path, capsys):
     table = LatencyTable.load(out)
     assert table.missing_keys(load_space(space_path)) == []
     assert table.provenance["threads"] == 1 and table.provenance["resolution"] == 32
+    assert table.provenance["calibration"]["n"] == 12  # calibrated by default
+    assert main(["build", "--space", str(space_path), "--out", str(tmp_path / "raw"), "--no-calibrate",
+                 *FAST_ARGS]) == 0
+    assert "calibration" not in LatencyTable.load(tmp_path / "raw").provenance
     assert main(["predict", "--table", str(out), str(tmp_path / "tiny_base.yaml"), "--breakdown"]) == 0
     assert "ms predicted" in capsys.readouterr().out
 
