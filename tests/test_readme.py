@@ -1,4 +1,4 @@
-"""The README's examples run as shown: every YAML block is a loadable bneck config."""
+"""The README's examples run as shown: YAML blocks load as bneck configs, Python blocks run."""
 
 from __future__ import annotations
 
@@ -32,3 +32,12 @@ def test_every_command_in_a_bash_block_is_a_known_program() -> None:
             line = line.split("#", 1)[0].strip()
             if line and not line.startswith(("-", "\\")) and not line.endswith("\\\\"):
                 assert line.split()[0] in known, line
+
+
+def test_every_python_example_runs(monkeypatch, capsys) -> None:
+    blocks = _blocks("python")
+    assert blocks, "the README shows a Python example"
+    monkeypatch.chdir(README.parent)  # the examples use paths relative to the checkout
+    for number, text in enumerate(blocks, start=1):
+        exec(compile(text, f"README python block {number}", "exec"), {"__name__": "readme"})
+    assert " ms" in capsys.readouterr().out
