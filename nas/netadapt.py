@@ -864,6 +864,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
     current_model = build_model(current, num_classes=tuner.num_classes)
     current_model.load_state_dict(ck.state_dict)
     stopped = "target"
+    loop_started, steps_this_run = time.perf_counter(), 0
     while current_ms > target_ms:
         if cfg.max_steps is not None and step >= cfg.max_steps:
             stopped = "max_steps"
@@ -898,7 +899,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
                            seconds=time.perf_counter() - t0, spec=prop.spec)
                 folder.save_proposal(step, i, row, candidate)
                 say(f"step {step} [{i + 1}/{len(proposals)}] {prop.name}: {prop.latency_ms:.3f} ms, "
-                    f"top-1 {top1:.4f}")
+                    f"top-1 {top1:.4f} ({row['seconds']:.0f} s)")
             rows.append(row)
             results.append((row["top1"], row["latency_ms"]))
         chosen = pick(results, current_top1=current_top1, current_ms=current_ms, rule=cfg.rule)
@@ -912,8 +913,13 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
                                latency_ms=current_ms, top1=current_top1, history=history,
                                settings=settings))
         write_history(history, folder.root / "history.csv")
+        steps_this_run += 1
+        # Each step cuts at least delta_ms: an upper bound on the steps still to come.
+        left = max(0, math.ceil((current_ms - target_ms) / delta_ms))
+        per_step = (time.perf_counter() - loop_started) / steps_this_run
         say(f"step {step}: picked {prop.name} -> {current_ms:.3f} ms (target {target_ms:.3f}), "
-            f"top-1 {current_top1:.4f}; {len(all_proposals)} proposal(s), {len(proposals)} evaluated")
+            f"top-1 {current_top1:.4f}; {len(all_proposals)} proposal(s), {len(proposals)} evaluated; "
+            f"at most {left} step(s) left, ETA <= {left * per_step / 60:.0f} min")
 
     return _finish(folder, spec, current, current_model, history, tuner, cfg, step=step,
                    start_ms=start_ms, current_ms=current_ms, target_ms=target_ms, stopped=stopped,
