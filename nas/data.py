@@ -430,12 +430,16 @@ def _stratified_split(targets: Sequence[int], fraction: float, seed: int) -> tup
     return sorted(train_idx), sorted(val_idx)
 
 
+def _subset_indices(n: int, limit: int, seed: int, tag: int) -> list[int]:
+    """``limit`` of ``range(n)`` chosen by ``(seed, tag)``, in order (the seeded subsets)."""
+    return sorted(np.random.default_rng([seed, tag]).permutation(n)[:limit].tolist())
+
+
 def _subset(dataset: Dataset, limit: int | None, seed: int, tag: int) -> Dataset:
     n = len(dataset)  # type: ignore[arg-type]
     if limit is None or limit >= n:
         return dataset
-    keep = np.random.default_rng([seed, tag]).permutation(n)[:limit]
-    return Subset(dataset, sorted(keep.tolist()))
+    return Subset(dataset, _subset_indices(n, limit, seed, tag))
 
 
 def _resolve_augment(cfg: DataConfig, first_image_path: str | None) -> str:
@@ -557,17 +561,15 @@ def _tensor_loaders(cfg: DataConfig, seed: int, device: torch.device | str, rank
             train = balanced_subset(train, cfg.train_per_class, cfg.seed, f"{cfg.root}/train")
         except TensorDataError as err:
             raise DataError(str(err)) from None
-    for split, limit, tag, name in ((train, cfg.train_samples, 1, "train"),
-                                    (val, cfg.val_samples, 2, "val")):
+    for split, limit, name in ((train, cfg.train_samples, "train"), (val, cfg.val_samples, "val")):
         if limit is not None and limit > len(split):
             raise DataError(f"DataConfig.{name}_samples={limit} exceeds the {len(split)} images "
                             f"of {cfg.root}/{name}")
+    # The same seeded subsets as the other sources (tags 1 and 2).
     if cfg.train_samples is not None:
-        keep = np.random.default_rng([cfg.seed, 1]).permutation(len(train))[:cfg.train_samples]
-        train = take(train, sorted(keep.tolist()))
+        train = take(train, _subset_indices(len(train), cfg.train_samples, cfg.seed, 1))
     if cfg.val_samples is not None:
-        keep = np.random.default_rng([cfg.seed, 2]).permutation(len(val))[:cfg.val_samples]
-        val = take(val, sorted(keep.tolist()))
+        val = take(val, _subset_indices(len(val), cfg.val_samples, cfg.seed, 2))
     if cfg.batch_size % world:
         raise ConfigError(f"DataConfig.batch_size={cfg.batch_size} (the global batch) is not "
                           f"divisible by the {world} data-parallel processes")

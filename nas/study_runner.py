@@ -39,6 +39,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailed
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
+from nas._io import write_text_atomic
 from nas.search import counted_trials, retried_number
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,20 @@ class JournalError(RuntimeError):
     """The journal file is damaged (the message names the file, the line and the repair)."""
 
 
+def _complete_records(data: bytes) -> tuple[list[bytes], str | None]:
+    """The journal's records before the first damaged one, and the damage (None, "torn" or
+    "garbled"). A record is one JSON line ending in a newline."""
+    lines = data.split(b"\n")
+    kept: list[bytes] = []
+    for line in lines[:-1]:
+        try:
+            json.loads(line)
+        except ValueError:
+            return kept, "garbled"
+        kept.append(line)
+    return kept, "torn" if lines[-1] else None
+
+
 def check_journal(path: Path) -> None:
     """Refuse a journal whose last record is torn (a full disk, a kill mid-write) or garbled.
 
@@ -73,19 +88,14 @@ def check_journal(path: Path) -> None:
     """
     if not path.is_file():
         return
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines[:-1], start=1):
-        try:
-            json.loads(line)
-        except ValueError:
-            raise JournalError(f"{path}:{number}: not a complete journal record; repair with "
-                               f"`nas-study repair {path}` (keeps the {number - 1} records before "
-                               "it, the damaged file is kept beside it)") from None
-    if lines[-1]:
-        raise JournalError(f"{path}:{len(lines)}: the last record is cut short (the run was killed "
-                           f"or the disk filled while writing it); repair with `nas-study repair "
-                           f"{path}` (keeps the {len(lines) - 1} complete records)")
+    kept, damage = _complete_records(path.read_bytes())
+    if damage is None:
+        return
+    what = ("the last record is cut short (the run was killed or the disk filled while writing "
+            "it)" if damage == "torn" else "not a complete journal record")
+    raise JournalError(f"{path}:{len(kept) + 1}: {what}; repair with `nas-study repair {path}` "
+                       f"(keeps the {len(kept)} complete records before it, the damaged file is "
+                       "kept beside it)")
 
 
 def repair_journal(path: Path) -> tuple[int, int, Path | None]:
@@ -94,22 +104,13 @@ def repair_journal(path: Path) -> tuple[int, int, Path | None]:
     The original file is kept as ``<name>.damaged-<time>`` beside the repaired one.
     """
     data = path.read_bytes()
-    lines = data.split(b"\n")
-    kept: list[bytes] = []
-    for line in lines[:-1]:
-        try:
-            json.loads(line)
-        except ValueError:
-            break
-        kept.append(line)
-    dropped = len([x for x in lines if x]) - len(kept)
-    if dropped == 0:
+    kept, damage = _complete_records(data)
+    if damage is None:
         return len(kept), 0, None
+    dropped = len([line for line in data.split(b"\n") if line]) - len(kept)
     backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     backup.write_bytes(data)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(b"".join(line + b"\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line.decode("utf-8") + "\n" for line in kept))
     return len(kept), dropped, backup
 
 
@@ -160,15 +161,22 @@ def recover_dead_workers(study: optuna.Study, *, max_retry: int = 1) -> list[int
         if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             continue  # someone else finished it in the meantime
         failed.append(trial.number)
-        retries = int(trial.user_attrs.get("retries", 0))
-        if retries < max_retry and trial.params:
-            attrs = {"retries": retries + 1, "retry_of": trial.number}
-            if trial.user_attrs.get("canonical"):
-                attrs["canonical"] = True
-            study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+        requeued = _enqueue_retry(study, trial, max_retry)
         log.warning("trial %d: worker %s died mid-trial; marked FAIL%s", trial.number, worker,
-                    " and re-enqueued" if retries < max_retry else "")
+                    " and re-enqueued" if requeued else "")
     return failed
+
+
+def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int) -> bool:
+    """Enqueue ``trial``'s parameters once more, unless it has used its retries."""
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries >= max_retry or not trial.params:
+        return False
+    attrs: dict[str, Any] = {"retries": retries + 1, "retry_of": trial.number}
+    if trial.user_attrs.get("canonical"):
+        attrs["canonical"] = True
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+    return True
 
 
 def _retry_targets(study: optuna.Study) -> set[int]:
@@ -192,14 +200,8 @@ def requeue_failed(study: optuna.Study, *, max_retry: int = 1) -> list[int]:
     retried = _retry_targets(study)
     queued = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        retries = int(trial.user_attrs.get("retries", 0))
-        if trial.number in retried or retries >= max_retry or not trial.params:
-            continue
-        attrs = {"retries": retries + 1, "retry_of": trial.number}
-        if trial.user_attrs.get("canonical"):
-            attrs["canonical"] = True
-        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
-        queued.append(trial.number)
+        if trial.number not in retried and _enqueue_retry(study, trial, max_retry):
+            queued.append(trial.number)
     return queued
 
 
