@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from nas.checkpoint import check_matches, read_checkpoint, rng_state, save_atomic, set_rng_state
 from nas.data import ConfigError
+from nas.interrupts import raise_if_interrupted
 
 
 class NonFiniteLossError(RuntimeError):
@@ -221,6 +222,7 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                 if options.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 target = target.to(device, non_blocking=True)
+                raise_if_interrupted()  # a Ctrl-C swallowed by a finalizer still stops here
                 optimizer.zero_grad(set_to_none=True)
                 metrics = step(images, target, ctx)
                 bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}

@@ -12,7 +12,9 @@ when a worker starts.
 network, failed, killed and interrupted trials do not count). A trial starts only when the
 complete trials plus the running trials numbered before it leave room in the budget;
 otherwise it waits (a running trial may still fail) and ends PRUNED, unevaluated, when the
-budget is reached. So the count is exact however many workers share the storage.
+budget is reached. So the count is exact however many workers share the storage. A retry of
+a failed trial takes its original's place in that order (a waiting fresh trial gives way to
+it, PRUNED and unevaluated), so a killed network is evaluated again, not dropped.
 
 **Fresh seeds per start.** A worker's sampler is seeded from the configured seed, the
 worker's index, the number of trials the study held when it started, and (after the first
@@ -40,6 +42,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from nas._io import write_text_atomic
+from nas.interrupts import install_sigint_handler, raise_if_interrupted
 from nas.search import counted_trials, retried_number
 
 log = logging.getLogger(__name__)
@@ -181,14 +184,8 @@ def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_ret
 
 def _retry_targets(study: optuna.Study) -> set[int]:
     """Numbers of failed trials that already have a retry (ours or Optuna's callback's)."""
-    targets = set()
-    for trial in study.get_trials(deepcopy=False):
-        if "retry_of" in trial.user_attrs:
-            targets.add(int(trial.user_attrs["retry_of"]))
-        number = retried_number(trial)
-        if number is not None:
-            targets.add(number)
-    return targets
+    parents = (_retry_parent(trial) for trial in study.get_trials(deepcopy=False))
+    return {number for number in parents if number is not None}
 
 
 def requeue_failed(study: optuna.Study, *, max_retry: int = 1) -> list[int]:
@@ -257,14 +254,45 @@ class BudgetReached(Exception):
     """Raised inside a waiting trial when the other workers have completed the budget."""
 
 
+class GiveWay(Exception):
+    """Raised inside a waiting trial when a retry of an earlier trial is waiting to run."""
+
+
+def _retry_parent(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the failed trial that ``trial`` retries (ours or Optuna's callback's)."""
+    if "retry_of" in trial.user_attrs:
+        return int(trial.user_attrs["retry_of"])
+    return retried_number(trial)
+
+
+def _slots(trials: list[optuna.trial.FrozenTrial]) -> dict[int, int]:
+    """Each trial's place in the budget order: its number, or for a retry its original's."""
+    parents = {t.number: _retry_parent(t) for t in trials}
+    slots = {}
+    for number in parents:
+        slot = number
+        while parents.get(slot) is not None and parents[slot] < slot:
+            slot = parents[slot]
+        slots[number] = slot
+    return slots
+
+
 def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
     """Wait until ``trial`` may run without overshooting the budget (module docstring)."""
     while True:
         done = counted_trials(study)
         if done >= job.budget:
             raise BudgetReached(f"budget of {job.budget} complete trials reached by other workers")
-        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if t.number < trial.number]
+        trials = study.get_trials(deepcopy=False)
+        slots = _slots(trials)
+        mine = slots[trial.number]
+        # A retry keeps its failed trial's place in the order, so a killed network is
+        # evaluated again before fresh proposals take its room; a waiting trial gives way.
+        if any(t.state == TrialState.WAITING and _retry_parent(t) is not None
+               and slots[t.number] < mine for t in trials):
+            raise GiveWay(f"trial {trial.number} gives way to a waiting retry")
+        ahead = [t for t in trials if t.state == TrialState.RUNNING
+                 and t.number != trial.number and slots[t.number] < mine]
         if done + len(ahead) < job.budget:
             return
         # A trial ahead may belong to a dead worker: let recovery fail it.
@@ -295,6 +323,7 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
     repeats = {"run": 0}
 
     def gated(trial: optuna.Trial) -> Any:
+        raise_if_interrupted()
         # Recorded first, so a worker that dies while its trial waits is recognised too.
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
@@ -303,9 +332,13 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
             study.stop()
             trial.set_user_attr("fail_reason", f"not run: {err}")
             raise optuna.TrialPruned(str(err)) from None
+        except GiveWay as err:  # unevaluated and not counted; this worker takes the retry next
+            trial.set_user_attr("fail_reason", f"not run: {err}")
+            raise optuna.TrialPruned(str(err)) from None
         return objective(trial)
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        raise_if_interrupted()
         repeats["run"] = repeats["run"] + 1 if "duplicate_of" in trial.user_attrs else 0
         if job.on_trial_end is not None:
             job.on_trial_end(study)
@@ -327,6 +360,7 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
 
 def _worker_process(job: WorkerJob, worker_index: int, errors: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    install_sigint_handler()
     try:
         run_worker(job, worker_index)
     except KeyboardInterrupt:

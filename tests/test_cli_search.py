@@ -99,7 +99,10 @@ def _stacks_of(process: subprocess.Popen, log: Path) -> str:
     """Abort a stuck run and return its log, which ends with every thread's Python stack."""
     process.send_signal(signal.SIGABRT)  # faulthandler (PYTHONFAULTHANDLER=1) dumps the stacks
     process.wait(timeout=60)
-    return log.read_text(errors="replace")[-6000:]
+    text = log.read_text(errors="replace")
+    notable = [line for line in text.splitlines()
+               if any(word in line for word in ("Exception ignored", "Traceback", "nterrupt", "Error"))]
+    return "\n".join(notable[:40]) + "\n...\n" + text[-6000:]
 
 
 def test_ctrl_c_stops_cleanly_with_outputs(tmp_path: Path, tiny_table: Path):

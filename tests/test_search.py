@@ -20,6 +20,8 @@ from nas.search import Objective, StudySettings, SearchConfigError, enqueue_cano
 from nas.search_outputs import summary_table, write_outputs
 from nas.space import load_space
 from nas.study_runner import (
+    BudgetReached,
+    GiveWay,
     StorageSettings,
     WorkerJob,
     load_or_create_study,
@@ -30,6 +32,7 @@ from nas.study_runner import (
     run_worker,
     worker_seed,
 )
+from nas.study_runner import _gate as gate
 
 SPACE = "mobilenetv3_small"
 
@@ -208,6 +211,60 @@ def test_dead_worker_trial_is_failed_and_retried(tmp_path: Path):
     retry = study.ask()
     space.suggest(retry)  # an enqueued trial's parameters are fixed when suggested
     assert retry.params == frozen[trial.number].params and retry.user_attrs["retry_of"] == trial.number
+
+
+def test_a_retry_keeps_its_place_before_fresh_trials(tmp_path: Path):
+    """A killed trial's retry runs in its original's place; a fresh trial gives way to it."""
+    storage_settings = StorageSettings(run_dir=str(tmp_path))
+    study = load_or_create_study(open_storage(storage_settings), study_name="g",
+                                 directions=["maximize", "minimize"],
+                                 sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
+    space = load_space(SPACE)
+    first = study.ask()
+    space.suggest(first)
+    study.tell(first, [0.5, 1.0])
+    victim = study.ask()
+    space.suggest(victim)
+    study.tell(victim, state=TrialState.FAIL)
+    fresh = study.ask()  # proposed before the retry was queued, so numbered after it
+    assert requeue_failed(study) == [victim.number]
+    job = WorkerJob(storage=storage_settings, study_name="g", factory=None, factory_args=None,
+                    budget=2, sampler_factory=None, sampler_args=None, poll_seconds=0.01)
+    with pytest.raises(GiveWay):
+        gate(study, fresh, job)
+    study.tell(fresh, state=TrialState.PRUNED)
+    retry = study.ask()  # a worker's next trial takes the waiting retry
+    assert retry.number > fresh.number
+    gate(study, retry, job)  # returns: its original's place in the budget is free
+    space.suggest(retry)
+    assert retry.params == study.trials[victim.number].params
+    study.tell(retry, [0.6, 1.0])
+    later = study.ask()
+    with pytest.raises(BudgetReached):
+        gate(study, later, job)
+
+
+def test_a_swallowed_ctrl_c_is_still_raised(tmp_path: Path):
+    """Python drops a KeyboardInterrupt raised inside a finalizer; the recorded one stops us."""
+    import signal
+
+    from nas.interrupts import install_sigint_handler, raise_if_interrupted
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        install_sigint_handler()
+        raise_if_interrupted()  # nothing recorded yet
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        except KeyboardInterrupt:
+            pass  # what a weakref callback does with it
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    finally:
+        install_sigint_handler()  # clears the record for the tests that follow
+        signal.signal(signal.SIGINT, previous)
 
 
 def _alive(pid: int) -> bool:

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nas.arch import NetworkSpec
+from nas.interrupts import install_sigint_handler
 
 log = logging.getLogger("nas-netadapt")
 
@@ -186,6 +187,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
+    install_sigint_handler()
     _hydra_main()
 
 

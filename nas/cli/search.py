@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nas.arch import NetworkSpec
+from nas.interrupts import install_sigint_handler
 from nas.search import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
 from nas.search_outputs import TrialReporter, summary_table, write_outputs
 from nas.space import SearchSpace, space_from_dict
@@ -314,6 +315,7 @@ def main() -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    install_sigint_handler()
     # Let composition errors reach the handlers below instead of Hydra's printed traceback.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from nas.interrupts import install_sigint_handler
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 WHICH = ("largest", "smallest", "canonical", "random")
 
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.supernet_train import SupernetCheckpointError
 
     args = build_parser().parse_args(argv)
+    install_sigint_handler()
     try:
         args.func(args)
     except (CliError, SpecError, SpaceError, SupernetError, SupernetCheckpointError,

@@ -27,6 +27,7 @@ from typing import Any
 
 from nas.arch import SpecError
 from nas.data import DATASETS, ConfigError, DataConfig, DataError
+from nas.interrupts import install_sigint_handler
 from nas.train import (
     OPTIMIZERS,
     PRECISIONS,
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.distributed import shutdown
 
     args = build_parser().parse_args(argv)
+    install_sigint_handler()
     try:
         summary = run(args, _explicit_options(argv))
     except USER_ERRORS as err:

@@ -1,0 +1,37 @@
+"""A Ctrl-C that cannot be lost.
+
+Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when SIGINT
+arrives. If that is inside a weakref callback or a finalizer (torch and the garbage collector
+run many), the interpreter prints "Exception ignored in ..." and the interrupt is gone: a
+search went on for minutes after Ctrl-C. So the handler also records the interrupt, and the
+long loops (the training step, the trial boundaries) call :func:`raise_if_interrupted`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+_interrupted = threading.Event()
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def install_sigint_handler() -> None:
+    """Record Ctrl-C as well as raising it; a SIGINT the caller ignores stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return
+    _interrupted.clear()
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived and its exception was swallowed."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
