@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import yaml
 
 from nas.arch import ACTIVATIONS, BlockSpec, NetworkSpec, SpecError
+from nas.shipped import shipped_dir
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = shipped_dir("search_spaces")
 
 
 class SpaceError(ValueError):

@@ -68,6 +68,7 @@ from nas.cost.keys import (
     spec_key_tuple,
 )
 from nas.cost.timing import HarnessConfig, harness_provenance, runtime_version
+from nas.shipped import shipped_dir
 
 SCHEMA_VERSION = 1
 TABLE_FILE = "table.csv"
@@ -84,7 +85,7 @@ class LatencyTableError(ValueError):
     """A table folder is missing, malformed, or used where it does not apply."""
 
 
-SHIPPED_TABLES_DIR = Path(__file__).resolve().parents[2] / "latency_tables"
+SHIPPED_TABLES_DIR = shipped_dir("latency_tables")
 
 
 def resolve_table_dir(name_or_path: str | Path) -> Path:
