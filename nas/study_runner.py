@@ -144,12 +144,14 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def recover_dead_workers(study: optuna.Study, *, max_retry: int = 1) -> list[int]:
+def recover_dead_workers(study: optuna.Study, *, heartbeat: bool = False,
+                         max_retry: int = 1) -> list[int]:
     """Fail RUNNING trials whose worker (on this host) is gone, and enqueue a retry.
 
-    Only for storages without a heartbeat (the journal file). Returns the failed numbers.
+    Only for storages without a heartbeat (the journal file): with ``heartbeat`` (an RDB
+    storage) Optuna's own heartbeat does this. Returns the failed numbers.
     """
-    if isinstance(study._storage, RDBStorage):  # Optuna's heartbeat handles these
+    if heartbeat:
         return []
     host = socket.gethostname()
     failed = []
@@ -158,10 +160,13 @@ def recover_dead_workers(study: optuna.Study, *, max_retry: int = 1) -> list[int
         worker_host, _, pid = worker.rpartition(":")
         if worker_host != host or not pid.isdigit() or _process_alive(int(pid)):
             continue
-        storage = study._storage
-        # FrozenTrial._trial_id is what Optuna's own fail_stale_trials uses as well.
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died mid-trial")
-        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+        # Optuna has no public call that sets an attribute on another worker's trial; a
+        # Trial handle on its id is what Optuna's own fail_stale_trials uses as well.
+        optuna.Trial(study, trial._trial_id).set_user_attr(
+            "fail_reason", f"worker {worker} died mid-trial")
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # someone else finished it in the meantime
         failed.append(trial.number)
         requeued = _enqueue_retry(study, trial, max_retry)
@@ -296,8 +301,9 @@ def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
         if done + len(ahead) < job.budget:
             return
         # A trial ahead may belong to a dead worker: let recovery fail it.
-        recover_dead_workers(study, max_retry=job.storage.max_retry)
-        if isinstance(study._storage, RDBStorage):
+        heartbeat = job.storage.url is not None
+        recover_dead_workers(study, heartbeat=heartbeat, max_retry=job.storage.max_retry)
+        if heartbeat:
             optuna.storages.fail_stale_trials(study)
         time.sleep(job.poll_seconds)
 
@@ -317,7 +323,8 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
     log.info("worker %d: sampler seed %d", worker_index, seed)
     study = optuna.load_study(study_name=job.study_name, storage=storage,
                               sampler=job.sampler_factory(job.sampler_args, seed))
-    recover_dead_workers(study, max_retry=job.storage.max_retry)
+    recover_dead_workers(study, heartbeat=job.storage.url is not None,
+                         max_retry=job.storage.max_retry)
     objective = job.factory(job.factory_args)
     before = counted_trials(study)
     repeats = {"run": 0}

@@ -259,7 +259,7 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     study.set_user_attr("context", {  # named in the plot's title and kept with the study
         "space": space.name, "data": data, "evaluator": cfg["evaluator"]["kind"],
         "table": Path(str(cfg["latency"]["table"])).name, "budget_ms": cfg["budget_ms"]})
-    recover_dead_workers(study)
+    recover_dead_workers(study, heartbeat=storage_settings.url is not None)
     retried = requeue_failed(study)
     if retried:
         log.info("retrying failed, killed or interrupted trial(s) %s first", retried)
