@@ -1,13 +1,45 @@
 """mnv3-nas: latency-aware neural architecture search in the MobileNetV3 family.
 
-Kept free of imports: ``import nas`` is cheap, and every module is imported where it is used.
+The public API is below (``__all__``). Names are imported on first use, so ``import nas``
+stays cheap (no torch, no Optuna until something needs them).
 """
 
+from __future__ import annotations
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("mnv3-nas")
 except PackageNotFoundError:  # a checkout on sys.path without an install
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+_PUBLIC = {
+    "NASError": "nas.errors",
+    "NetworkSpec": "nas.arch",
+    "BlockSpec": "nas.arch",
+    "load_spec": "nas.formats",
+    "save_spec": "nas.formats",
+    "to_string": "nas.formats",
+    "from_string": "nas.formats",
+    "build_model": "nas.model",
+    "profile_spec": "nas.cost.profile",
+    "LatencyTable": "nas.cost.lut",
+    "load_space": "nas.space",
+    "SearchSpace": "nas.space",
+    "run_search": "nas.api",
+    "run_netadapt": "nas.api",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'nas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

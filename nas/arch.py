@@ -21,6 +21,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
+from nas.errors import NASError
+
 ACTIVATIONS = ("RE", "HS")
 LAST_STAGES = ("efficient", "original")
 WIDTH_CONVENTIONS = ("torchvision", "tf")
@@ -30,7 +32,7 @@ DILATIONS = (1, 2)
 Activation = Literal["RE", "HS"]
 
 
-class SpecError(ValueError):
+class SpecError(NASError, ValueError):
     """An architecture spec (or a file holding one) is invalid.
 
     The message always names the offending field, and the block row when there is one.

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from nas._io import temporary_sibling, write_text_atomic
+from nas.errors import NASError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(NASError, RuntimeError):
     """A checkpoint cannot be resumed (unreadable, foreign, or written by other settings)."""
 
 

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from nas.errors import NASError
+
 DATASETS = ("synthetic", "imagefolder", "cifar10")
 AUGMENTATIONS = ("auto", "pad_crop", "resized_crop", "none")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,11 +53,11 @@ DEFAULT_SYNTHETIC_TRAIN = 2000
 DEFAULT_SYNTHETIC_VAL = 500
 
 
-class ConfigError(ValueError):
+class ConfigError(NASError, ValueError):
     """A config field has a wrong type or value; the message names the field and the choices."""
 
 
-class DataError(ValueError):
+class DataError(NASError, ValueError):
     """A dataset cannot be used as configured; the message names the path or the classes."""
 
 

@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from nas.checkpoint import check_matches, read_checkpoint, rng_state, save_atomic, set_rng_state
 from nas.data import ConfigError
+from nas.errors import NASError
 from nas.interrupts import raise_if_interrupted
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NASError, RuntimeError):
     """Training diverged: the loss (or evaluation logits) became NaN or infinite."""
 
     def __init__(self, message: str, *, step: int | None = None, loss: float | None = None) -> None:

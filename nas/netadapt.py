@@ -73,6 +73,7 @@ from nas.arch import NetworkSpec
 from nas.bn import recalibrate_bn
 from nas.checkpoint import cpu_state, save_atomic, write_text_atomic
 from nas.data import DataConfig, Loaders, make_loaders
+from nas.errors import NASError
 from nas.formats import from_yaml, save_spec, to_string, to_yaml
 from nas.model import MobileNetV3Net, build_model
 from nas.prune import (
@@ -102,7 +103,7 @@ HISTORY_COLUMNS = [
 ]
 
 
-class NetAdaptError(ValueError):
+class NetAdaptError(NASError, ValueError):
     """A refinement cannot run as asked (target, inputs, resume mismatch); says why."""
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from nas.arch import NetworkSpec, squeeze_channels
+from nas.errors import NASError
 from nas.model import Bneck, MobileNetV3Net, build_model
 
 STEM = -1  # the position of the stem's output among block outputs 0..n-1
@@ -45,7 +46,7 @@ STEM = -1  # the position of the stem's output among block outputs 0..n-1
 Indices = tuple[int, ...]
 
 
-class PruneError(ValueError):
+class PruneError(NASError, ValueError):
     """A target spec cannot be reached from the source network by removing channels."""
 
 

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.arch import NetworkSpec
+from nas.errors import NASError
 from nas.evaluator import Evaluator
 from nas.formats import to_string
 from nas.space import SearchSpace
@@ -40,7 +41,7 @@ DEFAULT_REWARD_EXPONENT = {"mobilenetv3_large": -0.07, "mobilenetv3_small": -0.1
 LatencyFn = Callable[[NetworkSpec], float]
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(NASError, ValueError):
     """A search setting is invalid (the message names the field and the allowed values)."""
 
 

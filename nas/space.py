@@ -21,12 +21,13 @@ from typing import Any, Protocol
 import yaml
 
 from nas.arch import ACTIVATIONS, BlockSpec, NetworkSpec, SpecError
+from nas.errors import NASError
 from nas.shipped import shipped_dir
 
 SPACES_DIR = shipped_dir("search_spaces")
 
 
-class SpaceError(ValueError):
+class SpaceError(NASError, ValueError):
     """A search space file (or a spec checked against a space) is invalid."""
 
 

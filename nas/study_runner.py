@@ -42,6 +42,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from nas._io import write_text_atomic
+from nas.errors import NASError
 from nas.interrupts import install_sigint_handler, raise_if_interrupted
 from nas.search import counted_trials, retried_number
 
@@ -65,7 +66,7 @@ class StorageSettings:
         return Path(self.run_dir) / JOURNAL_NAME
 
 
-class JournalError(RuntimeError):
+class JournalError(NASError, RuntimeError):
     """The journal file is damaged (the message names the file, the line and the repair)."""
 
 
@@ -251,7 +252,7 @@ class WorkerJob:
     max_repeats: int = 100
 
 
-class SamplerExhaustedError(RuntimeError):
+class SamplerExhaustedError(NASError, RuntimeError):
     """The sampler keeps proposing networks the study has already evaluated."""
 
 
@@ -378,7 +379,7 @@ def _worker_process(job: WorkerJob, worker_index: int, errors: Any) -> None:
         raise SystemExit(1) from None
 
 
-class WorkerError(RuntimeError):
+class WorkerError(NASError, RuntimeError):
     """A worker process failed (the message names the worker and the reason)."""
 
 

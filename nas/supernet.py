@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.arch import BlockSpec, NetworkSpec, squeeze_channels
+from nas.errors import NASError
 from nas.model import BN_EPS, BN_MOMENTUM, Bneck, MobileNetV3Net, build_model, init_weights
 from nas.space import SearchSpace, SpaceError
 
@@ -50,7 +51,7 @@ IMPORTANCE_NORMS = ("l1", "l2")
 PermuteHook = Callable[[torch.Tensor, int, torch.Tensor], None]
 
 
-class SupernetError(ValueError):
+class SupernetError(NASError, ValueError):
     """A spec or setting the supernet cannot serve; the message names the field."""
 
 

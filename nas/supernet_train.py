@@ -44,6 +44,7 @@ from nas.data import (
     config_from_dict,
     make_loaders,
 )
+from nas.errors import NASError
 from nas.formats import spec_from_dict, spec_to_dict
 from nas.space import SearchSpace, StageSpace
 from nas.supernet import IMPORTANCE_NORMS, Supernet
@@ -54,7 +55,7 @@ CHECKPOINT_NAME = "supernet.pt"
 CHECKPOINT_FORMAT = "nas.supernet/2"  # 2: nas.loop's LoopState progress
 
 
-class SupernetCheckpointError(RuntimeError):
+class SupernetCheckpointError(NASError, RuntimeError):
     """A supernet checkpoint cannot be read or does not fit (the message says which field)."""
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.errors import NASError
+
 CACHE_FORMAT = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,7 +41,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val")
 
 
-class TensorDataError(ValueError):
+class TensorDataError(NASError, ValueError):
     """A folder cannot be decoded into a tensor cache; the message names the path."""
 
 

@@ -44,6 +44,7 @@ from nas.data import (
     make_loaders,
 )
 from nas.distributed import DataParallel
+from nas.errors import NASError
 from nas.loop import CheckpointSpec, LoopOptions, NonFiniteLossError, StepContext, epoch_batches, run_loop
 from nas.model import build_model
 
@@ -54,7 +55,7 @@ CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 2  # 2: nas.loop's LoopState progress
 
 
-class WeightsError(ValueError):
+class WeightsError(NASError, ValueError):
     """A weights file does not fit the model (names the keys and shapes)."""
 
 

@@ -38,6 +38,10 @@ def test_every_python_example_runs(monkeypatch, capsys) -> None:
     blocks = _blocks("python")
     assert blocks, "the README shows a Python example"
     monkeypatch.chdir(README.parent)  # the examples use paths relative to the checkout
+    namespace: dict = {}
     for number, text in enumerate(blocks, start=1):
-        exec(compile(text, f"README python block {number}", "exec"), {"__name__": "readme"})
+        namespace = {"__name__": "readme"}
+        exec(compile(text, f"README python block {number}", "exec"), namespace)
     assert " ms" in capsys.readouterr().out
+    study = namespace["study"]  # the example's two-trial search ran to its budget
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nas.arch import NetworkSpec
+from nas.errors import NASError
 from nas.interrupts import install_sigint_handler
 
 log = logging.getLogger("nas-netadapt")
@@ -30,7 +31,7 @@ log = logging.getLogger("nas-netadapt")
 SAVE_MEASURED = ("run", "table", "none")
 
 
-class NetAdaptCliError(ValueError):
+class NetAdaptCliError(NASError, ValueError):
     """The run cannot start as configured; the message says why."""
 
 

@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-class PredictError(ValueError):
+from nas.errors import NASError
+
+class PredictError(NASError, ValueError):
     """The model, its classes or an image cannot be used (the message names the file)."""
 
 

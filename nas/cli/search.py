@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nas.arch import NetworkSpec
+from nas.errors import NASError
 from nas.interrupts import install_sigint_handler
 from nas.search import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
 from nas.search_outputs import TrialReporter, summary_table, write_outputs
@@ -43,7 +44,7 @@ from nas.study_runner import (
 log = logging.getLogger("nas-search")
 
 
-class SearchError(RuntimeError):
+class SearchError(NASError, RuntimeError):
     """The run cannot start (bad config, uncovered table, ...); the message says why."""
 
 

@@ -29,13 +29,14 @@ from typing import Any
 
 import yaml
 
+from nas.errors import NASError
 from nas.interrupts import install_sigint_handler
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 WHICH = ("largest", "smallest", "canonical", "random")
 
 
-class CliError(ValueError):
+class CliError(NASError, ValueError):
     """A command-line problem; printed as one line with exit code 2."""
 
 

@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Union
 
 from nas.arch import BlockSpec, NetworkSpec, conv_output_size, original_stage_projection
+from nas.errors import NASError
 
 if TYPE_CHECKING:  # pragma: no cover
     from nas.space import SearchSpace
@@ -36,7 +37,7 @@ OPS = ("stem", "bneck", "lastconv", "pool", "head")
 KEY_COLUMNS = ["op", "in_res", "in_ch", "exp", "out", "kernel", "stride", "se", "act", "dilation"]
 
 
-class BadKeyError(ValueError):
+class BadKeyError(NASError, ValueError):
     """A string is not a latency key."""
 
 

@@ -68,6 +68,7 @@ from nas.cost.keys import (
     spec_key_tuple,
 )
 from nas.cost.timing import HarnessConfig, harness_provenance, runtime_version
+from nas.errors import NASError
 from nas.shipped import shipped_dir
 
 SCHEMA_VERSION = 1
@@ -81,7 +82,7 @@ CSV_COLUMNS = ["key", *KEY_COLUMNS, *VALUE_COLUMNS]
 LOG_COLUMNS = ["unit", "key", "median_ms", "min_ms", "iqr_ms", "mean_ms", "n", "loadavg", "time"]
 
 
-class LatencyTableError(ValueError):
+class LatencyTableError(NASError, ValueError):
     """A table folder is missing, malformed, or used where it does not apply."""
 
 
@@ -123,7 +124,7 @@ class HostMismatchWarning(UserWarning):
     """
 
 
-class MissingKeysError(KeyError):
+class MissingKeysError(NASError, KeyError):
     """Keys a prediction needs are not in the table (and measuring them was not allowed)."""
 
     def __init__(self, keys: Sequence[str], hint: str = "") -> None:

@@ -37,12 +37,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 from nas.cost import ort_runner
 from nas.cost.ort_runner import loadavg, pinned_cpu, realtime_priority, run_samples
+from nas.errors import NASError
 
 RUNTIMES = ("torch-cpu", "torch-cuda", "onnxruntime")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-class HarnessError(ValueError):
+class HarnessError(NASError, ValueError):
     """A harness setting is invalid or cannot run here (e.g. CUDA without a GPU)."""
 
 
