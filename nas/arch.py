@@ -6,7 +6,8 @@ without building them.
 
 Channel counts are absolute, as in the paper's tables ("exp" is the expansion layer's
 width, not a ratio). A width multiplier other than 1.0 is resolved into concrete channel
-counts by :meth:`NetworkSpec.resolved`, under one of two conventions (REFERENCE.md):
+counts by :meth:`NetworkSpec.resolved`, under one of two conventions (torchvision's and
+TF-slim's; the paper's multiplier rows, Sec. 6.1.1 and its Appendix A):
 
 * ``torchvision``: every channel count, including the pooled head width (1280/1024), is
   scaled with ``make_divisible(c * m, 8)``;

@@ -227,7 +227,7 @@ class TableLatency:
       key is scaled by the median ratio *table figure / figure measured now* of the keys of
       the same network the table already holds. A proposal's saving is the difference
       between a key measured now and one measured earlier; on a machine whose speed drifts
-      (shared cores: MEASURED.md saw 30% between runs minutes apart) that difference is
+      (shared cores: 30% between runs minutes apart was seen on these machines) that difference is
       mostly drift, and NetAdapt's "largest count that meets the cut" degenerates into
       picking a lucky measurement. Anchoring to keys timed in the same forward passes
       cancels the common-mode drift.
@@ -955,7 +955,7 @@ def _finish(folder: RunFolder, start: NetworkSpec, spec: NetworkSpec, model: Mob
     history.append(_row(step, "adapted", proposal="after short-term steps", latency_ms=current_ms,
                         top1=before_val, split="val", spec=spec))
     if cfg.long_term_init == "scratch" and tuner.long_term is not None:
-        # MobileNetV3 trains the adapted network from scratch (REFERENCE.md).
+        # MobileNetV3 trains the adapted network from scratch (paper Sec. 4.2, NetAdapt).
         torch.manual_seed(tuner.long_term.seed)
         model = build_model(spec, num_classes=tuner.num_classes)
     model, long_steps = tuner.long(model, folder.root / "long_term")

@@ -88,7 +88,7 @@ def make_sampler(settings: StudySettings) -> optuna.samplers.BaseSampler:
 
 
 def mnasnet_reward(accuracy: float, latency_ms: float, target_ms: float, w: float) -> float:
-    """MnasNet's reward ACC(m) x [LAT(m) / TAR]^w (REFERENCE.md, "Search")."""
+    """MnasNet's reward ACC(m) x [LAT(m) / TAR]^w (MnasNet Eq. 2, reused by the paper, Sec. 4.1)."""
     return accuracy * (latency_ms / target_ms) ** w
 
 

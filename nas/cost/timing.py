@@ -5,7 +5,7 @@ off-host runner so a board computes its figures the same way):
 
 * ``torch-cpu``: torch eager on CPU under ``torch.inference_mode``, with a fixed intra-op
   thread count (set for the measurement and restored after; one thread is the stable
-  setting on a shared machine, MEASURED.md);
+  setting on a shared machine: two threads under load measured far noisier);
 * ``torch-cuda``: the same module on the GPU, each sample bracketed by CUDA events and a
   synchronisation;
 * ``onnxruntime``: the module exported with :func:`nas.export.export_module` (native
@@ -471,7 +471,7 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
     Every op (stem, bnecks, last conv, pool, classifier) is timed where it runs: its input
     was just written by the op before it and its weights were pushed out of the caches by
     the rest of the network, as in an end-to-end run. Summing isolated timings misses
-    exactly this (MEASURED.md: 15-20% under-prediction; far more for the 1280/1000
+    exactly this (15-20% under-prediction measured here; far more for the 1280/1000
     classifier, whose 10 MB of weights stay cached in isolation). Returns the end-to-end
     timing (including the ~1 us per op of the wrappers) and ``(key, timing)`` per op in
     network order, repeats kept. torch runtimes only.
