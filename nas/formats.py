@@ -393,15 +393,15 @@ def from_timm(
     for s, stage in enumerate(arch_def):
         for j, code in enumerate(stage):
             where = f"arch_def stage {s} block {j}"
-            op, o = _timm_options(code, where)
+            op, options = _timm_options(code, where)
             if last_conv is not None:
                 raise SpecError(f"{where}: nothing may follow the final 'cn' block")
-            act = _TIMM_ACT.get(o.get("n", ""), default_act) if "n" in o else default_act
-            if "n" in o and o["n"] not in _TIMM_ACT:
-                raise SpecError(f"{where}: activation 'n{o['n']}' not one of {list(_TIMM_ACT)}")
+            act = _TIMM_ACT.get(options.get("n", ""), default_act) if "n" in options else default_act
+            if "n" in options and options["n"] not in _TIMM_ACT:
+                raise SpecError(f"{where}: activation 'n{options['n']}' not one of {list(_TIMM_ACT)}")
             try:
-                kernel, stride, out = int(o["k"]), int(o["s"]), int(o["c"])
-                repeats = int(o.get("r", "1"))
+                kernel, stride, out = int(options["k"]), int(options["s"]), int(options["c"])
+                repeats = int(options.get("r", "1"))
             except (KeyError, ValueError) as err:
                 raise SpecError(f"{where}: {code!r} needs integer k, s, c options ({err})") from None
             if op == "cn":
@@ -409,11 +409,11 @@ def from_timm(
                 continue
             if op not in ("ds", "ir"):
                 raise SpecError(f"{where}: op {op!r} not supported; allowed: ds, ir, cn")
-            se_ratio = o.get("se")
+            se_ratio = options.get("se")
             if se_ratio not in (None, "0.25"):
                 raise SpecError(f"{where}: only se0.25 is supported, got se{se_ratio}")
             for r in range(repeats):
-                expansion = in_channels if op == "ds" else make_divisible(in_channels * float(o["e"]))
+                expansion = in_channels if op == "ds" else make_divisible(in_channels * float(options["e"]))
                 blocks.append(
                     BlockSpec(kernel=kernel, expansion=expansion, out=out, se=se_ratio is not None,
                               activation=act, stride=stride if r == 0 else 1)

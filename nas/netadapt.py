@@ -655,19 +655,20 @@ class RunFolder:
     def step_dir(self, step: int) -> Path:
         return self.root / "steps" / f"step{step:04d}"
 
-    def save(self, ck: Checkpoint) -> None:
-        d = self.step_dir(ck.step)
-        save_spec(ck.spec, d / "spec.yaml")
-        save_atomic(ck.state_dict, d / "weights.pth")
-        state = {"step": ck.step, "latency_ms": ck.latency_ms, "top1": ck.top1,
-                 "history": ck.history, "settings": ck.settings}
+    def save(self, checkpoint: Checkpoint) -> None:
+        d = self.step_dir(checkpoint.step)
+        save_spec(checkpoint.spec, d / "spec.yaml")
+        save_atomic(checkpoint.state_dict, d / "weights.pth")
+        state = {"step": checkpoint.step, "latency_ms": checkpoint.latency_ms,
+                 "top1": checkpoint.top1, "history": checkpoint.history,
+                 "settings": checkpoint.settings}
         # state.json last: its presence marks the step as finished.
         write_text_atomic(d / STATE_FILE, json.dumps(state, indent=1, default=str))
         for extra in list(d.glob("proposal*")):  # the step's scratch files
             extra.unlink()
         # Resuming needs the latest weights only; keep the start's too, drop the rest.
-        previous = self.step_dir(ck.step - 1) / "weights.pth"
-        if ck.step >= 2 and previous.is_file():
+        previous = self.step_dir(checkpoint.step - 1) / "weights.pth"
+        if checkpoint.step >= 2 and previous.is_file():
             previous.unlink()
 
     def latest(self) -> Checkpoint | None:
@@ -823,26 +824,26 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
             (otherwise a folder with checkpoints is an error).
         progress: called with a one-line message after each proposal and step.
     """
-    say = progress or log.info
+    report = progress or log.info
     spec = spec.resolved()
     folder = RunFolder(run_dir)
     settings = {"start": to_string(spec), "netadapt": cfg.to_dict(), "tuner": tuner.settings()}
     settings = json.loads(json.dumps(settings, default=str))
 
-    ck = folder.latest()
+    checkpoint = folder.latest()
     # A resumed run keeps the start latency it began with (the table may have grown since).
-    start_ms = ck.history[0]["latency_ms"] if ck is not None else latency(spec)
+    start_ms = checkpoint.history[0]["latency_ms"] if checkpoint is not None else latency(spec)
     target_ms = cfg.target_for(start_ms)
     delta_ms = cfg.delta_fraction * start_ms
-    if ck is not None and not resume:
+    if checkpoint is not None and not resume:
         raise NetAdaptError(f"{folder.root} already holds a refinement (steps/); resume it "
                             "(resume=true) or choose another folder")
-    if ck is not None and ck.settings != settings:
-        diffs = sorted(k for k in set(settings) | set(ck.settings)
-                       if settings.get(k) != ck.settings.get(k))
+    if checkpoint is not None and checkpoint.settings != settings:
+        diffs = sorted(k for k in set(settings) | set(checkpoint.settings)
+                       if settings.get(k) != checkpoint.settings.get(k))
         raise NetAdaptError(f"{folder.root}: the checkpoint was written with other settings "
                             f"({', '.join(diffs)} differ); use the same settings or another folder")
-    if ck is None:
+    if checkpoint is None:
         t0 = time.perf_counter()
         model.to(tuner.device)
         start_sel = tuner.selection_top1(model, cfg.seed)
@@ -852,18 +853,18 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
         if tuner.selection == "holdout":
             history.append(_row(0, "start", proposal="start", latency_ms=start_ms, top1=start_val,
                                 split="val", spec=spec))
-        ck = Checkpoint(step=0, spec=spec, state_dict=cpu_state(model), latency_ms=start_ms,
+        checkpoint = Checkpoint(step=0, spec=spec, state_dict=cpu_state(model), latency_ms=start_ms,
                         top1=start_sel, history=history, settings=settings)
-        folder.save(ck)
-        say(f"start: {start_ms:.3f} ms, selection top-1 {start_sel:.4f}; target {target_ms:.3f} ms, "
+        folder.save(checkpoint)
+        report(f"start: {start_ms:.3f} ms, selection top-1 {start_sel:.4f}; target {target_ms:.3f} ms, "
             f"delta {delta_ms:.3f} ms")
     else:
-        say(f"resuming after step {ck.step}: {ck.latency_ms:.3f} ms, top-1 {ck.top1:.4f}")
+        report(f"resuming after step {checkpoint.step}: {checkpoint.latency_ms:.3f} ms, top-1 {checkpoint.top1:.4f}")
 
-    step, current, current_ms, current_top1 = ck.step, ck.spec, ck.latency_ms, ck.top1
-    history = list(ck.history)
+    step, current, current_ms, current_top1 = checkpoint.step, checkpoint.spec, checkpoint.latency_ms, checkpoint.top1
+    history = list(checkpoint.history)
     current_model = build_model(current, num_classes=tuner.num_classes)
-    current_model.load_state_dict(ck.state_dict)
+    current_model.load_state_dict(checkpoint.state_dict)
     stopped = "target"
     loop_started, steps_this_run = time.perf_counter(), 0
     while current_ms > target_ms:
@@ -876,7 +877,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
         proposals = preselect(all_proposals, current_ms, cfg.max_proposals, cfg.preselect)
         if not proposals:
             stopped = "no proposals"
-            say(f"step {step}: no proposal can cut {delta_ms:.3f} ms; stopping at {current_ms:.3f} ms")
+            report(f"step {step}: no proposal can cut {delta_ms:.3f} ms; stopping at {current_ms:.3f} ms")
             folder.clear_step(step)
             step -= 1
             break
@@ -899,7 +900,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
                            train_steps=tuner.short_term.steps or 0,
                            seconds=time.perf_counter() - t0, spec=prop.spec)
                 folder.save_proposal(step, i, row, candidate)
-                say(f"step {step} [{i + 1}/{len(proposals)}] {prop.name}: {prop.latency_ms:.3f} ms, "
+                report(f"step {step} [{i + 1}/{len(proposals)}] {prop.name}: {prop.latency_ms:.3f} ms, "
                     f"top-1 {top1:.4f} ({row['seconds']:.0f} s)")
             rows.append(row)
             results.append((row["top1"], row["latency_ms"]))
@@ -918,13 +919,13 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
         # Each step cuts at least delta_ms: an upper bound on the steps still to come.
         left = max(0, math.ceil((current_ms - target_ms) / delta_ms))
         per_step = (time.perf_counter() - loop_started) / steps_this_run
-        say(f"step {step}: picked {prop.name} -> {current_ms:.3f} ms (target {target_ms:.3f}), "
+        report(f"step {step}: picked {prop.name} -> {current_ms:.3f} ms (target {target_ms:.3f}), "
             f"top-1 {current_top1:.4f}; {len(all_proposals)} proposal(s), {len(proposals)} evaluated; "
             f"at most {left} step(s) left, ETA <= {left * per_step / 60:.0f} min")
 
     return _finish(folder, spec, current, current_model, history, tuner, cfg, step=step,
                    start_ms=start_ms, current_ms=current_ms, target_ms=target_ms, stopped=stopped,
-                   latency=latency, say=say)
+                   latency=latency, report=report)
 
 
 def _matching_finished(folder: RunFolder, step: int,
@@ -947,7 +948,7 @@ def _matching_finished(folder: RunFolder, step: int,
 def _finish(folder: RunFolder, start: NetworkSpec, spec: NetworkSpec, model: MobileNetV3Net,
             history: list[dict[str, Any]], tuner: FineTuner, cfg: NetAdaptConfig, *, step: int,
             start_ms: float, current_ms: float, target_ms: float, stopped: str, latency: Latency,
-            say: Callable[[str], None]) -> NetAdaptResult:
+            report: Callable[[str], None]) -> NetAdaptResult:
     """Long-term fine-tune, final score, outputs."""
     t0 = time.perf_counter()
     history = [r for r in history if r["phase"] != "long_term"]
@@ -988,7 +989,7 @@ def _finish(folder: RunFolder, start: NetworkSpec, spec: NetworkSpec, model: Mob
         proposals_evaluated=evaluated, num_classes=tuner.num_classes)
     paths["summary"] = folder.root / "summary.json"
     write_text_atomic(paths["summary"], json.dumps(summary, indent=1, default=str))
-    say(f"done ({stopped}): {start_ms:.3f} -> {current_ms:.3f} ms in {step} step(s); "
+    report(f"done ({stopped}): {start_ms:.3f} -> {current_ms:.3f} ms in {step} step(s); "
         f"val top-1 {start_val:.4f} -> {top1:.4f}")
     return result
 

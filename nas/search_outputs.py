@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from nas._io import temporary_sibling, write_text_atomic
 from nas.formats import from_string, to_yaml
@@ -183,7 +183,3 @@ def summary_table(study: optuna.Study) -> str:
                      f"{s['latency_ms']:.3f} ms")
     return "\n".join(lines)
 
-
-def front_specs(study: optuna.Study) -> list[tuple[FrozenTrial, object]]:
-    """(trial, spec) for each member of the front."""
-    return [(t, from_string(t.user_attrs["spec"])) for t in pareto_trials(study)]

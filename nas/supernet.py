@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -448,12 +448,6 @@ class Supernet(nn.Module):
         """The active sub-network."""
         assert self._active is not None
         return self._active
-
-    def active_blocks(self) -> Iterator[tuple[DynamicBneck, BlockSpec]]:
-        """The block positions the active spec uses, in order, with their choices."""
-        for positions, blocks in zip(self.stages, self.active.blocks):
-            for module, block in zip(positions, blocks):
-                yield module, block
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,13 +19,7 @@ TINY = ["--set", "data.resolution=32", "--set", "data.train_samples=32",
         "--set", "train.device=cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    # The test machine has 2 shared cores: one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ QUICK = ["--resolution", "32", "--batch-size", "16", "--train-samples", "48", "-
          "16", "--bn-recalibration-batches", "1", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared machine: one thread avoids OpenMP spin contention (see tests/test_train.py).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 @pytest.fixture

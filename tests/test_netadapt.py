@@ -55,13 +55,7 @@ TIED = NetworkSpec(blocks=(
 ), stem_channels=16, last_conv=160, head_features=128, num_classes=10, resolution=32, name="tied")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: one thread is several times faster than two.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 # ---------------------------------------------------------------------------- a known table

@@ -21,13 +21,7 @@ DATA = DataConfig(resolution=32, train_samples=64, val_samples=32, batch_size=16
 TRAIN = TrainConfig(steps=3, progress=False, bn_recalibration_batches=2, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared machine: one thread avoids OpenMP spin contention (see tests/test_train.py).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 def test_evaluate_records_settings_and_caches_in_memory():

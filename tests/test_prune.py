@@ -25,12 +25,7 @@ from nas.prune import (
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 def trained_looking(spec: NetworkSpec, seed: int = 0) -> nn.Module:

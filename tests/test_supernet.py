@@ -18,13 +18,7 @@ from nas.supernet import DynamicDepthwise, Supernet, SupernetError
 SPACES = ("mobilenetv3_small", "mobilenetv3_large")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    # The test machine has 2 shared cores: one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 class PickTrial:

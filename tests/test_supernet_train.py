@@ -37,13 +37,7 @@ DATA = DataConfig(name="synthetic", resolution=32, num_classes=4, train_samples=
                   val_samples=32, batch_size=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    # The test machine has 2 shared cores: one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 def tiny_space() -> SearchSpace:

@@ -40,15 +40,7 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: OpenMP threads spinning against other processes make tiny
-    # convolutions 10-40x slower. One thread keeps these tests fast; they compare runs made
-    # under the same setting, so no assertion depends on it.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 # ---------------------------------------------------------------------------- config

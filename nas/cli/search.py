@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +57,6 @@ def table_dir(name_or_path: str) -> Path:
 
     path = Path(hydra.utils.to_absolute_path(name_or_path)) if HydraConfig.initialized() else Path(name_or_path)
     return resolve_table_dir(path if path.is_dir() else name_or_path)
-
-
-@dataclass(frozen=True)
-class Components:
-    """Library objects assembled from the config (rebuilt in each worker process)."""
-
-    space: SearchSpace
-    settings: StudySettings
-    objective: Objective
 
 
 def space_source(cfg: dict[str, Any]) -> str:

@@ -411,10 +411,6 @@ class LatencyTable:
         self._provenance["calibration"] = {"a": float(a), "b": float(b), **info}
         self._refresh_calibration()
 
-    def clear_calibration(self) -> None:
-        self._provenance.pop("calibration", None)
-        self._refresh_calibration()
-
     def _refresh_calibration(self) -> None:
         cal = self._provenance.get("calibration")
         self._cal = (float(cal["a"]), float(cal["b"])) if cal else None
@@ -448,10 +444,6 @@ class LatencyTable:
             a, b = self._cal
             return a * total + b
         return total
-
-    def predict_raw(self, spec: NetworkSpec) -> float:
-        """The uncalibrated sum of the entries."""
-        return self.predict(spec, calibrated=False)
 
     def breakdown(self, spec: NetworkSpec) -> list[tuple[str, float]]:
         """``(key, ms)`` per op of ``spec`` in network order (raises on missing keys)."""
