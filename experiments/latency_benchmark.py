@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 
 from nas.cost.lut import LatencyTable  # noqa: E402
 from nas.cost.validate import error_metrics, validate  # noqa: E402
-from nas.space import load_space  # noqa: E402
+from nas.search.space import load_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "experiments" / "results" / "latency"
@@ -92,9 +92,9 @@ def accuracy_figure(table_dir: Path, out: Path) -> dict:
 
 def context_vs_isolated(table: LatencyTable, out: Path, archs=("large", "small")) -> dict:
     """Each op of the canonical networks alone vs inside the network vs end to end."""
+    from nas.arch.codecs import load_spec
     from nas.cost.keys import build_op
     from nas.cost.timing import measure, measure_in_context
-    from nas.formats import load_spec
 
     cfg = table.harness_config()
     rows = []

@@ -9,7 +9,7 @@ Stages (each resumable; rerun the same command after an interruption):
    or the baseline needs later is measured on demand by the table and saved into it;
 2. start: canonical Small proxy-trained from scratch on the CIFAR-10 subset (the training
    split minus a 10% class-stratified holdout that NetAdapt scores proposals on);
-3. NetAdapt (:func:`nas.netadapt.netadapt`) to ``--fraction`` of the start's latency:
+3. NetAdapt (:func:`nas.netadapt.loop.netadapt`) to ``--fraction`` of the start's latency:
    short-term fine-tunes of ``--short-steps`` steps, at most ``--proposals`` proposals per
    step (best latency saving per fraction of channels removed), then ``--long-steps``;
 4. uniform baseline: the multiplier on the stem and block widths (last conv and head kept,
@@ -47,21 +47,19 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from nas.bn import recalibrate_bn  # noqa: E402
+from nas.arch.codecs import load_spec, save_spec, to_string, to_yaml  # noqa: E402
 from nas.cost.lut import LatencyTable, build_table  # noqa: E402
 from nas.cost.timing import HarnessConfig  # noqa: E402
-from nas.data import DataConfig  # noqa: E402
-from nas.formats import load_spec, save_spec, to_string, to_yaml  # noqa: E402
-from nas.model import build_model  # noqa: E402
-from nas.netadapt import (  # noqa: E402
-    FineTuner,
-    NetAdaptConfig,
-    TableLatency,
-    netadapt,
-    width_for_latency,
-)
-from nas.prune import prune_model  # noqa: E402
-from nas.train import TrainConfig, train  # noqa: E402
+from nas.models.bn import recalibrate_bn  # noqa: E402
+from nas.models.builder import build_model  # noqa: E402
+from nas.models.prune import prune_model  # noqa: E402
+from nas.netadapt.config import NetAdaptConfig  # noqa: E402
+from nas.netadapt.finetune import FineTuner  # noqa: E402
+from nas.netadapt.latency import TableLatency  # noqa: E402
+from nas.netadapt.loop import netadapt  # noqa: E402
+from nas.netadapt.selection import width_for_latency  # noqa: E402
+from nas.training.data import DataConfig  # noqa: E402
+from nas.training.train import TrainConfig, train  # noqa: E402
 
 SHIPPED_TABLE = REPO / "latency_tables" / "cpu-torch-1t-b1-224"
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
@@ -90,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-batches", type=int, default=10)
     p.add_argument("--latency-passes", type=int, default=7, help="passes of the final re-measurement")
     p.add_argument("--measure", default="anchored", choices=["anchored", "table"],
-                   help="how missing keys are measured (nas.netadapt.TableLatency)")
+                   help="how missing keys are measured (nas.netadapt.latency.TableLatency)")
     p.add_argument("--measure-passes", type=int, default=3, help="passes per on-demand measurement")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = load_spec("small")
 
     table, table_dir, table_source = stages.run("latency table", lambda: latency_table(args.out))
-    # Anchored on-demand measurement: see nas.netadapt.TableLatency (drift on shared cores).
+    # Anchored on-demand measurement: see nas.netadapt.latency.TableLatency (drift on shared cores).
     latency = TableLatency(table, measure_missing=True, save_to=table_dir, mode=args.measure,
                            harness=table.harness_config().replace(passes=args.measure_passes))
     data = DataConfig(name="imagefolder", root=str(args.root), resolution=args.resolution,

@@ -35,11 +35,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from nas.arch import NetworkSpec  # noqa: E402
-from nas.data import DataConfig  # noqa: E402
-from nas.formats import load_spec, to_string  # noqa: E402
-from nas.proxy import ProxyTrainingEvaluator  # noqa: E402
-from nas.train import TrainConfig  # noqa: E402
+from nas.arch.codecs import load_spec, to_string  # noqa: E402
+from nas.arch.spec import NetworkSpec  # noqa: E402
+from nas.training.data import DataConfig  # noqa: E402
+from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
+from nas.training.train import TrainConfig  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
 DEFAULT_OUT = REPO / "experiments" / "results" / "proxy_benchmark"
@@ -66,7 +66,7 @@ def benchmark_specs() -> dict[str, NetworkSpec]:
     """The specs of part (b): diverse in width, depth, kernels, SE and activations."""
     small, large = load_spec("small"), load_spec("large")
     # torchvision's head (ReLU then an in-place Dropout) cannot be trained with a ReLU head
-    # in nas.model as of this benchmark (autograd in-place error), so the "minimal" variant
+    # in nas.models.builder as of this benchmark (autograd in-place error), so the "minimal" variant
     # keeps its ReLU/3x3/no-SE blocks and stem but an h-swish head.
     minimal = load_spec("small_minimal").replace(head_activation="HS")
     keep = [0, 1, 3, 6, 8]  # the stride-2 blocks and the first of each width: 5 of 11
@@ -85,7 +85,7 @@ def benchmark_specs() -> dict[str, NetworkSpec]:
 
 
 def _params(spec: NetworkSpec, num_classes: int) -> int:
-    from nas.model import build_model
+    from nas.models.builder import build_model
 
     return sum(p.numel() for p in build_model(spec, num_classes=num_classes).parameters())
 

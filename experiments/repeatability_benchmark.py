@@ -48,13 +48,13 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from nas.checkpoint import CheckpointError  # noqa: E402
+from nas.arch.codecs import to_string  # noqa: E402
 from nas.cost.ort_runner import cpu_model  # noqa: E402
-from nas.data import make_loaders  # noqa: E402
-from nas.formats import to_string  # noqa: E402
-from nas.protocols import Protocol, load_protocol, with_fields  # noqa: E402
-from nas.space import load_space  # noqa: E402
-from nas.train import train  # noqa: E402
+from nas.search.space import load_space  # noqa: E402
+from nas.training.checkpoint import CheckpointError  # noqa: E402
+from nas.training.data import make_loaders  # noqa: E402
+from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402
+from nas.training.train import train  # noqa: E402
 from supernet_benchmark import params_of, pick_specs  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"

@@ -6,10 +6,10 @@
 2. Train each stand-alone as the reference ranking: the search's proxy data and optimiser
    (``nas/conf/data/cifar10_subset.yaml``, ``nas/conf/evaluator/proxy.yaml``) at 48 px for
    6 epochs (issue 4's benchmark: the most repeatable proxy setting), over two seeds, through
-   :class:`nas.proxy.ProxyTrainingEvaluator`; results are cached in JSON-lines files, so an
+   :class:`nas.training.proxy.ProxyTrainingEvaluator`; results are cached in JSON-lines files, so an
    interrupted benchmark resumes.
 3. Train one supernet with the sandwich rule, with in-place distillation or (``--no-distill``)
-   on the labels only (checkpointed, resumes), then score every spec with :class:`nas.supernet_evaluator.SupernetEvaluator`
+   on the labels only (checkpointed, resumes), then score every spec with :class:`nas.supernet.evaluator.SupernetEvaluator`
    (activate, recalibrate BN, validation top-1), timing each score.
 4. Kendall's tau (and Spearman's rho) between supernet scores and the reference's mean
    top-1, the reference's own seed-to-seed tau (the ceiling), and the parameter count as a
@@ -44,15 +44,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from nas.arch import NetworkSpec  # noqa: E402
-from nas.data import DataConfig, make_loaders  # noqa: E402
-from nas.formats import to_string  # noqa: E402
-from nas.model import build_model  # noqa: E402
-from nas.proxy import ProxyTrainingEvaluator  # noqa: E402
-from nas.space import SearchSpace, load_space  # noqa: E402
-from nas.supernet_evaluator import SupernetEvaluator  # noqa: E402
-from nas.supernet_train import SupernetTrainConfig, new_supernet, train_supernet  # noqa: E402
-from nas.train import TrainConfig  # noqa: E402
+from nas.arch.codecs import to_string  # noqa: E402
+from nas.arch.spec import NetworkSpec  # noqa: E402
+from nas.models.builder import build_model  # noqa: E402
+from nas.search.space import SearchSpace, load_space  # noqa: E402
+from nas.supernet.evaluator import SupernetEvaluator  # noqa: E402
+from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet  # noqa: E402
+from nas.training.data import DataConfig, make_loaders  # noqa: E402
+from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
+from nas.training.train import TrainConfig  # noqa: E402
 
 CONF = REPO / "nas" / "conf"
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
@@ -70,7 +70,7 @@ def params_of(spec: NetworkSpec, num_classes: int) -> int:
 
 def pick_specs(space: SearchSpace, count: int, pool: int, seed: int) -> dict[str, NetworkSpec]:
     """Smallest, largest, canonical, and ``count - 3`` random specs spread over model size."""
-    from nas.supernet import Supernet
+    from nas.supernet.network import Supernet
 
     probe = Supernet(space, num_classes=10)
     specs = {"smallest": probe.smallest_spec(), "largest": probe.largest_spec(),

@@ -4,7 +4,7 @@ Variants, each a fresh process, run in turn (A B C ... A B C ...) so that the sh
 machine's drifting load hits all of them alike:
 
 * ``baseline``: the training loop and data pipeline of an earlier commit (``--baseline-ref``,
-  checked out as a git worktree): ``nas.train.train`` on the CIFAR-10 JPEG folder through
+  checked out as a git worktree): ``nas.training.train.train`` on the CIFAR-10 JPEG folder through
   ``imagefolder`` (PIL decoding and torchvision transforms every epoch, NCHW);
 * ``current``: this checkout's defaults: the ``cifar10`` tensor cache with tensor
   augmentation, channels-last;
@@ -51,9 +51,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from nas.data import DataConfig
-    from nas.formats import load_spec
-    from nas.train import TrainConfig, train
+    from nas.arch.codecs import load_spec
+    from nas.training.data import DataConfig
+    from nas.training.train import TrainConfig, train
 
     variant = VARIANTS[args.variant]
     if variant["tree"] == "baseline":

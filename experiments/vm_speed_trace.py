@@ -31,8 +31,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from nas.formats import load_spec  # noqa: E402
-from nas.model import build_model  # noqa: E402
+from nas.arch.codecs import load_spec  # noqa: E402
+from nas.models.builder import build_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

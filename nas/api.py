@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from nas.netadapt import NetAdaptResult
+    from nas.netadapt.loop import NetAdaptResult
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 

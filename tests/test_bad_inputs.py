@@ -1,7 +1,7 @@
 """A corpus of bad inputs per family: each ends with exit code 2, one line naming what is wrong.
 
 No traceback, and no silent acceptance: the run must stop before any work is done. (The
-latency-table family lives in tests/test_lut_strict.py.)
+latency-table family lives in tests/cost/test_lut_strict.py.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.formats import load_spec, to_yaml
+from nas.arch.codecs import load_spec, to_yaml
 
 BIN = Path(sys.executable).parent
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

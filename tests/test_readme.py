@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nas.formats import from_yaml
+from nas.arch.codecs import from_yaml
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from nas.arch import SpecError
-from nas.formats import load_spec, to_string, to_timm, to_torchvision, to_yaml
-from nas.layers import format_table, paper_rows
+from nas.arch.codecs import load_spec, to_string, to_timm, to_torchvision, to_yaml
+from nas.arch.spec import SpecError
+from nas.models.layers import format_table, paper_rows
 
 CONVERTERS = {
     "yaml": to_yaml,
@@ -40,8 +40,8 @@ def _show(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     import torch
 
-    from nas.export import compare_with_onnxruntime, export_module, onnx_op_counts, onnx_opset
-    from nas.model import build_model
+    from nas.models.builder import build_model
+    from nas.models.export import compare_with_onnxruntime, export_module, onnx_op_counts, onnx_opset
 
     spec = load_spec(args.arch)
     model = build_model(spec).eval()

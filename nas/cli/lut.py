@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from nas.arch import SpecError
-from nas.space import SpaceError
+from nas.arch.spec import SpecError
+from nas.search.space import SpaceError
 
 
 
@@ -51,7 +51,7 @@ def _harness(args: argparse.Namespace, base=None):
 def _spaces(names: list[str], resolution: int | None):
     import dataclasses
 
-    from nas.space import load_space
+    from nas.search.space import load_space
 
     spaces = []
     for name in names:
@@ -70,7 +70,7 @@ def _build(args: argparse.Namespace) -> None:
     cfg = _harness(args)
     items: list = list(spaces)
     for path in args.spec or []:
-        from nas.formats import load_spec
+        from nas.arch.codecs import load_spec
 
         spec = load_spec(path)
         items.append(spec.replace(resolution=args.resolution) if args.resolution else spec)
@@ -126,8 +126,8 @@ def _validate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import warnings
 
+    from nas.arch.codecs import load_spec
     from nas.cost.lut import HostMismatchWarning, LatencyTable
-    from nas.formats import load_spec
 
     table = LatencyTable.load(args.table)
     # A table measured on another CPU or runtime version predicts for that machine, not

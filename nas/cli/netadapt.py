@@ -22,7 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nas.arch import NetworkSpec
+from nas.arch.spec import NetworkSpec
 from nas.errors import NASError
 from nas.interrupts import install_sigint_handler
 
@@ -44,7 +44,7 @@ def best_of_search(run: str | Path) -> NetworkSpec:
     """The most accurate Pareto member of a ``nas-search`` run (ties: the faster one)."""
     import pandas as pd
 
-    from nas.formats import from_string, load_spec
+    from nas.arch.codecs import from_string, load_spec
 
     run = Path(run)
     csv = run / "pareto.csv"
@@ -63,14 +63,14 @@ def best_of_search(run: str | Path) -> NetworkSpec:
 
 def start_spec(cfg: dict[str, Any]) -> NetworkSpec:
     """The network to adapt: ``arch`` (a YAML or canonical name) or ``search_run``'s best."""
-    from nas.formats import load_spec
+    from nas.arch.codecs import load_spec
 
     if (cfg["arch"] is None) == (cfg["search_run"] is None):
         raise NetAdaptCliError("give exactly one of arch=<bneck YAML or name> and search_run=<folder>")
     if cfg["search_run"] is not None:
         return best_of_search(_path(str(cfg["search_run"])))
     arch = str(cfg["arch"])
-    from nas.formats import CANONICAL_NAMES
+    from nas.arch.codecs import CANONICAL_NAMES
 
     if arch in CANONICAL_NAMES or arch in CANONICAL_NAMES.values():
         return load_spec(arch)
@@ -88,7 +88,7 @@ def table_dir(name_or_path: str) -> Path:
 def make_latency(cfg: dict[str, Any], run_dir: Path):
     """The table (a run-folder copy when ``save_measured=run`` and one exists) as a latency model."""
     from nas.cost.lut import LatencyTable
-    from nas.netadapt import TableLatency
+    from nas.netadapt.latency import TableLatency
 
     lat = cfg["latency"]
     if lat["save_measured"] not in SAVE_MEASURED:
@@ -108,8 +108,8 @@ def start_model(spec: NetworkSpec, cfg: dict[str, Any], tuner, run_dir: Path):
     """The start network's weights: ``weights=`` or a proxy training (resumable)."""
     import torch
 
-    from nas.model import build_model
-    from nas.train import TrainConfig, load_weights, train
+    from nas.models.builder import build_model
+    from nas.training.train import TrainConfig, load_weights, train
 
     num_classes = tuner.num_classes
     model = build_model(spec, num_classes=num_classes)
@@ -133,12 +133,14 @@ def start_model(spec: NetworkSpec, cfg: dict[str, Any], tuner, run_dir: Path):
 
 # ---------------------------------------------------------------------------- run
 def run(cfg: dict[str, Any], run_dir: Path):
-    """Adapt the configured network; returns :class:`nas.netadapt.NetAdaptResult`."""
+    """Adapt the configured network; returns :class:`nas.netadapt.loop.NetAdaptResult`."""
     import torch
 
-    from nas.data import DataConfig
-    from nas.netadapt import FineTuner, NetAdaptConfig, netadapt
-    from nas.train import TrainConfig
+    from nas.netadapt.config import NetAdaptConfig
+    from nas.netadapt.finetune import FineTuner
+    from nas.netadapt.loop import netadapt
+    from nas.training.data import DataConfig
+    from nas.training.train import TrainConfig
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -155,7 +157,7 @@ def run(cfg: dict[str, Any], run_dir: Path):
     tuner = FineTuner(data_cfg, TrainConfig.from_dict(cfg["short_term"]),
                       TrainConfig.from_dict(cfg["long_term"]) if cfg["long_term"] else None,
                       selection=cfg["selection"])
-    from nas.netadapt import RunFolder
+    from nas.netadapt.run_folder import RunFolder
 
     if RunFolder(run_dir).latest() is not None and not cfg["resume"]:
         raise NetAdaptCliError(f"{run_dir} already holds a refinement; pass resume=true to continue it")
@@ -171,7 +173,7 @@ def run(cfg: dict[str, Any], run_dir: Path):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="netadapt")
 def _hydra_main(cfg: DictConfig) -> None:
-    from nas.train import CheckpointError, NonFiniteLossError
+    from nas.training.train import CheckpointError, NonFiniteLossError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     plain = OmegaConf.to_container(cfg, resolve=True)

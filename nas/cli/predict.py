@@ -29,7 +29,7 @@ def _load_run(folder: Path) -> tuple[Any, dict[str, Any], list[str], int]:
     """(spec, state_dict path, classes, resolution) from a nas-train output folder."""
     import yaml
 
-    from nas.formats import from_string
+    from nas.arch.codecs import from_string
 
     summary_path, weights = folder / "summary.yaml", folder / "model.pth"
     for path in (summary_path, weights):
@@ -56,7 +56,7 @@ def _read_classes(path: Path) -> list[str]:
 def _image(path: Path, resolution: int) -> Any:
     from PIL import Image, UnidentifiedImageError
 
-    from nas.data import eval_transform
+    from nas.training.data import eval_transform
 
     try:
         with Image.open(path) as img:
@@ -74,9 +74,9 @@ def predict(args: argparse.Namespace) -> list[tuple[str, list[tuple[str, float]]
     """``[(image, [(class, probability) x k])]`` for every image of ``args``."""
     import torch
 
-    from nas.formats import load_spec
-    from nas.model import build_model
-    from nas.train import load_weights
+    from nas.arch.codecs import load_spec
+    from nas.models.builder import build_model
+    from nas.training.train import load_weights
 
     torch.set_num_threads(args.threads)
     source = Path(args.model)
@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.arch import SpecError
-    from nas.train import WeightsError
+    from nas.arch.spec import SpecError
+    from nas.training.train import WeightsError
 
     args = build_parser().parse_args(argv)
     try:

@@ -22,13 +22,12 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nas.arch import NetworkSpec
+from nas.arch.spec import NetworkSpec
 from nas.errors import NASError
 from nas.interrupts import install_sigint_handler
-from nas.search import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
-from nas.search_outputs import TrialReporter, summary_table, write_outputs
-from nas.space import SearchSpace, space_from_dict
-from nas.study_runner import (
+from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
+from nas.search.outputs import TrialReporter, summary_table, write_outputs
+from nas.search.runner import (
     JournalError,
     StorageSettings,
     WorkerError,
@@ -39,6 +38,7 @@ from nas.study_runner import (
     requeue_failed,
     run_parallel,
 )
+from nas.search.space import SearchSpace, space_from_dict
 
 log = logging.getLogger("nas-search")
 
@@ -112,17 +112,17 @@ def check_table_host(cfg: dict[str, Any]) -> None:
 
 def build_evaluator(cfg: dict[str, Any], run_dir: Path):
     """The evaluator named by ``evaluator.kind`` (proxy training or the supernet)."""
-    from nas.data import DataConfig
+    from nas.training.data import DataConfig
 
     kind = cfg["evaluator"]["kind"]
     data_cfg = DataConfig.from_dict(cfg["data"])
     if kind == "proxy":
-        from nas.proxy import ProxyTrainingEvaluator
-        from nas.train import TrainConfig
+        from nas.training.proxy import ProxyTrainingEvaluator
+        from nas.training.train import TrainConfig
 
         train_cfg = TrainConfig.from_dict(cfg["evaluator"]["train"])
         if cfg["evaluator"].get("protocol"):
-            from nas.protocols import load_protocol
+            from nas.training.protocols import load_protocol
 
             # A named protocol replaces the data group and the train section (device and
             # display settings stay the evaluator's).
@@ -132,7 +132,7 @@ def build_evaluator(cfg: dict[str, Any], run_dir: Path):
         cache = run_dir / "proxy_cache.jsonl" if cfg["evaluator"].get("cache", True) else None
         return ProxyTrainingEvaluator(data_cfg, train_cfg, cache_path=cache)
     if kind == "supernet":
-        from nas.supernet_evaluator import supernet_evaluator_from_config
+        from nas.supernet.evaluator import supernet_evaluator_from_config
 
         return supernet_evaluator_from_config(cfg, data_cfg, run_dir)
     raise SearchError(f"evaluator.kind must be 'proxy' or 'supernet', got {kind!r}")

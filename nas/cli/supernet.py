@@ -15,7 +15,7 @@ sandwich rule into ``--out`` (``supernet.pt``, resumed when present; ``config.ya
 evaluator.checkpoint=<out>/supernet.pt``.
 
 ``extract`` writes ``<name>.yaml`` (bneck YAML) and ``<name>.pth`` (a state_dict that loads
-into ``nas.model.build_model(spec)``); by default BatchNorm is first recalibrated for the
+into ``nas.models.builder.build_model(spec)``); by default BatchNorm is first recalibrated for the
 spec on the checkpoint's training data.
 """
 
@@ -85,11 +85,11 @@ def _train(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
-    from nas.data import DataConfig, make_loaders
-    from nas.space import load_space
-    from nas.supernet_evaluator import SupernetEvaluator
-    from nas.supernet_train import SupernetTrainConfig, new_supernet, train_supernet
-    from nas.train import resolve_device
+    from nas.search.space import load_space
+    from nas.supernet.evaluator import SupernetEvaluator
+    from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet
+    from nas.training.data import DataConfig, make_loaders
+    from nas.training.train import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,7 +127,7 @@ def _train(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- extract
 def _pick_spec(args: argparse.Namespace, supernet: Any) -> tuple[Any, str]:
     """The spec to extract and its default name."""
-    from nas.formats import load_spec
+    from nas.arch.codecs import load_spec
 
     if args.spec is not None:
         # Named like the input file (or the canonical name), so outputs are easy to pair.
@@ -148,11 +148,11 @@ def _file_stem(name: str) -> str:
 def _extract(args: argparse.Namespace) -> None:
     import torch
 
-    from nas.data import DataConfig
-    from nas.formats import save_spec, to_string
-    from nas.supernet_evaluator import SupernetEvaluator
-    from nas.supernet_train import load_supernet
-    from nas.train import evaluate_model
+    from nas.arch.codecs import save_spec, to_string
+    from nas.supernet.evaluator import SupernetEvaluator
+    from nas.supernet.train import load_supernet
+    from nas.training.data import DataConfig
+    from nas.training.train import evaluate_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,10 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; configuration errors end with one line and exit code 2."""
-    from nas.arch import SpecError
-    from nas.space import SpaceError
-    from nas.supernet import SupernetError
-    from nas.supernet_train import SupernetCheckpointError
+    from nas.arch.spec import SpecError
+    from nas.search.space import SpaceError
+    from nas.supernet.network import SupernetError
+    from nas.supernet.train import SupernetCheckpointError
 
     args = build_parser().parse_args(argv)
     install_sigint_handler()

@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nas.arch import SpecError
-from nas.data import DATASETS, ConfigError, DataConfig, DataError
+from nas.arch.spec import SpecError
 from nas.interrupts import install_sigint_handler
-from nas.train import (
+from nas.training.data import DATASETS, ConfigError, DataConfig, DataError
+from nas.training.train import (
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
@@ -126,7 +126,7 @@ def _explicit_options(argv: list[str] | None) -> set[str]:
 
 
 def _configs(args: argparse.Namespace, out: Path, explicit: set[str]) -> tuple[DataConfig, TrainConfig]:
-    from nas.protocols import load_protocol
+    from nas.training.protocols import load_protocol
 
     display = {"checkpoint_dir": str(out / "checkpoint"), "progress": not args.no_progress,
                "channels_last": not args.no_channels_last}
@@ -151,11 +151,11 @@ def run(args: argparse.Namespace, explicit: set[str] | None = None) -> dict[str,
     import torch
     import yaml
 
-    from nas.data import make_loaders
-    from nas.distributed import init_from_env
-    from nas.formats import load_spec, to_string
-    from nas.model import build_model
-    from nas.train import load_weights, resolve_device, train
+    from nas.arch.codecs import load_spec, to_string
+    from nas.models.builder import build_model
+    from nas.training.data import make_loaders
+    from nas.training.distributed import init_from_env
+    from nas.training.train import load_weights, resolve_device, train
 
     explicit = explicit if explicit is not None else set(vars(args))
     if args.threads < 1:
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, explicit: set[str] | None = None) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.distributed import shutdown
+    from nas.training.distributed import shutdown
 
     args = build_parser().parse_args(argv)
     install_sigint_handler()

@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nas.arch import NetworkSpec
+from nas.arch.spec import NetworkSpec
 from nas.cost import ort_runner
 from nas.cost.timing import HarnessConfig, measure_interleaved
 
@@ -59,8 +59,8 @@ def measure_end_to_end(
     ``pass_spread_ms``, ``passes``, ``loadavg``, ``rounds_ms`` / ``rounds_min_ms`` (the
     per-round medians and minima).
     """
-    from nas.formats import from_string, to_string
-    from nas.model import build_model
+    from nas.arch.codecs import from_string, to_string
+    from nas.models.builder import build_model
 
     names = [to_string(s) for s in specs]
 
@@ -131,7 +131,7 @@ def calibrate(
     if callback is not None:
         callback(measured)
     fit = fit_linear(raw, [m["ms"] for m in measured])
-    from nas.formats import to_string
+    from nas.arch.codecs import to_string
 
     record = {
         **fit,

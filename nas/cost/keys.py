@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Union
 
-from nas.arch import BlockSpec, NetworkSpec, conv_output_size, original_stage_projection
+from nas.arch.spec import BlockSpec, NetworkSpec, conv_output_size, original_stage_projection
 from nas.errors import NASError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nas.space import SearchSpace
+    from nas.search.space import SearchSpace
 
 OPS = ("stem", "bneck", "lastconv", "pool", "head")
 KEY_COLUMNS = ["op", "in_res", "in_ch", "exp", "out", "kernel", "stride", "se", "act", "dilation"]
@@ -183,7 +183,7 @@ SpecsOrSpace = Union["SearchSpace", NetworkSpec, Iterable[Union["SearchSpace", N
 
 def keys_for(items: SpecsOrSpace) -> list[str]:
     """Unique keys (first-seen order) for a space, a spec, or an iterable mixing both."""
-    from nas.space import SearchSpace
+    from nas.search.space import SearchSpace
 
     if isinstance(items, (NetworkSpec, SearchSpace)):
         items = [items]
@@ -207,7 +207,7 @@ def _unique(keys: Iterable[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------- the op itself
 def build_op(key: str):
-    """The ``nn.Module`` a key stands for, built exactly as :mod:`nas.model` builds it,
+    """The ``nn.Module`` a key stands for, built exactly as :mod:`nas.models.builder` builds it,
     and its input shape without the batch dimension.
 
     Returns ``(module, input_shape)`` with the module in eval mode and torchvision's
@@ -216,7 +216,7 @@ def build_op(key: str):
     from torch import nn
     from torchvision.ops import Conv2dNormActivation
 
-    from nas.model import Bneck, activation_layer, init_weights, norm_layer
+    from nas.models.builder import Bneck, activation_layer, init_weights, norm_layer
 
     f = parse_key(key)
     if f.op == "stem" or f.op == "lastconv":
@@ -236,7 +236,7 @@ def build_op(key: str):
     else:
         if f.exp:
             act = activation_layer(f.act)
-            # As nas.model builds it (dropout not in place; a no-op in eval either way).
+            # As nas.models.builder builds it (dropout not in place; a no-op in eval either way).
             module = nn.Sequential(nn.Linear(f.in_ch, f.exp), act(inplace=True),
                                    nn.Dropout(p=0.2), nn.Linear(f.exp, f.out))
         else:

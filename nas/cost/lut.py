@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from nas._io import write_text_atomic
-from nas.arch import BlockSpec, NetworkSpec, conv_output_size
+from nas.arch.spec import BlockSpec, NetworkSpec, conv_output_size
 from nas.cost import ort_runner
 from nas.cost.keys import (
     KEY_COLUMNS,
@@ -459,7 +459,7 @@ class LatencyTable:
               callback: Callable[[int, int, str], None] | None = None) -> list[str]:
         """Measure the keys ``specs_or_space`` needs that the table lacks (resumable)."""
         items = _as_list(specs_or_space)
-        from nas.space import SearchSpace
+        from nas.search.space import SearchSpace
 
         for item in items:
             if isinstance(item, SearchSpace):
@@ -531,7 +531,7 @@ class LatencyTable:
     def _units(self, keys: list[str], hosts: Iterable[Any], method: str, passes: int,
                seed: int) -> list[tuple[str, Any]]:
         """The work list: ``(unit id, payload)``; ids are stable so a rerun can skip them."""
-        from nas.space import SearchSpace
+        from nas.search.space import SearchSpace
 
         if method == "isolated":
             rng = random.Random(seed)
@@ -844,7 +844,7 @@ def _statistic_text(statistic: str, method: str) -> str:
 
 
 def _resolution_of(items: list[Any]) -> int:
-    from nas.space import SearchSpace
+    from nas.search.space import SearchSpace
 
     found = set()
     for item in items:
@@ -858,7 +858,7 @@ def _resolution_of(items: list[Any]) -> int:
 
 
 def _as_list(items: Any) -> list[Any]:
-    from nas.space import SearchSpace
+    from nas.search.space import SearchSpace
 
     if isinstance(items, (NetworkSpec, SearchSpace, str)):
         return [items]
@@ -866,7 +866,7 @@ def _as_list(items: Any) -> list[Any]:
 
 
 def _spec_id(spec: NetworkSpec) -> str:
-    from nas.formats import to_string
+    from nas.arch.codecs import to_string
 
     return hashlib.sha1(to_string(spec).encode()).hexdigest()[:12]
 

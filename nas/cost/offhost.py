@@ -8,7 +8,7 @@ Round trip::
     nas-lut import table.csv --out latency_tables/board-ort-1t/        # here again
 
 :func:`export_ops` writes one standalone ONNX file per latency key (stem, every bneck
-key, last conv, pool, head) with :func:`nas.export.export_module`, a manifest mapping key
+key, last conv, pool, head) with :func:`nas.models.export.export_module`, a manifest mapping key
 -> file and input shape (JSON for the runner, CSV for people), and a copy of
 ``ort_runner.py``. :func:`import_runner_csv` turns the runner's CSV into a
 :class:`~nas.cost.lut.LatencyTable` whose provenance comes from the runner (device, CPU
@@ -43,13 +43,13 @@ def export_ops(
     """Export every key the items need as ONNX into ``out_dir``; returns the manifest path.
 
     Files already exported are kept (an interrupted export resumes). ``keys`` adds or
-    restricts to explicit keys. ``exporter`` picks :func:`nas.export.export_module`'s
+    restricts to explicit keys. ``exporter`` picks :func:`nas.models.export.export_module`'s
     exporter (``torchscript`` writes equivalent graphs about 30x faster).
     """
     import torch
 
     from nas.cost.timing import HarnessConfig, export_for_ort
-    from nas.space import SearchSpace
+    from nas.search.space import SearchSpace
 
     out_dir = Path(out_dir)
     items = [specs_or_space] if not isinstance(specs_or_space, (list, tuple)) else list(specs_or_space)
@@ -93,7 +93,7 @@ def export_ops(
         "resolution": resolutions[0] if len(resolutions) == 1 else resolutions,
         "spaces": [i.name for i in items if isinstance(i, SearchSpace)],
         "torch_version": torch.__version__,
-        "exporter": f"nas.export.export_module (torch.onnx {exporter}, native HardSwish)",
+        "exporter": f"nas.models.export.export_module (torch.onnx {exporter}, native HardSwish)",
         "onnx_exporter": exporter,
         "ops": ops,
     }

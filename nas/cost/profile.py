@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nas.arch import NetworkSpec
+from nas.arch.spec import NetworkSpec
 
 with warnings.catch_warnings():
     # fvcore calls the deprecated torch.jit.script at import time.
@@ -81,6 +81,6 @@ def profile_module(model: torch.nn.Module, resolution: int) -> Profile:
 
 def profile_spec(spec: NetworkSpec) -> Profile:
     """Build ``spec`` and profile it at its own input resolution."""
-    from nas.model import build_model
+    from nas.models.builder import build_model
 
     return profile_module(build_model(spec), spec.resolution)

@@ -8,7 +8,7 @@ off-host runner so a board computes its figures the same way):
   setting on a shared machine: two threads under load measured far noisier);
 * ``torch-cuda``: the same module on the GPU, each sample bracketed by CUDA events and a
   synchronisation;
-* ``onnxruntime``: the module exported with :func:`nas.export.export_module` (native
+* ``onnxruntime``: the module exported with :func:`nas.models.export.export_module` (native
   HardSwish) to a temporary file, timed in an onnxruntime CPU session with fixed
   intra-op threads.
 
@@ -80,7 +80,7 @@ class HarnessConfig:
             Process-wide and not undone; recorded in the provenance.
         ort_opt_level: onnxruntime graph optimisation level (disable/basic/extended/all).
         onnx_exporter: how ops and networks are exported for onnxruntime: ``dynamo`` or
-            ``torchscript`` (:data:`nas.export.EXPORTERS`; equivalent graphs, the latter ~30x
+            ``torchscript`` (:data:`nas.models.export.EXPORTERS`; equivalent graphs, the latter ~30x
             faster to export). Exported files are cached per exporter.
         seed: seed of weights and inputs (timings should not depend on it).
     """
@@ -304,7 +304,7 @@ def torch_sampler(module, input_shape: Sequence[int], cfg: HarnessConfig) -> Cal
 
 def export_for_ort(module, input_shape: Sequence[int], cfg: HarnessConfig, path: str | Path) -> Path:
     """Export ``module`` for an input of ``(cfg.batch, *input_shape)`` (native HardSwish)."""
-    from nas.export import export_module
+    from nas.models.export import export_module
 
     return export_module(module.eval().float(), _example(input_shape, cfg.replace(dtype="float32")), path,
                          exporter=cfg.onnx_exporter)
@@ -461,7 +461,7 @@ def _perf_counter() -> float:
 
 
 def network_ops(model) -> list[Any]:
-    """The ops of a :class:`nas.model.MobileNetV3Net` in the order of :func:`keys_for_spec`."""
+    """The ops of a :class:`nas.models.builder.MobileNetV3Net` in the order of :func:`keys_for_spec`."""
     return [*model.features, model.avgpool, model.classifier]
 
 
@@ -480,7 +480,7 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
     from torch import nn
 
     from nas.cost.keys import keys_for_spec
-    from nas.model import build_model
+    from nas.models.builder import build_model
 
     cfg = cfg or HarnessConfig()
     if cfg.runtime == "onnxruntime":
@@ -493,7 +493,7 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
     device = "cuda" if cfg.runtime == "torch-cuda" else "cpu"
     model = model.eval().to(device=device, dtype=_torch_dtype(cfg.dtype))
     ops = network_ops(model)
-    if len(ops) != len(keys):  # pragma: no cover - guards a change of nas.model's layout
+    if len(ops) != len(keys):  # pragma: no cover - guards a change of nas.models.builder's layout
         raise HarnessError(f"network has {len(ops)} ops but {len(keys)} latency keys")
     logs: list[list[float]] = [[] for _ in ops]
     pending: list[list] = [[] for _ in ops]

@@ -152,8 +152,8 @@ def validate(
     overlap = set(specs) & set(cal_specs)
     if overlap:
         cal_specs = [s for s in cal_specs if s not in overlap]
+    from nas.arch.codecs import to_string
     from nas.cost.lut import host_device, host_mismatch
-    from nas.formats import to_string
 
     stored = set((table.calibration or {}).get("specs") or [])
     calibration_overlap = sum(1 for s in specs if to_string(s) in stored)

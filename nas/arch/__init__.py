@@ -1,0 +1,1 @@
+"""Architecture specs: the spec itself, its codecs and conversions, the canonical networks."""

@@ -1,0 +1,1 @@
+"""PyTorch modules built from specs: layers, the builder, BN recalibration, export, pruning."""

@@ -1,0 +1,156 @@
+"""Build a :class:`~nas.arch.spec.NetworkSpec` into an ``nn.Module``.
+
+The module mirrors ``torchvision.models.mobilenetv3.MobileNetV3`` layer for layer and reuses
+its ops (``Conv2dNormActivation``, ``SqueezeExcitation``), so the state_dict names are
+torchvision's (``features.3.block.2.fc1.weight``) and torchvision's weights load into the
+canonical networks unchanged. Unlike torchvision, channel counts are taken as given (no
+rounding to 8), and stem/head activations, the last conv width and the last stage vary.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
+
+from nas.arch.spec import (
+    BlockSpec,
+    NetworkSpec,
+    original_stage_projection,
+    squeeze_channels,
+)
+
+# torchvision's MobileNetV3 BatchNorm settings (eps 0.001, momentum 0.01; torchvision
+# models/mobilenetv3.py, following the paper's TF reference).
+BN_EPS = 0.001
+BN_MOMENTUM = 0.01
+norm_layer = partial(nn.BatchNorm2d, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+_ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "HS": nn.Hardswish}
+
+
+def activation_layer(name: str) -> type[nn.Module]:
+    """The torch module class for ``"RE"`` or ``"HS"``."""
+    return _ACTIVATION_LAYERS[name]
+
+
+class Bneck(nn.Module):
+    """The MobileNetV3 bottleneck (paper Fig. 4), torchvision's ``InvertedResidual`` layout.
+
+    1x1 expansion (omitted when ``expansion == in_channels``), kxk depthwise, optional SE on
+    the expansion with a hard-sigmoid gate, linear 1x1 projection; residual iff stride 1 and
+    ``in_channels == out``.
+    """
+
+    def __init__(self, in_channels: int, block: BlockSpec) -> None:
+        super().__init__()
+        act = activation_layer(block.activation)
+        layers: list[nn.Module] = []
+        if block.expansion != in_channels:
+            layers.append(
+                Conv2dNormActivation(in_channels, block.expansion, kernel_size=1,
+                                     norm_layer=norm_layer, activation_layer=act)
+            )
+        # torchvision: a dilated depthwise conv keeps the resolution (stride 1).
+        stride = 1 if block.dilation > 1 else block.stride
+        layers.append(
+            Conv2dNormActivation(block.expansion, block.expansion, kernel_size=block.kernel,
+                                 stride=stride, dilation=block.dilation, groups=block.expansion,
+                                 norm_layer=norm_layer, activation_layer=act)
+        )
+        if block.se:
+            layers.append(
+                SqueezeExcitation(block.expansion, squeeze_channels(block.expansion),
+                                  scale_activation=nn.Hardsigmoid)
+            )
+        layers.append(
+            Conv2dNormActivation(block.expansion, block.out, kernel_size=1,
+                                 norm_layer=norm_layer, activation_layer=None)
+        )
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = block.stride == 1 and in_channels == block.out
+        self.out_channels = block.out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        if self.use_res_connect:
+            result = result + x
+        return result
+
+
+class MobileNetV3Net(nn.Module):
+    """A network built from a spec: ``features`` / ``avgpool`` / ``classifier`` as in torchvision."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        resolved = spec.resolved()
+        layers: list[nn.Module] = [
+            Conv2dNormActivation(3, resolved.stem_channels, kernel_size=3, stride=2,
+                                 norm_layer=norm_layer,
+                                 activation_layer=activation_layer(resolved.stem_activation))
+        ]
+        for ctx in resolved.contexts():
+            layers.append(Bneck(ctx.in_channels, ctx.block))
+        head_act = activation_layer(resolved.head_activation)
+        last_out = resolved.blocks[-1].out
+        if resolved.last_stage == "efficient":
+            # Paper Fig. 5 (bottom): 1x1 expand, pool, 1x1 to the feature width, classifier.
+            layers.append(Conv2dNormActivation(last_out, resolved.last_conv, kernel_size=1,
+                                               norm_layer=norm_layer, activation_layer=head_act))
+            self.features = nn.Sequential(*layers)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Sequential(
+                nn.Linear(resolved.last_conv, resolved.head_features),
+                head_act(inplace=True),
+                # Not in-place (torchvision's is): ReLU saves its output for backward, so an
+                # in-place dropout after an in-place ReLU head breaks autograd.
+                nn.Dropout(p=resolved.dropout),
+                nn.Linear(resolved.head_features, resolved.num_classes),
+            )
+        else:
+            # Paper Fig. 5 (top), the MobileNetV2-style stage: expand, 3x3 depthwise,
+            # project, 1x1 to the feature width, then pool and classify.
+            project = original_stage_projection(resolved)
+            layers.append(Bneck(last_out, BlockSpec(
+                kernel=3, expansion=resolved.last_conv, out=project, se=False,
+                activation=resolved.head_activation, stride=1)))
+            layers.append(Conv2dNormActivation(project, resolved.head_features, kernel_size=1,
+                                               norm_layer=norm_layer, activation_layer=head_act))
+            self.features = nn.Sequential(*layers)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Sequential(
+                nn.Dropout(p=resolved.dropout, inplace=True),
+                nn.Linear(resolved.head_features, resolved.num_classes),
+            )
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """torchvision's MobileNetV3 initialisation."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def build_model(spec: NetworkSpec, *, num_classes: int | None = None) -> MobileNetV3Net:
+    """Build ``spec`` (optionally with another class count) into a module."""
+    if num_classes is not None and num_classes != spec.num_classes:
+        spec = spec.replace(num_classes=num_classes)
+    return MobileNetV3Net(spec)

@@ -1,0 +1,1 @@
+"""The search: space, objective, the study runner and its outputs."""

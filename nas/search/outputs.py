@@ -1,0 +1,185 @@
+"""What a search leaves in its run folder: trials.csv, pareto.csv, pareto.png, bneck YAMLs.
+
+Written after every trial (:class:`TrialReporter`) and at the end, each file atomically, so
+a killed run leaves a consistent folder; ``pareto/`` holds exactly the current front.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from nas._io import temporary_sibling, write_text_atomic
+from nas.arch.codecs import from_string, to_yaml
+from nas.search.objective import counted_trials, pareto_trials, retried_number
+
+TRIAL_COLUMNS = [
+    "number", "state", "accuracy", "latency_ms", "madds", "params", "reward", "top5",
+    "duration_s", "canonical", "duplicate_of", "retry_of", "spec", "fail_reason",
+]
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: outcome, costs, spec string, state, duration and the parameters."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        row = {
+            "number": t.number,
+            "state": t.state.name,
+            "accuracy": attrs.get("accuracy"),
+            "latency_ms": attrs.get("latency_ms"),
+            "madds": attrs.get("madds"),
+            "params": attrs.get("params"),
+            "reward": attrs.get("reward"),
+            "top5": attrs.get("top5"),
+            "duration_s": duration,
+            "canonical": bool(attrs.get("canonical", False)),
+            "duplicate_of": attrs.get("duplicate_of"),
+            "retry_of": attrs.get("retry_of", retried_number(t)),
+            "spec": attrs.get("spec"),
+            "fail_reason": attrs.get("fail_reason"),
+        }
+        row.update({f"param_{k}": v for k, v in sorted(t.params.items())})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=TRIAL_COLUMNS)
+    return frame
+
+
+def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
+    """Write every output of a search into ``run_dir``; returns the paths by name."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    frame = trials_frame(study)
+    paths = {"trials": run_dir / "trials.csv", "pareto": run_dir / "pareto.csv",
+             "plot": run_dir / "pareto.png", "configs": run_dir / "pareto"}
+    write_text_atomic(paths["trials"], frame.to_csv(index=False))
+    front = pareto_trials(study)
+    front_numbers = {t.number for t in front}
+    pareto = frame[frame["number"].isin(front_numbers)].sort_values("latency_ms")
+    write_text_atomic(paths["pareto"], pareto.to_csv(index=False))
+    paths["configs"].mkdir(exist_ok=True)
+    wanted = {}
+    for trial in front:
+        name = f"trial{trial.number:04d}"
+        wanted[f"{name}.yaml"] = from_string(trial.user_attrs["spec"]).replace(
+            name=f"{study.study_name}_{name}")
+    for path in paths["configs"].glob("trial*.yaml"):
+        if path.name not in wanted:  # no longer on the front
+            path.unlink(missing_ok=True)
+    for file_name, spec in wanted.items():
+        write_text_atomic(paths["configs"] / file_name, to_yaml(spec))
+    context = study.user_attrs.get("context", {})
+    title = study.study_name + "".join(f" | {k} {v}" for k, v in context.items()
+                                       if k != "budget_ms" and v is not None)
+    plot_front(frame, front_numbers, paths["plot"], title=title, budget_ms=context.get("budget_ms"))
+    return paths
+
+
+class TrialReporter:
+    """After every trial: rewrite the outputs and print one progress line.
+
+    Picklable, so worker processes run it too (their outputs replace each other atomically).
+    """
+
+    def __init__(self, run_dir: Path, budget: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.budget = budget
+        self.started = time.monotonic()
+
+    def __call__(self, study: optuna.Study) -> None:
+        write_outputs(study, self.run_dir)
+        last = max(study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)), key=lambda t: t.datetime_complete)
+        attrs = last.user_attrs
+        done = counted_trials(study)
+        elapsed = time.monotonic() - self.started
+        if last.state == TrialState.COMPLETE:
+            what = (f"top-1 {100 * attrs.get('accuracy', float('nan')):.2f}%, "
+                    f"{attrs.get('latency_ms', float('nan')):.3f} ms")
+            if "duplicate_of" in attrs:
+                what += f" (repeat of trial {attrs['duplicate_of']}: not counted)"
+        else:
+            what = f"{last.state.name}: {attrs.get('fail_reason', '')}"[:160]
+        print(f"trial {last.number} [{done}/{self.budget}] {what} | {attrs.get('spec', '')} | "
+              f"{elapsed:.0f} s", flush=True)
+
+
+def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str,
+               budget_ms: float | None = None) -> None:
+    """All complete trials, the front (labelled with trial numbers), the canonical seed and
+    the latency budget, accuracy against latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    done = frame[frame["state"] == TrialState.COMPLETE.name] if not frame.empty else frame
+    if not done.empty:
+        ax.scatter(done["latency_ms"], 100 * done["accuracy"], s=14, color="0.6", label="trials")
+        best = done[done["number"].isin(front)].sort_values("latency_ms")
+        ax.plot(best["latency_ms"], 100 * best["accuracy"], "o-", color="tab:blue", label="Pareto front")
+        for _, row in best.iterrows():
+            ax.annotate(str(int(row["number"])), (row["latency_ms"], 100 * row["accuracy"]),
+                        xytext=(3, 3), textcoords="offset points", fontsize=7, color="tab:blue")
+        seed = done[done["canonical"]]
+        if not seed.empty:
+            ax.scatter(seed["latency_ms"], 100 * seed["accuracy"], marker="*", s=220,
+                       color="tab:red", zorder=5, label="canonical seed")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"latency budget {budget_ms:g} ms")
+    ax.set_xlabel("lookup-table latency (ms)")
+    ax.set_ylabel("proxy top-1 (%)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = temporary_sibling(path)
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def summary_table(study: optuna.Study) -> str:
+    """The printed summary: counts by state and the front, fastest first."""
+    frame = trials_frame(study)
+    counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
+    lines = [f"study {study.study_name}: {len(frame)} trials " + json.dumps(counts)]
+    front = pareto_trials(study)
+    if not front:
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if "latency_ms" in t.user_attrs]
+        if not complete:
+            lines.append("no complete trial yet")
+        else:
+            fastest = min(complete, key=lambda t: t.user_attrs["latency_ms"])
+            over = max(fastest.constraints.values(), default=float("nan"))
+            lines.append(f"no feasible trial: none of the {len(complete)} complete trials meets the "
+                         f"latency budget; the fastest, trial {fastest.number} at "
+                         f"{fastest.user_attrs['latency_ms']:.3f} ms, is {over:.3f} ms over it")
+        return "\n".join(lines)
+    shown = frame[frame["number"].isin({t.number for t in front})].sort_values("latency_ms")
+    lines.append("Pareto front (fastest first):")
+    lines.append(f"{'trial':>5}  {'top-1 %':>7}  {'latency ms':>10}  {'MAdds M':>8}  {'params M':>8}  canonical")
+    for _, row in shown.iterrows():
+        madds = f"{row['madds'] / 1e6:8.1f}" if pd.notna(row["madds"]) else f"{'-':>8}"
+        params = f"{row['params'] / 1e6:8.2f}" if pd.notna(row["params"]) else f"{'-':>8}"
+        lines.append(f"{row['number']:>5}  {100 * row['accuracy']:7.2f}  {row['latency_ms']:10.3f}  "
+                     f"{madds}  {params}  {'yes' if row['canonical'] else ''}")
+    seed = frame[frame["canonical"] & (frame["state"] == "COMPLETE")]
+    if not seed.empty:
+        s = seed.iloc[0]
+        lines.append(f"canonical seed: trial {s['number']}, top-1 {100 * s['accuracy']:.2f}%, "
+                     f"{s['latency_ms']:.3f} ms")
+    return "\n".join(lines)
+

@@ -1,0 +1,444 @@
+"""Running a study: storage, parallel workers, one global budget, recovery, clean stops.
+
+Storage is an Optuna JournalStorage file in the run folder by default, or any RDB URL
+(``postgresql://``, ``mysql+pymysql://``, ``sqlite:///``) so workers on several machines
+share one study. For RDB storages Optuna's own heartbeat fails and retries the trials of a
+worker that died; the journal file has no heartbeat, so a worker's host and pid are stored
+on each trial and a trial whose worker process is gone (same host) is failed and retried
+when a worker starts.
+
+**One budget for all workers.** Every worker, on any machine, runs until the study holds
+``budget`` complete trials (:func:`nas.search.objective.counted_trials`: repeats of an evaluated
+network, failed, killed and interrupted trials do not count). A trial starts only when the
+complete trials plus the running trials numbered before it leave room in the budget;
+otherwise it waits (a running trial may still fail) and ends PRUNED, unevaluated, when the
+budget is reached. So the count is exact however many workers share the storage. A retry of
+a failed trial takes its original's place in that order (a waiting fresh trial gives way to
+it, PRUNED and unevaluated), so a killed network is evaluated again, not dropped.
+
+**Fresh seeds per start.** A worker's sampler is seeded from the configured seed, the
+worker's index, the number of trials the study held when it started, and (after the first
+start) its host and pid: a resumed or added worker does not replay the sequence of an
+earlier one. A fresh single-worker run keeps the configured seed, so it is repeatable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import TrialState
+
+from nas._io import write_text_atomic
+from nas.errors import NASError
+from nas.interrupts import install_sigint_handler, raise_if_interrupted
+from nas.search.objective import counted_trials, retried_number
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "study.journal"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the study lives. ``url`` None means the journal file in ``run_dir``."""
+
+    run_dir: str
+    url: str | None = None
+    heartbeat_interval: int = 30
+    grace_period: int = 90
+    max_retry: int = 1
+
+    @property
+    def journal_path(self) -> Path:
+        return Path(self.run_dir) / JOURNAL_NAME
+
+
+class JournalError(NASError, RuntimeError):
+    """The journal file is damaged (the message names the file, the line and the repair)."""
+
+
+def _complete_records(data: bytes) -> tuple[list[bytes], str | None]:
+    """The journal's records before the first damaged one, and the damage (None, "torn" or
+    "garbled"). A record is one JSON line ending in a newline."""
+    lines = data.split(b"\n")
+    kept: list[bytes] = []
+    for line in lines[:-1]:
+        try:
+            json.loads(line)
+        except ValueError:
+            return kept, "garbled"
+        kept.append(line)
+    return kept, "torn" if lines[-1] else None
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a journal whose last record is torn (a full disk, a kill mid-write) or garbled.
+
+    Optuna would append the next record onto the torn line and every later open would fail
+    with a bare JSON error; this names the file and line and the command that repairs it.
+    """
+    if not path.is_file():
+        return
+    kept, damage = _complete_records(path.read_bytes())
+    if damage is None:
+        return
+    what = ("the last record is cut short (the run was killed or the disk filled while writing "
+            "it)" if damage == "torn" else "not a complete journal record")
+    raise JournalError(f"{path}:{len(kept) + 1}: {what}; repair with `nas-study repair {path}` "
+                       f"(keeps the {len(kept)} complete records before it, the damaged file is "
+                       "kept beside it)")
+
+
+def repair_journal(path: Path) -> tuple[int, int, Path | None]:
+    """Keep the complete records before the first damaged one; ``(kept, dropped, backup)``.
+
+    The original file is kept as ``<name>.damaged-<time>`` beside the repaired one.
+    """
+    data = path.read_bytes()
+    kept, damage = _complete_records(data)
+    if damage is None:
+        return len(kept), 0, None
+    dropped = len([line for line in data.split(b"\n") if line]) - len(kept)
+    backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    backup.write_bytes(data)
+    write_text_atomic(path, "".join(line.decode("utf-8") + "\n" for line in kept))
+    return len(kept), dropped, backup
+
+
+def open_storage(settings: StorageSettings) -> BaseStorage:
+    """Open (creating if needed) the study storage; a damaged journal is refused."""
+    if settings.url is None:
+        path = settings.journal_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_journal(path)
+        # The open-lock works on any file system (the symlink lock does not on some mounts).
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return JournalStorage(backend)
+    return RDBStorage(
+        settings.url,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=settings.max_retry),
+    )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_workers(study: optuna.Study, *, heartbeat: bool = False,
+                         max_retry: int = 1) -> list[int]:
+    """Fail RUNNING trials whose worker (on this host) is gone, and enqueue a retry.
+
+    Only for storages without a heartbeat (the journal file): with ``heartbeat`` (an RDB
+    storage) Optuna's own heartbeat does this. Returns the failed numbers.
+    """
+    if heartbeat:
+        return []
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", "")
+        worker_host, _, pid = worker.rpartition(":")
+        if worker_host != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        # Optuna has no public call that sets an attribute on another worker's trial; a
+        # Trial handle on its id is what Optuna's own fail_stale_trials uses as well.
+        optuna.Trial(study, trial._trial_id).set_user_attr(
+            "fail_reason", f"worker {worker} died mid-trial")
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # someone else finished it in the meantime
+        failed.append(trial.number)
+        requeued = _enqueue_retry(study, trial, max_retry)
+        log.warning("trial %d: worker %s died mid-trial; marked FAIL%s", trial.number, worker,
+                    " and re-enqueued" if requeued else "")
+    return failed
+
+
+def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int) -> bool:
+    """Enqueue ``trial``'s parameters once more, unless it has used its retries."""
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries >= max_retry or not trial.params:
+        return False
+    attrs: dict[str, Any] = {"retries": retries + 1, "retry_of": trial.number}
+    if trial.user_attrs.get("canonical"):
+        attrs["canonical"] = True
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+    return True
+
+
+def _retry_targets(study: optuna.Study) -> set[int]:
+    """Numbers of failed trials that already have a retry (ours or Optuna's callback's)."""
+    parents = (_retry_parent(trial) for trial in study.get_trials(deepcopy=False))
+    return {number for number in parents if number is not None}
+
+
+def requeue_failed(study: optuna.Study, *, max_retry: int = 1) -> list[int]:
+    """Enqueue one retry of every failed trial (killed, interrupted, or raised) that has none.
+
+    Called once per start before the workers run, so a Ctrl-C'd or killed trial is tried
+    again first and the budget is spent on complete trials. Returns the retried numbers.
+    """
+    retried = _retry_targets(study)
+    queued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number not in retried and _enqueue_retry(study, trial, max_retry):
+            queued.append(trial.number)
+    return queued
+
+
+def worker_seed(seed: int, worker_index: int, trials_at_start: int) -> int:
+    """The sampler seed of one worker start (see the module docstring)."""
+    if worker_index == 0 and trials_at_start == 0:
+        return seed
+    parts = [seed, worker_index, trials_at_start, os.getpid(), zlib.crc32(socket.gethostname().encode())]
+    return int(np.random.SeedSequence(parts).generate_state(1)[0] % (2**31 - 1))
+
+
+def load_or_create_study(
+    storage: BaseStorage, *, study_name: str, directions: list[str], sampler: optuna.samplers.BaseSampler,
+    resume: bool,
+) -> optuna.Study:
+    """Create the study, or load it when ``resume`` (a missing study is then an error)."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if resume and study_name not in names:
+        raise FileNotFoundError(f"resume: no study named {study_name!r} in the storage "
+                                f"(found {names or 'none'})")
+    if not resume and study_name in names:
+        raise FileExistsError(f"study {study_name!r} already exists in the storage; "
+                              "set resume=true to continue it or choose another study_name")
+    return optuna.create_study(storage=storage, study_name=study_name, directions=directions,
+                               sampler=sampler, load_if_exists=resume)
+
+
+ObjectiveFactory = Callable[[Any], Callable[[optuna.Trial], Any]]
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything a worker process needs to rebuild its objective and join the study."""
+
+    storage: StorageSettings
+    study_name: str
+    factory: ObjectiveFactory
+    factory_args: Any
+    budget: int
+    sampler_factory: Callable[[Any, int], optuna.samplers.BaseSampler]
+    sampler_args: Any
+    seed: int = 0
+    on_trial_end: Callable[[optuna.Study], None] | None = None
+    poll_seconds: float = 2.0
+    max_repeats: int = 100
+
+
+class SamplerExhaustedError(NASError, RuntimeError):
+    """The sampler keeps proposing networks the study has already evaluated."""
+
+
+class BudgetReached(Exception):
+    """Raised inside a waiting trial when the other workers have completed the budget."""
+
+
+class GiveWay(Exception):
+    """Raised inside a waiting trial when a retry of an earlier trial is waiting to run."""
+
+
+def _retry_parent(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the failed trial that ``trial`` retries (ours or Optuna's callback's)."""
+    if "retry_of" in trial.user_attrs:
+        return int(trial.user_attrs["retry_of"])
+    return retried_number(trial)
+
+
+def _slots(trials: list[optuna.trial.FrozenTrial]) -> dict[int, int]:
+    """Each trial's place in the budget order: its number, or for a retry its original's."""
+    parents = {t.number: _retry_parent(t) for t in trials}
+    slots = {}
+    for number in parents:
+        slot = number
+        while parents.get(slot) is not None and parents[slot] < slot:
+            slot = parents[slot]
+        slots[number] = slot
+    return slots
+
+
+def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
+    """Wait until ``trial`` may run without overshooting the budget (module docstring)."""
+    while True:
+        done = counted_trials(study)
+        if done >= job.budget:
+            raise BudgetReached(f"budget of {job.budget} complete trials reached by other workers")
+        trials = study.get_trials(deepcopy=False)
+        slots = _slots(trials)
+        mine = slots[trial.number]
+        # A retry keeps its failed trial's place in the order, so a killed network is
+        # evaluated again before fresh proposals take its room; a waiting trial gives way.
+        if any(t.state == TrialState.WAITING and _retry_parent(t) is not None
+               and slots[t.number] < mine for t in trials):
+            raise GiveWay(f"trial {trial.number} gives way to a waiting retry")
+        ahead = [t for t in trials if t.state == TrialState.RUNNING
+                 and t.number != trial.number and slots[t.number] < mine]
+        if done + len(ahead) < job.budget:
+            return
+        # A trial ahead may belong to a dead worker: let recovery fail it.
+        heartbeat = job.storage.url is not None
+        recover_dead_workers(study, heartbeat=heartbeat, max_retry=job.storage.max_retry)
+        if heartbeat:
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(job.poll_seconds)
+
+
+def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
+    """Join the study and run trials until it holds ``job.budget`` counted trials.
+
+    Returns how many counted trials this worker added.
+    """
+    storage = open_storage(job.storage)
+    probe = optuna.load_study(study_name=job.study_name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler())
+    # Enqueued (WAITING) trials, such as the canonical seed, do not make a study "started".
+    started = probe.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING))
+    seed = worker_seed(job.seed, worker_index, len(started))
+    log.info("worker %d: sampler seed %d", worker_index, seed)
+    study = optuna.load_study(study_name=job.study_name, storage=storage,
+                              sampler=job.sampler_factory(job.sampler_args, seed))
+    recover_dead_workers(study, heartbeat=job.storage.url is not None,
+                         max_retry=job.storage.max_retry)
+    objective = job.factory(job.factory_args)
+    before = counted_trials(study)
+    repeats = {"run": 0}
+
+    def gated(trial: optuna.Trial) -> Any:
+        raise_if_interrupted()
+        # Recorded first, so a worker that dies while its trial waits is recognised too.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            _gate(study, trial, job)
+        except BudgetReached as err:
+            study.stop()
+            trial.set_user_attr("fail_reason", f"not run: {err}")
+            raise optuna.TrialPruned(str(err)) from None
+        except GiveWay as err:  # unevaluated and not counted; this worker takes the retry next
+            trial.set_user_attr("fail_reason", f"not run: {err}")
+            raise optuna.TrialPruned(str(err)) from None
+        return objective(trial)
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        raise_if_interrupted()
+        repeats["run"] = repeats["run"] + 1 if "duplicate_of" in trial.user_attrs else 0
+        if job.on_trial_end is not None:
+            job.on_trial_end(study)
+        if counted_trials(study) >= job.budget:
+            study.stop()
+        elif repeats["run"] >= job.max_repeats:
+            study.stop()
+            raise SamplerExhaustedError(
+                f"the sampler proposed {repeats['run']} networks in a row that the study has "
+                f"already evaluated ({counted_trials(study)} of {job.budget} trials done); the "
+                "space may be exhausted: lower `trials` or widen the space")
+
+    if counted_trials(study) < job.budget:
+        # catch=Exception: a failing trial is recorded (with its reason) and the study goes on.
+        study.optimize(gated, n_trials=None, catch=(Exception,), callbacks=[after],
+                       gc_after_trial=True)
+    return counted_trials(study) - before
+
+
+def _worker_process(job: WorkerJob, worker_index: int, errors: Any) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    install_sigint_handler()
+    try:
+        run_worker(job, worker_index)
+    except KeyboardInterrupt:
+        # Optuna has marked the running trial FAIL; it is retried at the next start.
+        raise SystemExit(130) from None
+    except Exception as err:  # reported by the parent with the worker's index
+        errors.put((worker_index, f"{type(err).__name__}: {err}"))
+        raise SystemExit(1) from None
+
+
+class WorkerError(NASError, RuntimeError):
+    """A worker process failed (the message names the worker and the reason)."""
+
+
+def run_parallel(job: WorkerJob, n_workers: int) -> None:
+    """Run worker processes on this machine until the study holds ``job.budget`` trials.
+
+    Each process opens the storage itself; the journal's file lock and the RDB's
+    transactions keep trial numbers unique, and the budget is shared (module docstring). A
+    worker that dies leaves its running trial to :func:`recover_dead_workers` (journal) or
+    Optuna's heartbeat (RDB), and the others carry on to the full budget. Ctrl-C lets the
+    workers fail their running trials, then re-raises ``KeyboardInterrupt``.
+    """
+    if n_workers == 1:
+        run_worker(job)
+        return
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    processes = []
+    for index in range(n_workers):
+        process = context.Process(target=_worker_process, args=(job, index, errors), daemon=False)
+        process.start()
+        processes.append(process)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        # The workers got the same SIGINT: give them time to mark their trials, then stop them.
+        deadline = time.monotonic() + 30
+        for process in processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        fail_trials_of_exited_workers(job, [p.pid for p in processes if p.pid is not None])
+        raise
+    reasons = {}
+    while not errors.empty():
+        index, reason = errors.get()
+        reasons[index] = reason
+    bad = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+    if bad:
+        fail_trials_of_exited_workers(job, [p.pid for p in processes if p.pid is not None])
+        described = "; ".join(f"worker {i} exited with code {code}"
+                              + (f" ({reasons[i]})" if i in reasons else
+                                 " (killed by a signal)" if code is not None and code < 0 else "")
+                              for i, code in bad)
+        raise WorkerError(described)
+
+
+def fail_trials_of_exited_workers(job: WorkerJob, pids: list[int]) -> list[int]:
+    """Mark FAIL the RUNNING trials of these (exited) worker processes, in any storage."""
+    study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage),
+                              sampler=optuna.samplers.RandomSampler())
+    host = socket.gethostname()
+    names = {f"{host}:{pid}" for pid in pids}
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") in names:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(trial.number)
+    return failed

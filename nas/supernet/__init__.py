@@ -1,0 +1,1 @@
+"""The weight-sharing supernet: the network, its sandwich training, its evaluator."""

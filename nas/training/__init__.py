@@ -1,0 +1,1 @@
+"""Data, the one training loop, checkpoints, protocols and the proxy evaluator."""

@@ -1,0 +1,42 @@
+"""Smoke test of experiments/repeatability_benchmark.py on a tiny generated folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import write_image_folder
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "repeatability_benchmark.py"
+
+
+def _folder(root: Path) -> Path:
+    return write_image_folder(root, {"train": 6, "val": 3}, classes=10, size=32)
+
+
+def test_benchmark_runs_resumes_and_summarises(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    args = [sys.executable, str(SCRIPT), "--root", str(root), "--runs", str(tmp_path / "runs"),
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--specs", "4",
+            "--pool", "8", "--protocols", "reference", "proxy", "--seeds", "0", "1",
+            "--train-per-class", "4", "--epochs", "1"]
+    env_cache = {"NAS_CACHE_DIR": str(tmp_path / "cache")}
+    import os
+
+    env = {**os.environ, **env_cache}
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for f in sorted((tmp_path / "runs").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert len(rows) == 4 * 2 * 2  # specs x protocols x seeds
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "training" not in again.stdout  # all cached: nothing retrained
+    summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
+    reference = summary["protocols"]["reference"]
+    assert reference["seeds"] == [0, 1] and reference["networks_with_all_seeds"] == 4
+    assert "tau_vs_reference_mean_per_seed" in summary["protocols"]["proxy"]
+    assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 0
+    assert (tmp_path / "out" / "networks.csv").is_file()

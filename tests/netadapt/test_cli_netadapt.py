@@ -1,0 +1,90 @@
+"""``nas-netadapt`` end to end on synthetic data, the search-run input, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nas.arch.codecs import from_yaml, load_spec, save_spec, to_string
+from nas.cli.netadapt import NetAdaptCliError, best_of_search
+from test_netadapt import TINY, formula_table
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nas.cli.netadapt", *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    return {"arch": save_spec(TINY, tmp_path / "tiny.yaml"),
+            "table": formula_table(TINY, tmp_path / "lut")}
+
+
+FAST = [
+    "data=synthetic", "data.resolution=32", "data.train_samples=96", "data.val_samples=64",
+    "data.batch_size=32", "pretrain.steps=2", "short_term.steps=2", "long_term.steps=2",
+    "pretrain.bn_recalibration_batches=2", "short_term.bn_recalibration_batches=2",
+    "long_term.bn_recalibration_batches=2", "netadapt.delta_fraction=0.06",
+    "netadapt.max_proposals=2", "threads=1",
+]
+
+
+def test_end_to_end_writes_history_plot_yaml_and_weights(tmp_path, inputs):
+    run = tmp_path / "run"
+    done = run_cli(f"arch={inputs['arch']}", f"latency.table={inputs['table']}", "target_fraction=0.8",
+                   f"hydra.run.dir={run}", *FAST, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "NetAdapt (paper rule)" in done.stdout
+    history = pd.read_csv(run / "history.csv")
+    assert {"step", "proposal", "latency_ms", "top1", "picked"} <= set(history.columns)
+    proposals = history[history["phase"] == "short_term"]
+    assert len(proposals) >= 2 and (proposals.groupby("step")["picked"].sum() == 1).all()
+    assert (run / "trajectory.png").stat().st_size > 0
+    final = from_yaml((run / "netadapt.yaml").read_text())
+    assert to_string(final.replace(name="")) == history["spec"].iloc[-1]
+    import torch
+
+    from nas.models.builder import build_model
+
+    model = build_model(final, num_classes=10)
+    model.load_state_dict(torch.load(run / "netadapt.pth", weights_only=True))
+    assert (run / "start.pth").is_file() and (run / "steps" / "step0001" / "state.json").is_file()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["arch=missing.yaml", "target_ms=1.0"], "no such file"),
+    (["arch=small", "target_ms=1.0", "target_fraction=0.5"], "exactly one of target_ms"),
+    (["arch=small"], "exactly one of target_ms"),
+    (["target_fraction=0.5"], "exactly one of arch"),
+    (["target_ms=1000.0"], "not below the start latency"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, inputs, overrides, message):
+    args = [f"latency.table={inputs['table']}", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    if not any(a.startswith("arch=") for a in overrides) and "exactly one of arch" not in message:
+        args.append(f"arch={inputs['arch']}")
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nas-netadapt: error: ")
+    assert message in lines[0]
+
+
+def test_search_run_gives_its_most_accurate_member(tmp_path):
+    run = tmp_path / "search"
+    (run / "pareto").mkdir(parents=True)
+    small = load_spec("small")
+    best = small.with_blocks([*small.blocks[:-1], small.blocks[-1].replace(expansion=512)])
+    save_spec(best, run / "pareto" / "trial0007.yaml")
+    pd.DataFrame([
+        {"number": 3, "accuracy": 0.61, "latency_ms": 5.0, "spec": to_string(small)},
+        {"number": 7, "accuracy": 0.64, "latency_ms": 6.0, "spec": to_string(best)},
+        {"number": 9, "accuracy": None, "latency_ms": 4.0, "spec": to_string(small)},
+    ]).to_csv(run / "pareto.csv", index=False)
+    assert best_of_search(run) == best
+    with pytest.raises(NetAdaptCliError, match="no such file"):
+        best_of_search(tmp_path / "nothing")

@@ -1,0 +1,67 @@
+"""Named training protocols: the shipped files, overrides, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nas.cli.train import _configs, _explicit_options, build_parser
+from nas.training.data import ConfigError
+from nas.training.protocols import CHECKOUT, load_protocol, protocol_names
+
+
+def test_shipped_protocols_load_and_differ_in_cost() -> None:
+    assert protocol_names() == ["proxy", "reference"]
+    proxy, reference = load_protocol("proxy"), load_protocol("reference")
+    assert proxy.data.name == reference.data.name == "cifar10"
+    # The data root is the checkout's sibling shared/ folder wherever the command runs.
+    assert Path(proxy.data.root) == (CHECKOUT / "../shared/datasets/cifar10").resolve()
+    proxy_images = proxy.train.epochs * proxy.data.train_per_class * 10
+    reference_images = reference.train.epochs * 45_000
+    assert reference_images > 10 * proxy_images
+
+
+def test_overrides_are_validated_and_named() -> None:
+    cheap = load_protocol("reference", data={"train_per_class": 10}, train={"epochs": 1})
+    assert cheap.data.train_per_class == 10 and cheap.train.epochs == 1
+    with pytest.raises(ConfigError, match="reference.yaml: TrainConfig.epochs must be an integer >= 1"):
+        load_protocol("reference", train={"epochs": 0})
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'reference'\]"):
+        load_protocol("nope")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data: {}\n", r"exactly two mappings, data: and train:; got \['data'\]"),
+    ("data: [1]\ntrain: {}\n", "data: must be a mapping"),
+    ("data: {name: cifar10\n", "not valid YAML"),
+    ("data: {name: synthetic}\ntrain: {epochz: 2}\n", r"unknown key\(s\) \['epochz'\]"),
+])
+def test_bad_protocol_files_name_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_protocol(path)
+    assert str(path) in str(info.value)
+
+
+def test_nas_train_options_given_explicitly_override_the_protocol(tmp_path: Path) -> None:
+    argv = ["small", "--protocol", "proxy", "--epochs", "1", "--lr", "0.05"]
+    args = build_parser().parse_args(argv)
+    data, train = _configs(args, tmp_path, _explicit_options(argv))
+    assert train.epochs == 1 and train.lr == 0.05  # given
+    assert train.weight_decay == load_protocol("proxy").train.weight_decay  # the protocol's
+    assert data.resolution == 48 and data.train_per_class == 1000  # not the CLI defaults
+    assert train.checkpoint_dir == str(tmp_path / "checkpoint")
+
+
+def test_the_search_can_score_candidates_with_a_protocol(tmp_path: Path) -> None:
+    from nas.cli.search import build_evaluator
+
+    cfg = {"data": {"name": "synthetic"},
+           "evaluator": {"kind": "proxy", "cache": False, "protocol": "proxy",
+                         "train": {"epochs": 2, "device": "cpu", "progress": False}}}
+    evaluator = build_evaluator(cfg, tmp_path)
+    proxy = load_protocol("proxy")
+    assert evaluator.data_cfg == proxy.data  # the protocol's data replaces the data group
+    assert evaluator.train_cfg.epochs == proxy.train.epochs and evaluator.train_cfg.device == "cpu"
