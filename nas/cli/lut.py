@@ -127,7 +127,8 @@ def _predict(args: argparse.Namespace) -> None:
     import warnings
 
     from nas.arch.codecs import load_spec
-    from nas.cost.lut import HostMismatchWarning, LatencyTable
+    from nas.cost.lut import LatencyTable
+    from nas.cost.table_files import HostMismatchWarning
 
     table = LatencyTable.load(args.table)
     # A table measured on another CPU or runtime version predicts for that machine, not
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.cost.lut import LatencyTableError, MissingKeysError
+    from nas.cost.table_files import LatencyTableError, MissingKeysError
     from nas.cost.timing import HarnessError
 
     parser = build_parser()

@@ -79,7 +79,7 @@ def start_spec(cfg: dict[str, Any]) -> NetworkSpec:
 
 def table_dir(name_or_path: str) -> Path:
     """The ``latency.table`` folder (a path relative to the launch directory, or a shipped name)."""
-    from nas.cost.lut import resolve_table_dir
+    from nas.cost.table_files import resolve_table_dir
 
     path = _path(name_or_path)
     return resolve_table_dir(path if path.is_dir() else name_or_path)

@@ -53,7 +53,7 @@ class SearchInterrupted(Exception):
 
 def table_dir(name_or_path: str) -> Path:
     """The ``latency.table`` folder (a path relative to the launch directory, or a shipped name)."""
-    from nas.cost.lut import resolve_table_dir
+    from nas.cost.table_files import resolve_table_dir
 
     path = Path(hydra.utils.to_absolute_path(name_or_path)) if HydraConfig.initialized() else Path(name_or_path)
     return resolve_table_dir(path if path.is_dir() else name_or_path)
@@ -98,7 +98,7 @@ def load_table(cfg: dict[str, Any]):
 def check_table_host(cfg: dict[str, Any]) -> None:
     """Say once, in one line, when the table was measured on another CPU or runtime version
     (an error with ``latency.strict=true``)."""
-    from nas.cost.lut import HostMismatchWarning
+    from nas.cost.table_files import HostMismatchWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", HostMismatchWarning)

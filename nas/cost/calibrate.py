@@ -120,7 +120,7 @@ def calibrate(
     missing = table.missing_keys(list(specs))
     if missing:
         if not measure_missing:
-            from nas.cost.lut import MissingKeysError
+            from nas.cost.table_files import MissingKeysError
 
             raise MissingKeysError(missing)
         table.measure(missing, harness, progress=progress, hosts=list(specs))

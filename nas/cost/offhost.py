@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 from nas.cost import ort_runner
 from nas.cost.keys import build_op, keys_for, parse_key
-from nas.cost.lut import SCHEMA_VERSION, LatencyTable, LatencyTableError
+from nas.cost.lut import LatencyTable
+from nas.cost.table_files import SCHEMA_VERSION, LatencyTableError
 
 RUNNER_SOURCE = Path(ort_runner.__file__)
 

@@ -153,14 +153,14 @@ def validate(
     if overlap:
         cal_specs = [s for s in cal_specs if s not in overlap]
     from nas.arch.codecs import to_string
-    from nas.cost.lut import host_device, host_mismatch
+    from nas.cost.host_check import host_device, host_mismatch
 
     stored = set((table.calibration or {}).get("specs") or [])
     calibration_overlap = sum(1 for s in specs if to_string(s) in stored)
     missing = table.missing_keys(specs + cal_specs)
     if missing:
         if not measure_missing:
-            from nas.cost.lut import MissingKeysError
+            from nas.cost.table_files import MissingKeysError
 
             raise MissingKeysError(missing, f"the table does not cover space {space.name}")
         table.measure(missing, harness, progress=progress, hosts=[space])

@@ -65,8 +65,8 @@ class TableLatency:
         import datetime
         import statistics
 
-        from nas.cost.lut import LatencyTableError
         from nas.cost.ort_runner import aggregate, loadavg
+        from nas.cost.table_files import LatencyTableError
         from nas.cost.timing import harness_context, measure_in_context
 
         if self.harness is None and self.table.provenance.get("source") != "measured here":

@@ -12,6 +12,7 @@ import torch
 from nas.arch.codecs import load_spec
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.cost.calibrate import fit_linear, sample_specs
+from nas.cost.key_hosts import cover_hosts, synthetic_host
 from nas.cost.keys import (
     BadKeyError,
     build_op,
@@ -20,15 +21,12 @@ from nas.cost.keys import (
     keys_for_spec,
     parse_key,
 )
-from nas.cost.lut import (
+from nas.cost.lut import LatencyTable, build_table
+from nas.cost.table_files import (
     IncompatibleTableError,
-    LatencyTable,
     LatencyTableError,
     MissingKeysError,
     SchemaVersionError,
-    build_table,
-    cover_hosts,
-    synthetic_host,
 )
 from nas.cost.timing import HarnessConfig
 from nas.search.space import SearchSpace, StageSpace, load_space
@@ -298,7 +296,7 @@ def test_split_half_tau_measures_the_measurements_self_agreement():
 def test_shipped_tables_cover_the_default_spaces_and_carry_their_validation(folder, runtime):
     import yaml
 
-    from nas.cost.lut import resolve_table_dir
+    from nas.cost.table_files import resolve_table_dir
     from nas.search.space import load_space
 
     path = resolve_table_dir(folder)

@@ -22,13 +22,13 @@ import pytest
 from nas.arch.codecs import save_spec
 from nas.cli.lut import main
 from nas.cost import ort_runner
+from nas.cost.host_check import host_mismatch
 from nas.cost.keys import keys_for_space
-from nas.cost.lut import (
+from nas.cost.lut import LatencyTable
+from nas.cost.table_files import (
     HostMismatchError,
     HostMismatchWarning,
-    LatencyTable,
     LatencyTableError,
-    host_mismatch,
     resolve_table_dir,
 )
 from test_lut import FAST, known_table, tiny_space

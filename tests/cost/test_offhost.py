@@ -13,8 +13,9 @@ import pytest
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.cost import ort_runner
 from nas.cost.keys import keys_for_spec
-from nas.cost.lut import LatencyTable, LatencyTableError
+from nas.cost.lut import LatencyTable
 from nas.cost.offhost import export_ops, import_runner_csv
+from nas.cost.table_files import LatencyTableError
 
 RUNNER = Path(ort_runner.__file__)
 

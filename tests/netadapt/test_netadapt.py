@@ -13,7 +13,8 @@ import torch
 
 from nas.arch.spec import BlockSpec, NetworkSpec, conv_output_size
 from nas.cost.keys import bneck_key, head_key, lastconv_key, parse_key, pool_key, stem_key
-from nas.cost.lut import LatencyTable, MissingKeysError
+from nas.cost.lut import LatencyTable
+from nas.cost.table_files import MissingKeysError
 from nas.cost.timing import HarnessConfig
 from nas.models.builder import build_model
 from nas.models.prune import STEM, has_expand_conv, prune_model, residual_groups, residual_pattern
