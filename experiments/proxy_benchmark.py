@@ -37,7 +37,7 @@ import yaml  # noqa: E402
 
 from nas.arch.codecs import load_spec, to_string  # noqa: E402
 from nas.arch.spec import NetworkSpec  # noqa: E402
-from nas.training.data import DataConfig  # noqa: E402
+from nas.training.data_config import DataConfig  # noqa: E402
 from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
 from nas.training.train import TrainConfig  # noqa: E402
 

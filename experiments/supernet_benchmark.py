@@ -50,7 +50,8 @@ from nas.models.builder import build_model  # noqa: E402
 from nas.search.space import SearchSpace, load_space  # noqa: E402
 from nas.supernet.evaluator import SupernetEvaluator  # noqa: E402
 from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet  # noqa: E402
-from nas.training.data import DataConfig, make_loaders  # noqa: E402
+from nas.training.data import make_loaders  # noqa: E402
+from nas.training.data_config import DataConfig  # noqa: E402
 from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
 from nas.training.train import TrainConfig  # noqa: E402
 

@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     from nas.arch.codecs import load_spec
-    from nas.training.data import DataConfig
+    from nas.training.data_config import DataConfig
     from nas.training.train import TrainConfig, train
 
     variant = VARIANTS[args.variant]

@@ -139,7 +139,7 @@ def run(cfg: dict[str, Any], run_dir: Path):
     from nas.netadapt.config import NetAdaptConfig
     from nas.netadapt.finetune import FineTuner
     from nas.netadapt.loop import netadapt
-    from nas.training.data import DataConfig
+    from nas.training.data_config import DataConfig
     from nas.training.train import TrainConfig
 
     if cfg.get("threads"):

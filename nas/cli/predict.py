@@ -56,7 +56,7 @@ def _read_classes(path: Path) -> list[str]:
 def _image(path: Path, resolution: int) -> Any:
     from PIL import Image, UnidentifiedImageError
 
-    from nas.training.data import eval_transform
+    from nas.training.transforms import eval_transform
 
     try:
         with Image.open(path) as img:

@@ -112,7 +112,7 @@ def check_table_host(cfg: dict[str, Any]) -> None:
 
 def build_evaluator(cfg: dict[str, Any], run_dir: Path):
     """The evaluator named by ``evaluator.kind`` (proxy training or the supernet)."""
-    from nas.training.data import DataConfig
+    from nas.training.data_config import DataConfig
 
     kind = cfg["evaluator"]["kind"]
     data_cfg = DataConfig.from_dict(cfg["data"])

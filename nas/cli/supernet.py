@@ -88,7 +88,8 @@ def _train(args: argparse.Namespace) -> None:
     from nas.search.space import load_space
     from nas.supernet.evaluator import SupernetEvaluator
     from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet
-    from nas.training.data import DataConfig, make_loaders
+    from nas.training.data import make_loaders
+    from nas.training.data_config import DataConfig
     from nas.training.train import resolve_device
 
     if args.threads:
@@ -151,7 +152,7 @@ def _extract(args: argparse.Namespace) -> None:
     from nas.arch.codecs import save_spec, to_string
     from nas.supernet.evaluator import SupernetEvaluator
     from nas.supernet.train import load_supernet
-    from nas.training.data import DataConfig
+    from nas.training.data_config import DataConfig
     from nas.training.train import evaluate_model
 
     if args.threads:

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from nas.arch.spec import SpecError
+from nas.config import ConfigError
 from nas.interrupts import install_sigint_handler
-from nas.training.data import DATASETS, ConfigError, DataConfig, DataError
+from nas.training.data_config import DATASETS, DataConfig, DataError
 from nas.training.train import (
     OPTIMIZERS,
     PRECISIONS,

@@ -10,7 +10,8 @@ from torch import nn
 
 from nas.models.bn import recalibrate_bn
 from nas.netadapt.config import NetAdaptError, SELECTIONS, check_choice
-from nas.training.data import DataConfig, Loaders, make_loaders
+from nas.training.data import Loaders, make_loaders
+from nas.training.data_config import DataConfig
 from nas.training.train import TrainConfig, evaluate_model, resolve_device, train
 
 

@@ -30,6 +30,7 @@ import torch
 
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
+from nas.config import ConfigError, check_int
 from nas.models.bn import recalibrate_bn
 from nas.search.space import SearchSpace, space_from_dict
 from nas.supernet.network import Supernet
@@ -41,7 +42,8 @@ from nas.supernet.train import (
     space_from_plain,
     train_supernet,
 )
-from nas.training.data import ConfigError, DataConfig, Loaders, check_int, make_loaders
+from nas.training.data import Loaders, make_loaders
+from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult
 from nas.training.train import evaluate_model, resolve_device
 

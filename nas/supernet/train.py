@@ -34,20 +34,13 @@ import torch.nn.functional as F
 
 from nas.arch.codecs import spec_from_dict, spec_to_dict
 from nas.arch.spec import NetworkSpec
+from nas.config import ConfigError, check_choice, check_int, check_number, config_from_dict
 from nas.errors import NASError
 from nas.search.space import SearchSpace, StageSpace
 from nas.supernet.network import IMPORTANCE_NORMS, Supernet
 from nas.training.checkpoint import read_checkpoint as _read_checkpoint
-from nas.training.data import (
-    ConfigError,
-    DataConfig,
-    Loaders,
-    check_choice,
-    check_int,
-    check_number,
-    config_from_dict,
-    make_loaders,
-)
+from nas.training.data import Loaders, make_loaders
+from nas.training.data_config import DataConfig
 from nas.training.loop import CheckpointSpec, LoopOptions, NonFiniteLossError, StepContext, run_loop
 from nas.training.train import TrainConfig, make_optimizer, make_scheduler, resolve_device
 

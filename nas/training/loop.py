@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nas.config import ConfigError
 from nas.errors import NASError
 from nas.interrupts import raise_if_interrupted
 from nas.training.checkpoint import check_matches, read_checkpoint, rng_state, save_atomic, set_rng_state
-from nas.training.data import ConfigError
 
 
 class NonFiniteLossError(NASError, RuntimeError):

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from nas.training.data import ConfigError, DataConfig
+from nas.config import ConfigError
+from nas.training.data_config import DataConfig
 from nas.training.train import TrainConfig
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "conf" / "protocol"

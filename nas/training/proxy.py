@@ -18,7 +18,8 @@ from typing import Any
 
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
-from nas.training.data import DataConfig, Loaders, make_loaders
+from nas.training.data import Loaders, make_loaders
+from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult
 from nas.training.train import TrainConfig, resolve_device, run_settings, train
 

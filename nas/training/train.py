@@ -31,20 +31,13 @@ import torch
 from torch import nn
 
 from nas.arch.spec import NetworkSpec
+from nas.config import ConfigError, check_choice, check_int, check_number, config_from_dict
 from nas.errors import NASError
 from nas.models.bn import recalibrate_bn
 from nas.models.builder import build_model
 from nas.training.checkpoint import CheckpointError
-from nas.training.data import (
-    ConfigError,
-    DataConfig,
-    Loaders,
-    check_choice,
-    check_int,
-    check_number,
-    config_from_dict,
-    make_loaders,
-)
+from nas.training.data import Loaders, make_loaders
+from nas.training.data_config import DataConfig
 from nas.training.distributed import DataParallel
 from nas.training.loop import CheckpointSpec, LoopOptions, NonFiniteLossError, StepContext, epoch_batches, run_loop
 

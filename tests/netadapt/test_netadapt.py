@@ -30,7 +30,7 @@ from nas.netadapt.proposals import (
     shrink_group,
 )
 from nas.netadapt.selection import pick, scale_width, width_for_latency
-from nas.training.data import DataConfig
+from nas.training.data_config import DataConfig
 from nas.training.train import TrainConfig
 
 # Every case in five blocks: SE; a stem whose consumer has no expand conv (16 == 16);

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from nas.arch.spec import BlockSpec, NetworkSpec
+from nas.config import ConfigError
 from nas.search.space import SearchSpace, StageSpace, load_space
 from nas.supernet.evaluator import (
     SupernetEvaluator,
@@ -30,7 +31,8 @@ from nas.supernet.train import (
     space_to_dict,
     train_supernet,
 )
-from nas.training.data import ConfigError, DataConfig, make_loaders
+from nas.training.data import make_loaders
+from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult, Evaluator
 
 DATA = DataConfig(name="synthetic", resolution=32, num_classes=4, train_samples=64,

@@ -7,15 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.training.data import (
-    ConfigError,
-    DataConfig,
-    DataError,
-    EpochSampler,
-    SyntheticImages,
-    make_datasets,
-    make_loaders,
-)
+from nas.config import ConfigError
+from nas.training.data import make_datasets, make_loaders
+from nas.training.data_config import DataConfig, DataError
+from nas.training.synthetic import SyntheticImages
+from nas.training.transforms import EpochSampler
 
 
 def _write_folder(root: Path, classes: dict[str, int], size: int = 12) -> None:

@@ -28,7 +28,7 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 RANK_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from nas.training.data import DataConfig
+    from nas.training.data_config import DataConfig
     from nas.training.distributed import init_from_env, shutdown
     from nas.arch.codecs import load_spec
     from nas.training.train import TrainConfig, train

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nas.cli.train import _configs, _explicit_options, build_parser
-from nas.training.data import ConfigError
+from nas.config import ConfigError
 from nas.training.protocols import CHECKOUT, load_protocol, protocol_names
 
 

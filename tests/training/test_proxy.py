@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nas.arch.codecs import from_string, to_string
-from nas.training.data import DataConfig
+from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult, Evaluator
 from nas.training.proxy import ProxyTrainingEvaluator
 from nas.training.train import TrainConfig

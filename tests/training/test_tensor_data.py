@@ -12,7 +12,9 @@ from PIL import Image
 
 import nas.training.tensor_data as tensor_data
 from nas.arch.codecs import load_spec
-from nas.training.data import ConfigError, DataConfig, DataError, make_loaders
+from nas.config import ConfigError
+from nas.training.data import make_loaders
+from nas.training.data_config import DataConfig, DataError
 from nas.training.train import TrainConfig, train
 
 CLASSES = ("cat", "dog", "frog")

@@ -8,9 +8,11 @@ import torchvision
 from torch import nn
 
 from nas.arch.codecs import from_string, load_spec
+from nas.config import ConfigError
 from nas.models.bn import recalibrate_bn
 from nas.models.builder import BN_MOMENTUM, build_model
-from nas.training.data import ConfigError, DataConfig, make_loaders
+from nas.training.data import make_loaders
+from nas.training.data_config import DataConfig
 from nas.training.train import (
     CheckpointError,
     NonFiniteLossError,

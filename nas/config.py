@@ -1,0 +1,58 @@
+"""The one way a setting is read: a frozen dataclass filled from a mapping (Hydra YAML,
+a checkpoint) by :func:`config_from_dict`, unknown keys refused, fields checked by ``check_*``
+with errors that name the owner, the field and the allowed values."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence, TypeVar
+
+from nas.errors import NASError
+
+
+class ConfigError(NASError, ValueError):
+    """A config field has a wrong type or value; the message names the field and the choices."""
+
+# ---------------------------------------------------------------------------- config helpers
+C = TypeVar("C")
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
+    """Build the dataclass ``cls`` from a mapping (e.g. Hydra YAML), rejecting unknown keys."""
+    data = dict(data or {})
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__}: unknown key(s) {unknown}; allowed keys: {names}"
+        )
+    return cls(**data)
+
+
+def check_choice(owner: str, name: str, value: object, allowed: Sequence[object]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``allowed``."""
+    if isinstance(value, bool) or value not in allowed:
+        raise ConfigError(f"{owner}.{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_int(owner: str, name: str, value: object, *, minimum: int, optional: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer >= ``minimum`` (or None)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "an integer or null" if optional else "an integer"
+        raise ConfigError(f"{owner}.{name} must be {kind} >= {minimum}, got {value!r}")
+
+
+def check_number(owner: str, name: str, value: object, *, low: float, high: float = math.inf,
+                 low_open: bool = False, optional: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number in the given range."""
+    if optional and value is None:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and value <= high)
+    if not ok:
+        bracket = "(" if low_open else "["
+        upper = "inf)" if high == math.inf else f"{high}]"
+        raise ConfigError(f"{owner}.{name} must be a number in {bracket}{low}, {upper}, got {value!r}")
