@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from nas.arch.codecs import load_spec, to_string, to_timm, to_torchvision, to_yaml
+from nas.arch.codecs import load_spec, to_string, to_yaml
+from nas.arch.convert import to_timm, to_torchvision
 from nas.arch.spec import SpecError
 from nas.models.layers import format_table, paper_rows
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from nas.errors import NASError
 from nas.config import ConfigError, check_choice, check_int, check_number, config_from_dict
+from nas.errors import NASError
 
 
 DATASETS = ("synthetic", "imagefolder", "cifar10")

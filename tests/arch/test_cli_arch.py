@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nas.arch.codecs import from_string, from_timm, from_torchvision, from_yaml, load_spec
+from nas.arch.codecs import from_string, from_yaml, load_spec
+from nas.arch.convert import from_timm, from_torchvision
 from nas.cli.arch import main
 
 

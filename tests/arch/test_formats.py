@@ -10,16 +10,13 @@ from nas.arch.codecs import (
     block_from_string,
     block_to_string,
     from_string,
-    from_timm,
-    from_torchvision,
     from_yaml,
     load_spec,
     save_spec,
     to_string,
-    to_timm,
-    to_torchvision,
     to_yaml,
 )
+from nas.arch.convert import from_timm, from_torchvision, to_timm, to_torchvision
 from nas.arch.spec import SpecError
 from nas.search.space import load_space
 
