@@ -48,8 +48,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from nas.arch.codecs import load_spec, save_spec, to_string, to_yaml  # noqa: E402
+from nas.cost.harness import HarnessConfig  # noqa: E402
 from nas.cost.lut import LatencyTable, build_table  # noqa: E402
-from nas.cost.timing import HarnessConfig  # noqa: E402
 from nas.models.bn import recalibrate_bn  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
 from nas.models.prune import prune_model  # noqa: E402
@@ -170,7 +170,8 @@ def measured_now(specs: dict[str, Any], passes: int) -> dict[str, dict[str, floa
     preemption that hits a forward pass)."""
     import statistics
 
-    from nas.cost.timing import harness_context, measure_in_context
+    from nas.cost.harness import harness_context
+    from nas.cost.timing import measure_in_context
 
     cfg = HarnessConfig()
     sums: dict[str, list[float]] = {name: [] for name in specs}

@@ -32,7 +32,7 @@ def positive_int(text: str) -> int:
     return value
 
 def _harness(args: argparse.Namespace, base=None):
-    from nas.cost.timing import HarnessConfig
+    from nas.cost.harness import HarnessConfig
 
     cfg = base or HarnessConfig()
     changes = {}
@@ -276,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nas.cost.harness import HarnessError
     from nas.cost.table_files import LatencyTableError, MissingKeysError
-    from nas.cost.timing import HarnessError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 from nas.arch.spec import NetworkSpec
 from nas.cost import ort_runner
-from nas.cost.timing import HarnessConfig, measure_interleaved
+from nas.cost.harness import HarnessConfig
+from nas.cost.timing import measure_interleaved
 
 CALIBRATION_SEED = 1000
 

@@ -6,7 +6,7 @@ import platform
 from typing import Any
 
 from nas.cost import ort_runner
-from nas.cost.timing import runtime_version
+from nas.cost.harness import runtime_version
 
 
 # ---------------------------------------------------------------------------- host check

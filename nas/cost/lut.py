@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 from nas._io import write_text_atomic
 from nas.arch.spec import NetworkSpec
+from nas.cost.harness import HarnessConfig, harness_provenance
 from nas.cost.host_check import host_mismatch
 from nas.cost.keys import SpecsOrSpace, keys_for, parse_key, spec_key_tuple
 from nas.cost.table_files import (
@@ -70,7 +71,6 @@ from nas.cost.table_files import (
     statistic_text,
 )
 from nas.cost.table_measure import TableMeasuring
-from nas.cost.timing import HarnessConfig, harness_provenance
 
 
 # ---------------------------------------------------------------------------- the table

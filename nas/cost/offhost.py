@@ -49,7 +49,8 @@ def export_ops(
     """
     import torch
 
-    from nas.cost.timing import HarnessConfig, export_for_ort
+    from nas.cost.harness import HarnessConfig
+    from nas.cost.timing import export_for_ort
     from nas.search.space import SearchSpace
 
     out_dir = Path(out_dir)

@@ -50,7 +50,7 @@ RESULT_COLUMNS = ["key", "ms", "median_ms", "q25_ms", "min_ms", "iqr_ms", "mean_
                   "passes", "pass_spread_ms",
                   "loadavg", "measured_at"]
 
-# Defaults shared with nas.cost.timing.HarnessConfig (kept here so the runner stands alone).
+# Defaults shared with nas.cost.harness.HarnessConfig (kept here so the runner stands alone).
 DEFAULT_WARMUP = 5
 DEFAULT_WARMUP_TIME = 0.02
 DEFAULT_REPEATS = 20

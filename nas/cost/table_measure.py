@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 
 from nas.arch.spec import NetworkSpec
 from nas.cost import ort_runner
+from nas.cost.harness import HarnessConfig
 from nas.cost.key_hosts import cover_hosts, synthetic_host
 from nas.cost.keys import SpecsOrSpace, parse_key, spec_key_tuple
 from nas.cost.table_files import (
@@ -21,7 +22,6 @@ from nas.cost.table_files import (
     read_log,
     spec_id,
 )
-from nas.cost.timing import HarnessConfig
 
 
 class TableMeasuring:
@@ -142,8 +142,9 @@ class TableMeasuring:
 
     def _run_units(self, units, wanted: set[str], cfg: HarnessConfig, method: str,
                    log_path: Path | None, progress: bool, callback, save_dir: Path | None):
+        from nas.cost.harness import harness_context
         from nas.cost.keys import build_op
-        from nas.cost.timing import harness_context, item_measurer, measure_in_context
+        from nas.cost.timing import item_measurer, measure_in_context
 
         done_rows = read_log(log_path) if log_path is not None else []
         done_units = {r["unit"] for r in done_rows}

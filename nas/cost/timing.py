@@ -21,251 +21,19 @@ and threads are parameters of :class:`HarnessConfig`; the input resolution is pa
 Figures that feed a table or a validation are measured in interleaved passes
 (:func:`measure_interleaved`): every item once per pass, in a shuffled order, the figure
 being the median of the per-pass medians, so a drift of the machine's speed does not bias
-the items measured during the slow minutes.
-"""
+the items measured during the slow minutes."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import tempfile
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from nas.cost import ort_runner
-from nas.cost.ort_runner import loadavg, pinned_cpu, realtime_priority, run_samples
-from nas.errors import NASError
-
-RUNTIMES = ("torch-cpu", "torch-cuda", "onnxruntime")
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-class HarnessError(NASError, ValueError):
-    """A harness setting is invalid or cannot run here (e.g. CUDA without a GPU)."""
-
-
-@dataclass(frozen=True)
-class HarnessConfig:
-    """How to time: runtime, threads, batch, dtype and the sampling protocol.
-
-    Attributes:
-        runtime: ``"torch-cpu"``, ``"torch-cuda"`` or ``"onnxruntime"``.
-        threads: intra-op threads (torch or onnxruntime); ignored by torch-cuda.
-        batch: batch size prepended to every input shape.
-        dtype: ``"float32"``; ``"float16"`` on CUDA, ``"bfloat16"`` on torch-cpu/cuda.
-        warmup: minimum warm-up calls before sampling.
-        warmup_time: minimum warm-up seconds.
-        repeats: minimum number of samples.
-        min_run_time: minimum seconds of sampling (with ``repeats``, whichever is later).
-        max_run_time: stop sampling after this many seconds (at least 3 samples).
-        passes: interleaved passes for tables and end-to-end validation.
-        pin_cpu: pin the timing thread to this CPU index (``os.sched_setaffinity``), or None.
-        realtime: run the timing thread under SCHED_FIFO while measuring (needs root or
-            CAP_SYS_NICE; silently normal where refused). On a shared machine this keeps
-            other processes from time-slicing a forward pass; off by default.
-        pass_statistic: the figure of an interleaved measurement: ``median`` (of the
-            per-pass medians), ``q25`` (their lower quartile) or ``min`` (over all samples
-            of all passes; the robust choice on a shared machine, see
-            :func:`nas.cost.ort_runner.aggregate`). Tables and the end-to-end figures
-            compared with them must use the same one.
-        steady_allocator: before torch timings, stop glibc from returning freed memory
-            to the OS and from serving large tensors with fresh mmaps (``mallopt``), as in
-            a long-running inference process or a runtime with a planned arena. Otherwise
-            every 112x112 activation is a fresh mapping and a forward pass of Large takes
-            about 2,500 page faults, whose number depends on the allocation history (the
-            network around an op) -- the largest source of noise measured here.
-            Process-wide and not undone; recorded in the provenance.
-        ort_opt_level: onnxruntime graph optimisation level (disable/basic/extended/all).
-        onnx_exporter: how ops and networks are exported for onnxruntime: ``dynamo`` or
-            ``torchscript`` (:data:`nas.models.export.EXPORTERS`; equivalent graphs, the latter ~30x
-            faster to export). Exported files are cached per exporter.
-        seed: seed of weights and inputs (timings should not depend on it).
-    """
-
-    runtime: str = "torch-cpu"
-    threads: int = 1
-    batch: int = 1
-    dtype: str = "float32"
-    warmup: int = ort_runner.DEFAULT_WARMUP
-    warmup_time: float = ort_runner.DEFAULT_WARMUP_TIME
-    repeats: int = ort_runner.DEFAULT_REPEATS
-    min_run_time: float = ort_runner.DEFAULT_MIN_RUN_TIME
-    max_run_time: float = ort_runner.DEFAULT_MAX_RUN_TIME
-    passes: int = 5
-    pin_cpu: int | None = None
-    realtime: bool = False
-    pass_statistic: str = "median"
-    steady_allocator: bool = True
-    ort_opt_level: str = "all"
-    onnx_exporter: str = "dynamo"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise HarnessError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
-        if self.dtype not in DTYPES:
-            raise HarnessError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        if self.runtime == "onnxruntime" and self.dtype != "float32":
-            raise HarnessError("the onnxruntime harness times float32 exports only")
-        if self.runtime == "torch-cpu" and self.dtype == "float16":
-            raise HarnessError("float16 on torch-cpu is not a meaningful latency; use bfloat16")
-        for name in ("threads", "batch", "repeats", "passes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise HarnessError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.warmup < 0 or self.min_run_time < 0 or self.max_run_time <= 0:
-            raise HarnessError("warmup, min_run_time must be >= 0 and max_run_time > 0")
-        if self.pass_statistic not in ort_runner.PASS_STATISTICS:
-            raise HarnessError(f"pass_statistic must be one of {list(ort_runner.PASS_STATISTICS)}, "
-                               f"got {self.pass_statistic!r}")
-        if self.ort_opt_level not in ("disable", "basic", "extended", "all"):
-            raise HarnessError(f"ort_opt_level must be disable/basic/extended/all, got {self.ort_opt_level!r}")
-        if self.onnx_exporter not in ("dynamo", "torchscript"):
-            raise HarnessError(f"onnx_exporter must be dynamo/torchscript, got {self.onnx_exporter!r}")
-
-    def replace(self, **changes: Any) -> HarnessConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HarnessConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def sampling(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`nas.cost.ort_runner.run_samples`."""
-        return {"warmup": self.warmup, "warmup_time": self.warmup_time, "repeats": self.repeats,
-                "min_run_time": self.min_run_time, "max_run_time": self.max_run_time}
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One measurement: per-call milliseconds over ``n`` samples of ``number`` calls."""
-
-    median_ms: float
-    iqr_ms: float
-    mean_ms: float
-    n: int
-    min_ms: float = float("nan")
-    number: int = 1
-
-    @classmethod
-    def from_stats(cls, stats: dict[str, Any]) -> Timing:
-        return cls(median_ms=float(stats["median_ms"]), iqr_ms=float(stats["iqr_ms"]),
-                   mean_ms=float(stats["mean_ms"]), n=int(stats["n"]),
-                   min_ms=float(stats.get("min_ms", float("nan"))),
-                   number=int(stats.get("number", 1)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def figure(self, statistic: str = "median") -> float:
-        """The per-measurement number that feeds ``statistic`` (``HarnessConfig.pass_statistic``):
-        ``min_ms`` for ``min``, else ``median_ms``."""
-        return self.min_ms if statistic == "min" else self.median_ms
-
-
-# ---------------------------------------------------------------------------- environment
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-_STEADY_ALLOCATOR: bool | None = None
-
-
-def steady_allocator() -> bool:
-    """Make glibc malloc keep and reuse freed memory (process-wide); True if applied.
-
-    ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` are raised to 1 GiB, so tensors come
-    from the heap and freed pages stay mapped: after warm-up a forward pass makes no page
-    faults. A no-op (False) where the C library has no ``mallopt`` (not glibc).
-    """
-    global _STEADY_ALLOCATOR
-    if _STEADY_ALLOCATOR is None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            m_trim_threshold, m_mmap_threshold = -1, -3
-            _STEADY_ALLOCATOR = bool(libc.mallopt(m_trim_threshold, 1 << 30)
-                                     and libc.mallopt(m_mmap_threshold, 1 << 30))
-        except (OSError, AttributeError):
-            _STEADY_ALLOCATOR = False
-    return _STEADY_ALLOCATOR
-
-
-@contextmanager
-def harness_context(cfg: HarnessConfig) -> Iterator[None]:
-    """Threads set (and restored), optional CPU pinning, inference mode for torch."""
-    import torch
-
-    if cfg.steady_allocator and cfg.runtime != "onnxruntime":
-        steady_allocator()
-
-    if cfg.runtime == "torch-cuda" and not torch.cuda.is_available():
-        raise HarnessError("runtime torch-cuda asked for, but torch sees no CUDA device")
-    saved_threads = torch.get_num_threads()
-    try:
-        if cfg.runtime == "torch-cpu":
-            torch.set_num_threads(cfg.threads)
-        # No inference mode for onnxruntime: the exporter traces the module itself.
-        grad_mode = nullcontext() if cfg.runtime == "onnxruntime" else torch.inference_mode()
-        with pinned_cpu(cfg.pin_cpu), realtime_priority(cfg.realtime), grad_mode:
-            yield
-    finally:
-        torch.set_num_threads(saved_threads)
-
-
-def runtime_version(runtime: str) -> str:
-    if runtime == "onnxruntime":
-        import onnxruntime
-
-        return onnxruntime.__version__
-    import torch
-
-    return torch.__version__
-
-
-def device_name(cfg: HarnessConfig) -> str:
-    """The GPU name for torch-cuda, else the CPU model from /proc/cpuinfo."""
-    if cfg.runtime == "torch-cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    return ort_runner.cpu_model()
-
-
-def harness_provenance(cfg: HarnessConfig) -> dict[str, Any]:
-    """What a table must record about the harness that measured it."""
-    import torch
-
-    info = {
-        "runtime": cfg.runtime,
-        "runtime_version": runtime_version(cfg.runtime),
-        "torch_version": torch.__version__,
-        "device": device_name(cfg),
-        "host": ort_runner.device_info(),
-        "threads": cfg.threads,
-        "batch": cfg.batch,
-        "dtype": cfg.dtype,
-        "harness": cfg.to_dict(),
-    }
-    if cfg.runtime == "onnxruntime":
-        info.update(ort_runner.ort_provenance(cfg.threads, cfg.ort_opt_level))
-    if cfg.realtime:
-        with realtime_priority(True) as rt:
-            info["realtime_active"] = rt.active
-    if cfg.steady_allocator and cfg.runtime != "onnxruntime":
-        info["steady_allocator_active"] = steady_allocator()
-    return info
+from nas.cost.harness import HarnessConfig, HarnessError, Timing, torch_dtype, harness_context
+from nas.cost.ort_runner import pinned_cpu, realtime_priority, run_samples
 
 
 # ---------------------------------------------------------------------------- samplers
@@ -274,7 +42,7 @@ def _example(input_shape: Sequence[int], cfg: HarnessConfig, device: str = "cpu"
 
     generator = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn((cfg.batch, *input_shape), generator=generator)
-    return x.to(device=device, dtype=_torch_dtype(cfg.dtype))
+    return x.to(device=device, dtype=torch_dtype(cfg.dtype))
 
 
 def torch_sampler(module, input_shape: Sequence[int], cfg: HarnessConfig) -> Callable[[int], float]:
@@ -282,7 +50,7 @@ def torch_sampler(module, input_shape: Sequence[int], cfg: HarnessConfig) -> Cal
     import torch
 
     if cfg.runtime == "torch-cuda":
-        module = module.eval().to(device="cuda", dtype=_torch_dtype(cfg.dtype))
+        module = module.eval().to(device="cuda", dtype=torch_dtype(cfg.dtype))
         x = _example(input_shape, cfg, "cuda")
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -297,7 +65,7 @@ def torch_sampler(module, input_shape: Sequence[int], cfg: HarnessConfig) -> Cal
             return start.elapsed_time(end) / 1e3
 
         return sample
-    module = module.eval().to(dtype=_torch_dtype(cfg.dtype))
+    module = module.eval().to(dtype=torch_dtype(cfg.dtype))
     x = _example(input_shape, cfg)
     return ort_runner.perf_counter_sample(lambda: module(x))
 
@@ -491,7 +259,7 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
     torch.manual_seed(cfg.seed)
     model = build_model(spec) if model is None else model
     device = "cuda" if cfg.runtime == "torch-cuda" else "cpu"
-    model = model.eval().to(device=device, dtype=_torch_dtype(cfg.dtype))
+    model = model.eval().to(device=device, dtype=torch_dtype(cfg.dtype))
     ops = network_ops(model)
     if len(ops) != len(keys):  # pragma: no cover - guards a change of nas.models.builder's layout
         raise HarnessError(f"network has {len(ops)} ops but {len(keys)} latency keys")
@@ -592,12 +360,3 @@ def measure_interleaved(
     figures = {name: ort_runner.aggregate(rows, cfg.pass_statistic)
                for name, rows in per_pass.items() if rows}
     return figures, per_pass
-
-
-__all__ = [
-    "DTYPES", "HarnessConfig", "HarnessError", "ItemMeasurer", "RUNTIMES", "Timing",
-    "default_onnx_cache", "device_name",
-    "export_for_ort", "harness_context", "harness_provenance", "item_measurer", "loadavg",
-    "measure", "measure_in_context", "measure_interleaved", "measure_onnx", "network_ops",
-    "runtime_version",
-]

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from nas.cost import ort_runner
 from nas.cost.calibrate import CALIBRATION_SEED, fit_linear, measure_end_to_end, sample_specs
-from nas.cost.timing import HarnessConfig
+from nas.cost.harness import HarnessConfig
 
 
 def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:

@@ -65,9 +65,10 @@ class TableLatency:
         import datetime
         import statistics
 
+        from nas.cost.harness import harness_context
         from nas.cost.ort_runner import aggregate, loadavg
         from nas.cost.table_files import LatencyTableError
-        from nas.cost.timing import harness_context, measure_in_context
+        from nas.cost.timing import measure_in_context
 
         if self.harness is None and self.table.provenance.get("source") != "measured here":
             raise LatencyTableError("this table was imported from another device; measuring "

@@ -12,6 +12,7 @@ import torch
 from nas.arch.codecs import load_spec
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.cost.calibrate import fit_linear, sample_specs
+from nas.cost.harness import HarnessConfig
 from nas.cost.key_hosts import cover_hosts, synthetic_host
 from nas.cost.keys import (
     BadKeyError,
@@ -28,7 +29,6 @@ from nas.cost.table_files import (
     MissingKeysError,
     SchemaVersionError,
 )
-from nas.cost.timing import HarnessConfig
 from nas.search.space import SearchSpace, StageSpace, load_space
 
 FAST = HarnessConfig(warmup=1, warmup_time=0.0, repeats=3, min_run_time=0.0, max_run_time=0.05,

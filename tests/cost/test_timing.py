@@ -8,15 +8,9 @@ from torch import nn
 
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.cost import ort_runner
+from nas.cost.harness import HarnessConfig, HarnessError, Timing
 from nas.cost.keys import keys_for_spec
-from nas.cost.timing import (
-    HarnessConfig,
-    HarnessError,
-    Timing,
-    measure,
-    measure_in_context,
-    measure_interleaved,
-)
+from nas.cost.timing import measure, measure_in_context, measure_interleaved
 
 FAST = HarnessConfig(warmup=1, warmup_time=0.0, repeats=5, min_run_time=0.0, max_run_time=0.2)
 
@@ -154,7 +148,7 @@ def test_interleaved_passes_resume_from_their_log(tmp_path):
 
 
 def test_steady_allocator_is_recorded_in_the_provenance():
-    from nas.cost.timing import harness_provenance, steady_allocator
+    from nas.cost.harness import harness_provenance, steady_allocator
 
     applied = steady_allocator()
     assert isinstance(applied, bool)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from nas.arch.spec import BlockSpec, NetworkSpec, conv_output_size
+from nas.cost.harness import HarnessConfig
 from nas.cost.keys import bneck_key, head_key, lastconv_key, parse_key, pool_key, stem_key
 from nas.cost.lut import LatencyTable
 from nas.cost.table_files import MissingKeysError
-from nas.cost.timing import HarnessConfig
 from nas.models.builder import build_model
 from nas.models.prune import STEM, has_expand_conv, prune_model, residual_groups, residual_pattern
 from nas.netadapt.config import NetAdaptConfig, NetAdaptError
@@ -178,8 +178,8 @@ def test_anchored_keys_use_the_tables_pass_statistic(monkeypatch, statistic, exp
     # Every op "measures" median 2 ms, minimum 1 ms: an empty table has no anchors (ratio 1),
     # so each new entry is the harness's own figure -- the minimum for the shipped tables.
     import nas.cost.timing as timing
+    from nas.cost.harness import Timing
     from nas.cost.keys import keys_for_spec
-    from nas.cost.timing import Timing
 
     def fake_measure(spec, cfg=None, *, model=None):
         op = Timing(median_ms=2.0, iqr_ms=0.1, mean_ms=2.1, n=10, min_ms=1.0)

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from nas.arch.codecs import load_spec
+from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
-from nas.cost.timing import HarnessConfig
 from nas.search.objective import retried_number
 from nas.search.runner import JOURNAL_NAME
 from nas.search.space import load_space
