@@ -59,7 +59,8 @@ from nas.netadapt.latency import TableLatency  # noqa: E402
 from nas.netadapt.loop import netadapt  # noqa: E402
 from nas.netadapt.selection import width_for_latency  # noqa: E402
 from nas.training.data_config import DataConfig  # noqa: E402
-from nas.training.train import TrainConfig, train  # noqa: E402
+from nas.training.train import train  # noqa: E402
+from nas.training.train_config import TrainConfig  # noqa: E402
 
 SHIPPED_TABLE = REPO / "latency_tables" / "cpu-torch-1t-b1-224"
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"

@@ -39,7 +39,7 @@ from nas.arch.codecs import load_spec, to_string  # noqa: E402
 from nas.arch.spec import NetworkSpec  # noqa: E402
 from nas.training.data_config import DataConfig  # noqa: E402
 from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
-from nas.training.train import TrainConfig  # noqa: E402
+from nas.training.train_config import TrainConfig  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
 DEFAULT_OUT = REPO / "experiments" / "results" / "proxy_benchmark"

@@ -53,7 +53,7 @@ from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet
 from nas.training.data import make_loaders  # noqa: E402
 from nas.training.data_config import DataConfig  # noqa: E402
 from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
-from nas.training.train import TrainConfig  # noqa: E402
+from nas.training.train_config import TrainConfig  # noqa: E402
 
 CONF = REPO / "nas" / "conf"
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"

@@ -53,7 +53,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     from nas.arch.codecs import load_spec
     from nas.training.data_config import DataConfig
-    from nas.training.train import TrainConfig, train
+    from nas.training.train import train
+    from nas.training.train_config import TrainConfig
 
     variant = VARIANTS[args.variant]
     if variant["tree"] == "baseline":

@@ -109,7 +109,8 @@ def start_model(spec: NetworkSpec, cfg: dict[str, Any], tuner, run_dir: Path):
     import torch
 
     from nas.models.builder import build_model
-    from nas.training.train import TrainConfig, load_weights, train
+    from nas.training.train import load_weights, train
+    from nas.training.train_config import TrainConfig
 
     num_classes = tuner.num_classes
     model = build_model(spec, num_classes=num_classes)
@@ -140,7 +141,7 @@ def run(cfg: dict[str, Any], run_dir: Path):
     from nas.netadapt.finetune import FineTuner
     from nas.netadapt.loop import netadapt
     from nas.training.data_config import DataConfig
-    from nas.training.train import TrainConfig
+    from nas.training.train_config import TrainConfig
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))

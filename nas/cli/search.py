@@ -118,7 +118,7 @@ def build_evaluator(cfg: dict[str, Any], run_dir: Path):
     data_cfg = DataConfig.from_dict(cfg["data"])
     if kind == "proxy":
         from nas.training.proxy import ProxyTrainingEvaluator
-        from nas.training.train import TrainConfig
+        from nas.training.train_config import TrainConfig
 
         train_cfg = TrainConfig.from_dict(cfg["evaluator"]["train"])
         if cfg["evaluator"].get("protocol"):

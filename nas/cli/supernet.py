@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> None:
     from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet
     from nas.training.data import make_loaders
     from nas.training.data_config import DataConfig
-    from nas.training.train import resolve_device
+    from nas.training.train_config import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

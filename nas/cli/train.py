@@ -29,15 +29,8 @@ from nas.arch.spec import SpecError
 from nas.config import ConfigError
 from nas.interrupts import install_sigint_handler
 from nas.training.data_config import DATASETS, DataConfig, DataError
-from nas.training.train import (
-    OPTIMIZERS,
-    PRECISIONS,
-    SCHEDULES,
-    CheckpointError,
-    NonFiniteLossError,
-    TrainConfig,
-    WeightsError,
-)
+from nas.training.train import CheckpointError, NonFiniteLossError, WeightsError
+from nas.training.train_config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
 # Errors that are the user's to fix: one line on stderr, exit status 2.
 USER_ERRORS = (SpecError, ConfigError, DataError, WeightsError, CheckpointError, NonFiniteLossError)
@@ -156,7 +149,8 @@ def run(args: argparse.Namespace, explicit: set[str] | None = None) -> dict[str,
     from nas.models.builder import build_model
     from nas.training.data import make_loaders
     from nas.training.distributed import init_from_env
-    from nas.training.train import load_weights, resolve_device, train
+    from nas.training.train import load_weights, train
+    from nas.training.train_config import resolve_device
 
     explicit = explicit if explicit is not None else set(vars(args))
     if args.threads < 1:

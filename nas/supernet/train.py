@@ -42,7 +42,8 @@ from nas.training.checkpoint import read_checkpoint as _read_checkpoint
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.loop import CheckpointSpec, LoopOptions, NonFiniteLossError, StepContext, run_loop
-from nas.training.train import TrainConfig, make_optimizer, make_scheduler, resolve_device
+from nas.training.train import make_optimizer, make_scheduler
+from nas.training.train_config import TrainConfig, resolve_device
 
 CHECKPOINT_NAME = "supernet.pt"
 CHECKPOINT_FORMAT = "nas.supernet.network/2"  # 2: nas.training.loop's LoopState progress

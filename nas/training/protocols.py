@@ -19,7 +19,7 @@ import yaml
 
 from nas.config import ConfigError
 from nas.training.data_config import DataConfig
-from nas.training.train import TrainConfig
+from nas.training.train_config import TrainConfig
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "conf" / "protocol"
 # A shipped protocol's relative data root is relative to the project checkout (where

@@ -21,7 +21,8 @@ from nas.arch.spec import NetworkSpec
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult
-from nas.training.train import TrainConfig, resolve_device, run_settings, train
+from nas.training.train import run_settings, train
+from nas.training.train_config import TrainConfig, resolve_device
 
 
 def settings_hash(settings: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from nas.netadapt.proposals import (
 )
 from nas.netadapt.selection import pick, scale_width, width_for_latency
 from nas.training.data_config import DataConfig
-from nas.training.train import TrainConfig
+from nas.training.train_config import TrainConfig
 
 # Every case in five blocks: SE; a stem whose consumer has no expand conv (16 == 16);
 # residual groups {1, 2} and {3, 4}; blocks without SE.

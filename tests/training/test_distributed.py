@@ -31,7 +31,8 @@ RANK_SCRIPT = textwrap.dedent("""
     from nas.training.data_config import DataConfig
     from nas.training.distributed import init_from_env, shutdown
     from nas.arch.codecs import load_spec
-    from nas.training.train import TrainConfig, train
+    from nas.training.train import train
+    from nas.training.train_config import TrainConfig
     parallel = init_from_env("cpu")
     data = DataConfig(name="cifar10", root=sys.argv[1], resolution=32, batch_size=8,
                       cache_dir=sys.argv[2])

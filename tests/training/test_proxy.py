@@ -10,7 +10,7 @@ from nas.arch.codecs import from_string, to_string
 from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult, Evaluator
 from nas.training.proxy import ProxyTrainingEvaluator
-from nas.training.train import TrainConfig
+from nas.training.train_config import TrainConfig
 
 TINY = from_string(
     "stem8_hs|k3_e8_c8_s2_se_re|k3_e32_c16_s2_re|k5_e48_c16_s1_se_hs|k3_e64_c24_s2_hs"

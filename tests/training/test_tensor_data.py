@@ -15,7 +15,8 @@ from nas.arch.codecs import load_spec
 from nas.config import ConfigError
 from nas.training.data import make_loaders
 from nas.training.data_config import DataConfig, DataError
-from nas.training.train import TrainConfig, train
+from nas.training.train import train
+from nas.training.train_config import TrainConfig
 
 CLASSES = ("cat", "dog", "frog")
 

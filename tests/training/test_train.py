@@ -16,13 +16,13 @@ from nas.training.data_config import DataConfig
 from nas.training.train import (
     CheckpointError,
     NonFiniteLossError,
-    TrainConfig,
     WeightsError,
     evaluate_model,
     load_weights,
     lr_factor,
     train,
 )
+from nas.training.train_config import TrainConfig
 
 # A four-block network: trains in well under a second a step at 32x32 on two cores.
 TINY = from_string(
