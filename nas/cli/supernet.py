@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; configuration errors end with one line and exit code 2."""
     from nas.arch.spec import SpecError
     from nas.search.space import SpaceError
-    from nas.supernet.network import SupernetError
+    from nas.supernet.dynamic_ops import SupernetError
     from nas.supernet.train import SupernetCheckpointError
 
     args = build_parser().parse_args(argv)

@@ -37,7 +37,8 @@ from nas.arch.spec import NetworkSpec
 from nas.config import ConfigError, check_choice, check_int, check_number, config_from_dict
 from nas.errors import NASError
 from nas.search.space import SearchSpace, StageSpace
-from nas.supernet.network import IMPORTANCE_NORMS, Supernet
+from nas.supernet.dynamic_ops import IMPORTANCE_NORMS
+from nas.supernet.network import Supernet
 from nas.training.checkpoint import read_checkpoint as _read_checkpoint
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig

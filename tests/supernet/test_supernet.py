@@ -13,7 +13,9 @@ from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.models.bn import recalibrate_bn
 from nas.models.builder import MobileNetV3Net
 from nas.search.space import SearchSpace, StageSpace, load_space
-from nas.supernet.network import DynamicDepthwise, Supernet, SupernetError
+from nas.supernet.dynamic_ops import DynamicDepthwise
+from nas.supernet.dynamic_ops import SupernetError
+from nas.supernet.network import Supernet
 
 SPACES = ("mobilenetv3_small", "mobilenetv3_large")
 
