@@ -28,17 +28,15 @@ from nas.interrupts import install_sigint_handler
 from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
 from nas.search.outputs import TrialReporter, summary_table, write_outputs
 from nas.search.runner import (
-    JournalError,
-    StorageSettings,
     WorkerError,
     WorkerJob,
     load_or_create_study,
-    open_storage,
     recover_dead_workers,
     requeue_failed,
     run_parallel,
 )
 from nas.search.space import SearchSpace, space_from_dict
+from nas.search.storage import JournalError, StorageSettings, open_storage
 
 log = logging.getLogger("nas-search")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.search.runner import repair_journal
+    from nas.search.storage import repair_journal
 
     parser = argparse.ArgumentParser(prog="nas-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,8 +19,8 @@ from nas.arch.codecs import load_spec
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
 from nas.search.objective import retried_number
-from nas.search.runner import JOURNAL_NAME
 from nas.search.space import load_space
+from nas.search.storage import JOURNAL_NAME
 
 SPACES = Path(__file__).resolve().parents[1] / "data" / "spaces"
 SCRIPT = str(Path(sys.executable).parent / "nas-search")

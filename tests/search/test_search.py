@@ -20,10 +20,8 @@ from nas.search.outputs import summary_table, write_outputs
 from nas.search.runner import (
     BudgetReached,
     GiveWay,
-    StorageSettings,
     WorkerJob,
     load_or_create_study,
-    open_storage,
     recover_dead_workers,
     requeue_failed,
     run_parallel,
@@ -32,6 +30,7 @@ from nas.search.runner import (
 )
 from nas.search.runner import _gate as gate
 from nas.search.space import load_space
+from nas.search.storage import StorageSettings, open_storage
 from nas.training.evaluator import EvalResult
 
 SPACE = "mobilenetv3_small"
@@ -290,7 +289,7 @@ def test_resume_requires_an_existing_study(tmp_path: Path):
 # ------------------------------------------------------------------ a damaged journal
 def test_a_torn_journal_is_refused_then_repaired(tmp_path: Path):
     from nas.cli.study import main as study_main
-    from nas.search.runner import JournalError
+    from nas.search.storage import JournalError
 
     storage_settings = StorageSettings(run_dir=str(tmp_path))
     study = load_or_create_study(open_storage(storage_settings), study_name="j",
