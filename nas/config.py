@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
 from nas.errors import NASError
 
 
 class ConfigError(NASError, ValueError):
     """A config field has a wrong type or value; the message names the field and the choices."""
+
 
 # ---------------------------------------------------------------------------- config helpers
 C = TypeVar("C")
@@ -56,3 +57,29 @@ def check_number(owner: str, name: str, value: object, *, low: float, high: floa
         bracket = "(" if low_open else "["
         upper = "inf)" if high == math.inf else f"{high}]"
         raise ConfigError(f"{owner}.{name} must be a number in {bracket}{low}, {upper}, got {value!r}")
+
+
+class Config:
+    """Base of every settings dataclass: read from a mapping, written back, compared.
+
+    ``NOT_SETTINGS`` names the fields that do not change a result (device, progress bars,
+    checkpoint folders); :meth:`settings` leaves them out, so two runs are compared (or a
+    cache is keyed) by what matters.
+    """
+
+    NOT_SETTINGS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Any:
+        """Build from a mapping; unknown keys raise :class:`ConfigError` naming the allowed ones."""
+        return config_from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that change results (all but ``NOT_SETTINGS``)."""
+        out = self.to_dict()
+        for key in self.NOT_SETTINGS:
+            out.pop(key)
+        return out

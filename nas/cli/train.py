@@ -114,9 +114,12 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "steps": "steps", "lr": "lr", "optimizer":
 def _explicit_options(argv: list[str] | None) -> set[str]:
     """The options given on the command line (not defaulted): they override a protocol."""
     parser = build_parser()
-    for action in parser._actions:  # argparse has no public "was it given" query
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    # argparse fills in a default only where the namespace lacks the attribute: start from a
+    # namespace holding a marker everywhere, and what no longer holds it was given.
+    marker = object()
+    dests = vars(parser.parse_args(argv))
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(dests, marker)))
+    return {dest for dest, value in vars(given).items() if value is not marker}
 
 
 def _configs(args: argparse.Namespace, out: Path, explicit: set[str]) -> tuple[DataConfig, TrainConfig]:

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from nas.cost import ort_runner
 from nas.cost.ort_runner import pinned_cpu, realtime_priority
+from nas.config import Config
 from nas.errors import NASError
 
 
@@ -23,7 +24,7 @@ class HarnessError(NASError, ValueError):
 
 
 @dataclass(frozen=True)
-class HarnessConfig:
+class HarnessConfig(Config):
     """How to time: runtime, threads, batch, dtype and the sampling protocol.
 
     Attributes:
@@ -104,13 +105,6 @@ class HarnessConfig:
     def replace(self, **changes: Any) -> HarnessConfig:
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HarnessConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def sampling(self) -> dict[str, Any]:
         """The keyword arguments of :func:`nas.cost.ort_runner.run_samples`."""

@@ -73,6 +73,10 @@ from nas.cost.table_files import (
 from nas.cost.table_measure import TableMeasuring
 
 
+# What the off-host runner writes beside the harness settings it ran with: how it ran, not
+# settings to measure with again.
+RUNNER_RECORDS = ("min_sample_time", "realtime_active", "statistic")
+
 # ---------------------------------------------------------------------------- the table
 class LatencyTable(TableMeasuring):
     """Per-op latencies of one runtime/device/threads/batch/dtype/resolution, with provenance.
@@ -246,7 +250,9 @@ class LatencyTable(TableMeasuring):
         data = self._provenance.get("harness")
         if not isinstance(data, dict):
             raise LatencyTableError("the table's provenance records no harness settings")
-        return HarnessConfig.from_dict(data)
+        # The off-host runner records facts of its run beside its settings (nas.cost.ort_runner).
+        settings = {k: v for k, v in data.items() if k not in RUNNER_RECORDS}
+        return HarnessConfig.from_dict(settings)
 
     # ------------------------------------------------------------------ keys
     def missing_keys(self, specs_or_space: SpecsOrSpace) -> list[str]:

@@ -69,9 +69,41 @@ class Bneck(nn.Module):
             Conv2dNormActivation(block.expansion, block.out, kernel_size=1,
                                  norm_layer=norm_layer, activation_layer=None)
         )
-        self.block = nn.Sequential(*layers)
+        self.block = nn.Sequential(*layers)  # torchvision's layout, so its state_dict names
         self.use_res_connect = block.stride == 1 and in_channels == block.out
         self.out_channels = block.out
+        # Positions of the named parts in ``block`` (plain ints: no second module registration).
+        names = (["expand"] if block.expansion != in_channels else []) + ["depthwise"]
+        names += (["se"] if block.se else []) + ["project"]
+        self._positions = {name: index for index, name in enumerate(names)}
+
+    def _part(self, name: str) -> nn.Module | None:
+        index = self._positions.get(name)
+        return None if index is None else self.block[index]
+
+    @property
+    def expand(self) -> nn.Module | None:
+        """The 1x1 expansion conv + BN + activation; None when ``expansion == in_channels``."""
+        return self._part("expand")
+
+    @property
+    def depthwise(self) -> nn.Module:
+        """The kxk depthwise conv + BN + activation."""
+        part = self._part("depthwise")
+        assert part is not None
+        return part
+
+    @property
+    def se(self) -> nn.Module | None:
+        """The squeeze-and-excite module; None without SE."""
+        return self._part("se")
+
+    @property
+    def project(self) -> nn.Module:
+        """The linear 1x1 projection conv + BN."""
+        part = self._part("project")
+        assert part is not None
+        return part
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.block(x)

@@ -208,17 +208,9 @@ def _row_sq_norms(weight: torch.Tensor) -> torch.Tensor:
 
 def _layers(bneck: Bneck) -> dict[str, nn.Module]:
     """The named parts of a :class:`~nas.models.builder.Bneck` (``expand`` absent when exp == in)."""
-    layers = list(bneck.block)
-    parts: dict[str, nn.Module] = {"project": layers[-1]}
-    from torchvision.ops import SqueezeExcitation
-
-    rest = layers[:-1]
-    if rest and isinstance(rest[-1], SqueezeExcitation):
-        parts["se"] = rest.pop()
-    parts["depthwise"] = rest.pop()
-    if rest:
-        parts["expand"] = rest.pop()
-    return parts
+    parts = {"expand": bneck.expand, "depthwise": bneck.depthwise, "se": bneck.se,
+             "project": bneck.project}
+    return {name: part for name, part in parts.items() if part is not None}
 
 
 def _blocks(model: MobileNetV3Net) -> list[Bneck]:

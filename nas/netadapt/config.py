@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from nas.config import Config
 from nas.errors import NASError
 
 
@@ -21,7 +22,7 @@ class NetAdaptError(NASError, ValueError):
 
 # ---------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class NetAdaptConfig:
+class NetAdaptConfig(Config):
     """What NetAdapt does; training settings live in :class:`FineTuner`.
 
     Attributes:
@@ -78,14 +79,6 @@ class NetAdaptConfig:
             raise NetAdaptError(f"max_steps must be an integer >= 0 or null, got {self.max_steps!r}")
         if not _int(self.seed, 0):
             raise NetAdaptError(f"seed must be an integer >= 0, got {self.seed!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NetAdaptConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise NetAdaptError(f"unknown NetAdapt setting(s) {unknown}; allowed: {sorted(names)}")
-        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

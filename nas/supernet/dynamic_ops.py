@@ -210,29 +210,26 @@ class DynamicBneck(nn.Module):
         """Copy the weights of choice ``block`` into ``target``, a :class:`nas.models.builder.Bneck`.
 
         ``target`` must have been built for ``block`` with this position's input channels;
-        the layer order is the builder's: [expand], depthwise, [SE], project.
+        its parts are reached by name (``expand``, ``depthwise``, ``se``, ``project``).
         """
         self.check(block)
-        e, layers = block.expansion, list(target.block)
-        if e != self.in_channels:
+        e = block.expansion
+        if target.expand is not None:
             assert self.expand_conv is not None and self.expand_bn is not None
-            layer = layers.pop(0)
-            conv, bn = layer[0], layer[1]
+            conv, bn = target.expand[0], target.expand[1]
             conv.weight.copy_(self.expand_conv.weight[:e])
             self.expand_bn.copy_to(bn, e)
-        layer = layers.pop(0)
-        conv, bn = layer[0], layer[1]
+        conv, bn = target.depthwise[0], target.depthwise[1]
         conv.weight.copy_(self.depthwise.weight_for(e, block.kernel))
         self.depthwise_bn.copy_to(bn, e)
-        if block.se:
+        if target.se is not None:
             assert self.se_fc1 is not None and self.se_fc2 is not None
-            se, squeeze = layers.pop(0), squeeze_channels(e)
+            se, squeeze = target.se, squeeze_channels(e)
             se.fc1.weight.copy_(self.se_fc1.weight[:squeeze, :e])
             se.fc1.bias.copy_(self.se_fc1.bias[:squeeze])
             se.fc2.weight.copy_(self.se_fc2.weight[:e, :squeeze])
             se.fc2.bias.copy_(self.se_fc2.bias[:e])
-        layer = layers.pop(0)
-        conv, bn = layer[0], layer[1]
+        conv, bn = target.project[0], target.project[1]
         conv.weight.copy_(self.project.weight[:, :e])
         self.project_bn.copy_to(bn, self.out)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 
-from nas.config import ConfigError, check_choice, check_int, check_number, config_from_dict
+from nas.config import Config, ConfigError, check_choice, check_int, check_number
 from nas.errors import NASError
 
 
@@ -25,7 +24,7 @@ class DataError(NASError, ValueError):
 
 # ---------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Config):
     """What data to train and evaluate on, and how to load it.
 
     Attributes:
@@ -54,6 +53,8 @@ class DataConfig:
             (``pad_crop`` when the images are no larger than ``resolution``, else
             ``resized_crop``). Synthetic images vary by construction and ignore it.
     """
+
+    NOT_SETTINGS = ("num_workers", "cache_dir")  # not results: see Config.settings
 
     name: Literal["synthetic", "imagefolder", "cifar10"] = "synthetic"
     root: str | None = None
@@ -101,21 +102,6 @@ class DataConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{owner}.{flag} must be true or false, got {getattr(self, flag)!r}")
         check_choice(owner, "augment", self.augment, AUGMENTATIONS)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
-        """Build from a mapping; unknown keys raise :class:`ConfigError`."""
-        return config_from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def settings(self) -> dict[str, Any]:
-        """The fields that change results (not ``num_workers``, ``cache_dir``), for cache keys."""
-        out = self.to_dict()
-        out.pop("num_workers")
-        out.pop("cache_dir")
-        return out
 
 
 # ---------------------------------------------------------------------------- synthetic

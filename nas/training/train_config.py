@@ -3,22 +3,23 @@ checked field by field."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from nas.config import ConfigError, check_choice, check_int, check_number, config_from_dict
+from nas.config import Config, ConfigError, check_choice, check_int, check_number
 
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "step", "constant")
+
+
 # ---------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """How to train.
 
     Attributes:
@@ -56,6 +57,16 @@ class TrainConfig:
             MobileNetV3 step about 1.5x faster on a CPU that way). A speed knob: results
             agree up to float rounding.
     """
+
+    NOT_SETTINGS = (
+        "device",
+        "checkpoint_dir",
+        "checkpoint_every",
+        "eval_every",
+        "progress",
+        "compile",
+        "channels_last",
+    )  # not results: see Config.settings
 
     epochs: int = 1
     steps: int | None = None
@@ -113,22 +124,6 @@ class TrainConfig:
         for flag in ("progress", "compile", "channels_last"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{owner}.{flag} must be true or false, got {getattr(self, flag)!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
-        """Build from a mapping; unknown keys raise :class:`~nas.training.data.ConfigError`."""
-        return config_from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def settings(self) -> dict[str, Any]:
-        """The fields that change the trained weights (not device, checkpoints, display)."""
-        out = self.to_dict()
-        for key in ("device", "checkpoint_dir", "checkpoint_every", "eval_every", "progress",
-                    "compile", "channels_last"):
-            out.pop(key)
-        return out
 
 
 def _valid_device(name: str) -> bool:

@@ -95,3 +95,19 @@ def test_minimal_network_with_relu_head_trains():
     loss = model(torch.randn(2, 3, 64, 64)).sum()
     loss.backward()  # an in-place dropout after the in-place ReLU head would raise here
     assert model.classifier[0].weight.grad is not None
+
+
+def test_the_bneck_parts_are_named():
+    """expand / depthwise / se / project reach the layers of torchvision's positional layout."""
+    from torchvision.ops import SqueezeExcitation
+
+    from nas.arch.spec import BlockSpec
+    from nas.models.builder import Bneck
+
+    full = Bneck(16, BlockSpec(5, 72, 24, True, "HS", 2))
+    assert [full.expand, full.depthwise, full.se, full.project] == list(full.block)
+    assert isinstance(full.se, SqueezeExcitation) and full.depthwise[0].groups == 72
+    bare = Bneck(16, BlockSpec(3, 16, 16, False, "RE", 1))  # no expand conv, no SE
+    assert bare.expand is None and bare.se is None
+    assert [bare.depthwise, bare.project] == list(bare.block)
+    assert not any(name.startswith(("expand", "depthwise", "se.", "project")) for name in full.state_dict())
