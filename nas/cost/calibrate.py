@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nas.arch.spec import NetworkSpec
-from nas.cost import ort_runner
+from nas.cost import sampling
 from nas.cost.harness import HarnessConfig
 from nas.cost.timing import measure_interleaved
 
@@ -126,7 +126,7 @@ def calibrate(
             raise MissingKeysError(missing)
         table.measure(missing, harness, progress=progress, hosts=list(specs))
     raw = [table.predict(s, calibrated=False) for s in specs]
-    load_start = ort_runner.loadavg()
+    load_start = sampling.loadavg()
     measured = measure_end_to_end(specs, harness, rounds=rounds, progress=progress,
                                   desc="calibration")
     if callback is not None:
@@ -140,7 +140,7 @@ def calibrate(
         "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
         "rounds": rounds or harness.passes,
         "loadavg_start": load_start,
-        "loadavg_end": ort_runner.loadavg(),
+        "loadavg_end": sampling.loadavg(),
         "specs": [to_string(s) for s in specs],
         "raw_sum_ms": [round(v, 4) for v in raw],
         "measured_ms": [round(m["ms"], 4) for m in measured],

@@ -9,9 +9,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from nas.cost import ort_runner
-from nas.cost.ort_runner import pinned_cpu, realtime_priority
 from nas.config import Config
+from nas.cost import ort_runner, sampling
+from nas.cost.sampling import pinned_cpu, realtime_priority
 from nas.errors import NASError
 
 
@@ -45,7 +45,7 @@ class HarnessConfig(Config):
         pass_statistic: the figure of an interleaved measurement: ``median`` (of the
             per-pass medians), ``q25`` (their lower quartile) or ``min`` (over all samples
             of all passes; the robust choice on a shared machine, see
-            :func:`nas.cost.ort_runner.aggregate`). Tables and the end-to-end figures
+            :func:`nas.cost.sampling.aggregate`). Tables and the end-to-end figures
             compared with them must use the same one.
         steady_allocator: before torch timings, stop glibc from returning freed memory
             to the OS and from serving large tensors with fresh mmaps (``mallopt``), as in
@@ -65,11 +65,11 @@ class HarnessConfig(Config):
     threads: int = 1
     batch: int = 1
     dtype: str = "float32"
-    warmup: int = ort_runner.DEFAULT_WARMUP
-    warmup_time: float = ort_runner.DEFAULT_WARMUP_TIME
-    repeats: int = ort_runner.DEFAULT_REPEATS
-    min_run_time: float = ort_runner.DEFAULT_MIN_RUN_TIME
-    max_run_time: float = ort_runner.DEFAULT_MAX_RUN_TIME
+    warmup: int = sampling.DEFAULT_WARMUP
+    warmup_time: float = sampling.DEFAULT_WARMUP_TIME
+    repeats: int = sampling.DEFAULT_REPEATS
+    min_run_time: float = sampling.DEFAULT_MIN_RUN_TIME
+    max_run_time: float = sampling.DEFAULT_MAX_RUN_TIME
     passes: int = 5
     pin_cpu: int | None = None
     realtime: bool = False
@@ -94,8 +94,8 @@ class HarnessConfig(Config):
                 raise HarnessError(f"{name} must be an integer >= 1, got {value!r}")
         if self.warmup < 0 or self.min_run_time < 0 or self.max_run_time <= 0:
             raise HarnessError("warmup, min_run_time must be >= 0 and max_run_time > 0")
-        if self.pass_statistic not in ort_runner.PASS_STATISTICS:
-            raise HarnessError(f"pass_statistic must be one of {list(ort_runner.PASS_STATISTICS)}, "
+        if self.pass_statistic not in sampling.PASS_STATISTICS:
+            raise HarnessError(f"pass_statistic must be one of {list(sampling.PASS_STATISTICS)}, "
                                f"got {self.pass_statistic!r}")
         if self.ort_opt_level not in ("disable", "basic", "extended", "all"):
             raise HarnessError(f"ort_opt_level must be disable/basic/extended/all, got {self.ort_opt_level!r}")
@@ -107,7 +107,7 @@ class HarnessConfig(Config):
 
 
     def sampling(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`nas.cost.ort_runner.run_samples`."""
+        """The keyword arguments of :func:`nas.cost.sampling.run_samples`."""
         return {"warmup": self.warmup, "warmup_time": self.warmup_time, "repeats": self.repeats,
                 "min_run_time": self.min_run_time, "max_run_time": self.max_run_time}
 
@@ -209,7 +209,7 @@ def device_name(cfg: HarnessConfig) -> str:
 
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
-    return ort_runner.cpu_model()
+    return sampling.cpu_model()
 
 
 def harness_provenance(cfg: HarnessConfig) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def harness_provenance(cfg: HarnessConfig) -> dict[str, Any]:
         "runtime_version": runtime_version(cfg.runtime),
         "torch_version": torch.__version__,
         "device": device_name(cfg),
-        "host": ort_runner.device_info(),
+        "host": sampling.device_info(),
         "threads": cfg.threads,
         "batch": cfg.batch,
         "dtype": cfg.dtype,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from nas.cost import ort_runner
+from nas.cost import sampling
 from nas.cost.harness import runtime_version
 
 
@@ -21,7 +21,7 @@ def host_device(runtime: str) -> str:
         except ImportError:
             pass
         return "no CUDA device"
-    return ort_runner.cpu_model()
+    return sampling.cpu_model()
 
 
 def _host_runtime_version(runtime: str) -> str:

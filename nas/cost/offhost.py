@@ -3,7 +3,7 @@
 Round trip::
 
     nas-lut export-ops --space mobilenetv3_small --out ops_small/      # here
-    # copy ops_small/ (ONNX files, manifest.json, manifest.csv, ort_runner.py) to the board
+    # copy ops_small/ (ONNX files, manifest.json, manifest.csv, ort_runner.py, sampling.py) to the board
     python ort_runner.py ops_small/ --threads 1 --out table.csv        # on the board
     nas-lut import table.csv --out latency_tables/board-ort-1t/        # here again
 
@@ -24,12 +24,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from nas.cost import ort_runner
+from nas.cost import ort_runner, sampling
 from nas.cost.keys import build_op, keys_for, parse_key
 from nas.cost.lut import LatencyTable
 from nas.cost.table_files import SCHEMA_VERSION, LatencyTableError
 
 RUNNER_SOURCE = Path(ort_runner.__file__)
+SAMPLING_SOURCE = Path(sampling.__file__)
 
 
 def export_ops(
@@ -106,6 +107,7 @@ def export_ops(
         for op in ops:
             writer.writerow({**op, "input_shape": "x".join(str(s) for s in op["input_shape"])})
     shutil.copyfile(RUNNER_SOURCE, out_dir / "ort_runner.py")
+    shutil.copyfile(SAMPLING_SOURCE, out_dir / "sampling.py")  # the statistics it imports
     return out_dir / ort_runner.MANIFEST_NAME
 
 
@@ -145,7 +147,7 @@ def import_runner_csv(csv_path: str | Path, out_dir: str | Path | None = None) -
         "resolution": resolution,
         "harness": harness,
         "method": "isolated",
-        "statistic": ort_runner.STATISTIC_TEXT.get(harness.get("pass_statistic", "median"),
+        "statistic": sampling.STATISTIC_TEXT.get(harness.get("pass_statistic", "median"),
                                                  str(harness.get("statistic"))),
         "source": "imported from ort_runner.py",
         "imported": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),

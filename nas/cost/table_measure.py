@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from nas.arch.spec import NetworkSpec
-from nas.cost import ort_runner
+from nas.cost import sampling
 from nas.cost.harness import HarnessConfig
 from nas.cost.key_hosts import cover_hosts, synthetic_host
 from nas.cost.keys import SpecsOrSpace, parse_key, spec_key_tuple
@@ -77,7 +77,7 @@ class TableMeasuring:
         log_path = save_dir / LOG_FILE if save_dir is not None else None
         units = self._units(keys, hosts or [], method, passes, cfg.seed)
         started = time.perf_counter()
-        load_start = ort_runner.loadavg()
+        load_start = sampling.loadavg()
         rows = self._run_units(units, set(keys), cfg, method, log_path, progress, callback, save_dir)
         by_key: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
@@ -86,7 +86,7 @@ class TableMeasuring:
         for key in keys:
             if key not in by_key:  # pragma: no cover - every key has a unit
                 raise RuntimeError(f"no measurement for {key}")
-            figures = ort_runner.aggregate([{**r, "pass": i} for i, r in enumerate(by_key[key])],
+            figures = sampling.aggregate([{**r, "pass": i} for i, r in enumerate(by_key[key])],
                                            cfg.pass_statistic)
             figures["method"] = method
             self._set(key, figures)
@@ -94,7 +94,7 @@ class TableMeasuring:
         self._provenance.setdefault("builds", []).append({
             "date": now_iso(), "keys": len(added), "units": len(units),
             "wall_s": round(time.perf_counter() - started, 1),
-            "loadavg_start": load_start, "loadavg_end": ort_runner.loadavg(),
+            "loadavg_start": load_start, "loadavg_end": sampling.loadavg(),
             "harness": cfg.to_dict(),
         })
         if save_dir is not None:
@@ -171,7 +171,7 @@ class TableMeasuring:
         try:
             with harness_context(cfg):
                 for i, (uid, payload) in enumerate(todo, start=1):
-                    stamp = {"loadavg": (ort_runner.loadavg() or [""])[0], "time": now_iso()}
+                    stamp = {"loadavg": (sampling.loadavg() or [""])[0], "time": now_iso()}
                     if method == "isolated":
                         results = [(payload, measure_one(payload))]
                     else:

@@ -1,6 +1,6 @@
 """The one timing harness: every latency figure in the project comes from :func:`measure`.
 
-Three runtimes, one statistics code (:func:`nas.cost.ort_runner.run_samples`, shared with the
+Three runtimes, one statistics code (:func:`nas.cost.sampling.run_samples`, shared with the
 off-host runner so a board computes its figures the same way):
 
 * ``torch-cpu``: torch eager on CPU under ``torch.inference_mode``, with a fixed intra-op
@@ -31,9 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nas.cost import ort_runner
+from nas.cost import ort_runner, sampling
 from nas.cost.harness import HarnessConfig, HarnessError, Timing, torch_dtype, harness_context
-from nas.cost.ort_runner import pinned_cpu, realtime_priority, run_samples
+from nas.cost.sampling import pinned_cpu, realtime_priority, run_samples
 
 
 # ---------------------------------------------------------------------------- samplers
@@ -67,7 +67,7 @@ def torch_sampler(module, input_shape: Sequence[int], cfg: HarnessConfig) -> Cal
         return sample
     module = module.eval().to(dtype=torch_dtype(cfg.dtype))
     x = _example(input_shape, cfg)
-    return ort_runner.perf_counter_sample(lambda: module(x))
+    return sampling.perf_counter_sample(lambda: module(x))
 
 
 def export_for_ort(module, input_shape: Sequence[int], cfg: HarnessConfig, path: str | Path) -> Path:
@@ -81,7 +81,7 @@ def export_for_ort(module, input_shape: Sequence[int], cfg: HarnessConfig, path:
 def ort_sampler(path: str | Path, input_shape: Sequence[int], cfg: HarnessConfig) -> Callable[[int], float]:
     session = ort_runner.make_session(path, cfg.threads, opt_level=cfg.ort_opt_level)
     call = ort_runner.session_callable(session, (cfg.batch, *input_shape), "float32", seed=cfg.seed)
-    return ort_runner.perf_counter_sample(call)
+    return sampling.perf_counter_sample(call)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -309,7 +309,7 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
 
     with harness_context(cfg):
         stats = run_samples(sample, after_warmup=reset, **cfg.sampling())
-    per_op = [(key, Timing.from_stats(ort_runner.summarize(log))) for key, log in zip(keys, logs)]
+    per_op = [(key, Timing.from_stats(sampling.summarize(log))) for key, log in zip(keys, logs)]
     return Timing.from_stats(stats), per_op
 
 
@@ -350,13 +350,13 @@ def measure_interleaved(
     measure_one.prepare(names, progress=progress)
     try:
         with harness_context(cfg):
-            per_pass, _ = ort_runner.run_passes(
+            per_pass, _ = sampling.run_passes(
                 names, measure_one, passes=passes,
                 log_path=Path(log_path) if log_path is not None else None, seed=cfg.seed,
                 callback=callback, progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    figures = {name: ort_runner.aggregate(rows, cfg.pass_statistic)
+    figures = {name: sampling.aggregate(rows, cfg.pass_statistic)
                for name, rows in per_pass.items() if rows}
     return figures, per_pass

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from nas.cost import ort_runner
+from nas.cost import sampling
 from nas.cost.calibrate import CALIBRATION_SEED, fit_linear, measure_end_to_end, sample_specs
 from nas.cost.harness import HarnessConfig
 
@@ -166,10 +166,10 @@ def validate(
         table.measure(missing, harness, progress=progress, hosts=[space])
     predicted = [table.predict(s) for s in specs]
     raw = [table.predict(s, calibrated=False) for s in specs]
-    load_start = ort_runner.loadavg()
+    load_start = sampling.loadavg()
     measured_all = measure_end_to_end(specs + cal_specs, harness, rounds=rounds, progress=progress,
                                       desc=f"validate {space.name}")
-    load_end = ort_runner.loadavg()
+    load_end = sampling.loadavg()
     measured = measured_all[:len(specs)]
     meas_ms = [m["ms"] for m in measured]
     metrics = error_metrics(predicted, meas_ms)

@@ -66,7 +66,7 @@ class TableLatency:
         import statistics
 
         from nas.cost.harness import harness_context
-        from nas.cost.ort_runner import aggregate, loadavg
+        from nas.cost.sampling import aggregate, loadavg
         from nas.cost.table_files import LatencyTableError
         from nas.cost.timing import measure_in_context
 

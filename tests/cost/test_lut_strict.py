@@ -21,7 +21,7 @@ import pytest
 
 from nas.arch.codecs import save_spec
 from nas.cli.lut import main
-from nas.cost import ort_runner
+from nas.cost import sampling
 from nas.cost.host_check import host_mismatch
 from nas.cost.keys import keys_for_space
 from nas.cost.lut import LatencyTable
@@ -214,7 +214,7 @@ def test_table_from_this_host_does_not_warn(valid_table):
 
 def test_another_cpu_warns_naming_both_and_strict_raises(valid_table, tmp_path):
     table = LatencyTable.load(foreign(copy_table(valid_table, tmp_path / "t")))
-    here = ort_runner.cpu_model()
+    here = sampling.cpu_model()
     with pytest.warns(HostMismatchWarning) as record:
         differences = table.check_host()
     message = str(record[0].message)
@@ -242,7 +242,7 @@ def test_validation_reports_table_and_host_device(valid_table, tmp_path, monkeyp
          "rounds_min_ms": [1.0 + i, 1.0 + i], "loadavg": ""} for i in range(len(specs))]
     monkeypatch.setattr(val, "measure_end_to_end", measured)
     report = val.validate(table, tiny_space(se=(False,)), n=4, progress=False)
-    here = ort_runner.cpu_model()
+    here = sampling.cpu_model()
     assert report.settings["table_device"] == FOREIGN_CPU
     assert report.settings["host_device"] == here
     assert any(FOREIGN_CPU in d for d in report.settings["host_mismatch"])

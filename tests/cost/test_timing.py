@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nas.arch.spec import BlockSpec, NetworkSpec
-from nas.cost import ort_runner
+from nas.cost import sampling
 from nas.cost.harness import HarnessConfig, HarnessError, Timing
 from nas.cost.keys import keys_for_spec
 from nas.cost.timing import measure, measure_in_context, measure_interleaved
@@ -70,18 +70,18 @@ def test_run_samples_statistics_and_stopping():
         calls.append(number)
         return 0.001 * number * (1 + len(calls) % 3)  # 1, 2, 3 ms per call in turn
 
-    stats = ort_runner.run_samples(sample, warmup=2, warmup_time=0.0, repeats=9,
+    stats = sampling.run_samples(sample, warmup=2, warmup_time=0.0, repeats=9,
                                    min_run_time=0.0, max_run_time=5.0)
     assert stats["n"] == 9
     assert stats["number"] == 1
     assert 1.0 <= stats["median_ms"] <= 3.0
     assert stats["min_ms"] == pytest.approx(1.0)
-    assert ort_runner.summarize([0.001, 0.002, 0.003, 0.004])["median_ms"] == pytest.approx(2.5)
-    assert ort_runner.quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.25) == 2.0
+    assert sampling.summarize([0.001, 0.002, 0.003, 0.004])["median_ms"] == pytest.approx(2.5)
+    assert sampling.quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.25) == 2.0
 
 
 def test_fast_calls_are_grouped_for_clock_resolution():
-    stats = ort_runner.run_samples(lambda number: 1e-7 * number, warmup=1, warmup_time=0.0,
+    stats = sampling.run_samples(lambda number: 1e-7 * number, warmup=1, warmup_time=0.0,
                                    repeats=3, min_run_time=0.0, min_sample_time=1e-5)
     assert stats["number"] >= 100
     assert stats["median_ms"] == pytest.approx(1e-4)
@@ -137,7 +137,7 @@ def test_interleaved_passes_resume_from_their_log(tmp_path):
     with pytest.raises(Stop):
         measure_interleaved(names, build, FAST, passes=3, log_path=log, progress=False,
                             callback=stop_after_four)
-    assert len(ort_runner.read_pass_log(log)) == 4
+    assert len(sampling.read_pass_log(log)) == 4
     seen = []
     figures, per_pass = measure_interleaved(names, build, FAST, passes=3, log_path=log,
                                             progress=False,
