@@ -7,6 +7,18 @@ from typing import Iterator
 
 import pytest
 
+from nas.arch.spec import BlockSpec, NetworkSpec
+
+# Every pruning case in five blocks: SE; a stem whose consumer has no expand conv (16 == 16);
+# residual groups {1, 2} and {3, 4}; blocks without SE.
+TINY = NetworkSpec(blocks=(
+    BlockSpec(3, 16, 16, True, "RE", 2),
+    BlockSpec(3, 48, 24, False, "RE", 2),
+    BlockSpec(3, 56, 24, False, "RE", 1),
+    BlockSpec(5, 64, 32, True, "HS", 2),
+    BlockSpec(5, 64, 32, True, "HS", 1),
+), stem_channels=16, last_conv=96, head_features=128, num_classes=10, resolution=32, name="tiny")
+
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_SUBSET = REPO.parent / "shared" / "datasets" / "cifar10-subset"
 

@@ -230,6 +230,20 @@ def read_pass_log(path: Path) -> list[dict[str, Any]]:
     return good
 
 
+def open_csv_log(path: Path, columns: Sequence[str]) -> tuple[Any, csv.DictWriter]:
+    """Open an append-only CSV log (header written when the file is new or empty).
+
+    Rows are appended as they are measured, so a killed run keeps them and a rerun resumes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    handle = open(path, "a", newline="", encoding="utf-8")
+    writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+    if new:
+        writer.writeheader()
+    return handle, writer
+
+
 def run_passes(
     keys: Sequence[str],
     measure_one: Callable[[str], dict[str, float]],
@@ -263,12 +277,7 @@ def run_passes(
     handle = None
     writer = None
     if log_path is not None and todo:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not log_path.is_file() or log_path.stat().st_size == 0
-        handle = open(log_path, "a", newline="", encoding="utf-8")
-        writer = csv.DictWriter(handle, fieldnames=PASS_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
+        handle, writer = open_csv_log(log_path, PASS_COLUMNS)
     rng = random.Random(seed)
     measured = 0
     try:

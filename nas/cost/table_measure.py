@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import random
 import time
 from pathlib import Path
@@ -158,12 +157,7 @@ class TableMeasuring:
                        desc=f"latency table ({method}, {cfg.runtime})")
         handle = writer = None
         if log_path is not None and todo:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            new = not log_path.is_file() or log_path.stat().st_size == 0
-            handle = open(log_path, "a", newline="", encoding="utf-8")
-            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
+            handle, writer = sampling.open_csv_log(log_path, LOG_COLUMNS)
         measure_one = None
         if method == "isolated":
             measure_one = item_measurer(build_op, cfg)

@@ -193,14 +193,8 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     from nas.arch.codecs import load_spec
 
     where = f"{source}: "
-    if not isinstance(data, dict):
-        raise SpaceError(f"{where}a search space must be a mapping with keys {sorted(_TOP_KEYS)}")
-    unknown = sorted(set(data) - _TOP_KEYS)
-    missing = sorted({"name", "base", "choices", "stages"} - set(data))
-    if unknown:
-        raise SpaceError(f"{where}unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
-    if missing:
-        raise SpaceError(f"{where}missing key(s) {missing}")
+    _check_keys(data, _TOP_KEYS, {"name", "base", "choices", "stages"}, f"{where}a search space",
+                where)
     try:
         base = load_spec(data["base"])
         overrides = {k: data[k] for k in ("resolution", "num_classes") if k in data}
@@ -232,6 +226,18 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     return space
 
 
+def _check_keys(data: Any, allowed: set[str], required: set[str], what: str, prefix: str) -> None:
+    """``data`` must be a mapping with every ``required`` key and no key outside ``allowed``."""
+    if not isinstance(data, dict):
+        raise SpaceError(f"{what} must be a mapping with keys {sorted(allowed)}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SpaceError(f"{prefix}unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise SpaceError(f"{prefix}missing key(s) {missing}")
+
+
 def _int_list(value: Any, where: str, minimum: int = 1) -> list[int]:
     if not isinstance(value, list) or not value:
         raise SpaceError(f"{where} must be a non-empty list of integers, got {value!r}")
@@ -250,14 +256,8 @@ def _stages(value: Any, where: str) -> tuple[StageSpace, ...]:
     previous_out = None
     for i, stage in enumerate(value, start=1):
         label = f"{where}stage s{i}"
-        if not isinstance(stage, dict):
-            raise SpaceError(f"{label} must be a mapping with keys {sorted(_STAGE_KEYS)}")
-        unknown = sorted(set(stage) - _STAGE_KEYS)
-        missing = sorted({"out", "stride", "blocks", "expansion"} - set(stage))
-        if unknown:
-            raise SpaceError(f"{label}: unknown key(s) {unknown}; allowed: {sorted(_STAGE_KEYS)}")
-        if missing:
-            raise SpaceError(f"{label}: missing key(s) {missing}")
+        _check_keys(stage, _STAGE_KEYS, {"out", "stride", "blocks", "expansion"}, label,
+                    f"{label}: ")
         out = _int_list([stage["out"]], f"{label}.out")[0]
         blocks = _int_list([stage["blocks"]], f"{label}.blocks")[0]
         if stage["stride"] not in (1, 2) or isinstance(stage["stride"], bool):

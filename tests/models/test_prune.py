@@ -22,6 +22,8 @@ from nas.models.prune import (
     zero_pruned_channels,
 )
 
+from conftest import TINY  # five blocks with every pruning case
+
 TOL = 1e-5
 
 
@@ -63,15 +65,6 @@ def assert_truncation_equals_zeroing(model: nn.Module, target: NetworkSpec) -> N
     assert (a - original).abs().max().item() > 10 * TOL
 
 
-# A small network with every case: SE, a stem group alone whose consumer has no expand conv
-# (expansion == in), residual groups, a block without SE.
-TINY = NetworkSpec(blocks=(
-    BlockSpec(3, 16, 16, True, "RE", 2),
-    BlockSpec(3, 48, 24, False, "RE", 2),
-    BlockSpec(3, 56, 24, False, "RE", 1),
-    BlockSpec(5, 64, 32, True, "HS", 2),
-    BlockSpec(5, 64, 32, True, "HS", 1),
-), stem_channels=16, last_conv=96, head_features=128, num_classes=10, resolution=32)
 
 
 def test_residual_groups_of_the_canonical_networks():

@@ -33,15 +33,8 @@ from nas.netadapt.selection import pick, scale_width, width_for_latency
 from nas.training.data_config import DataConfig
 from nas.training.train_config import TrainConfig
 
-# Every case in five blocks: SE; a stem whose consumer has no expand conv (16 == 16);
-# residual groups {1, 2} and {3, 4}; blocks without SE.
-TINY = NetworkSpec(blocks=(
-    BlockSpec(3, 16, 16, True, "RE", 2),
-    BlockSpec(3, 48, 24, False, "RE", 2),
-    BlockSpec(3, 56, 24, False, "RE", 1),
-    BlockSpec(5, 64, 32, True, "HS", 2),
-    BlockSpec(5, 64, 32, True, "HS", 1),
-), stem_channels=16, last_conv=96, head_features=128, num_classes=10, resolution=32, name="tiny")
+from conftest import TINY  # five blocks with every pruning case
+
 
 # Large-style start: the stem shares its width with a stride-1 block without expand conv;
 # a stride-1 block whose in (24) differs from its out (40) must never get a residual.

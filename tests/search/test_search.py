@@ -59,6 +59,15 @@ class CountingEvaluator:
         return EvalResult(top1=score, details={"stand_in": True})
 
 
+def _journal_study(tmp_path: Path, name: str) -> tuple[StorageSettings, optuna.Study]:
+    """A fresh two-objective study in a journal file under ``tmp_path``, random sampler."""
+    storage_settings = StorageSettings(run_dir=str(tmp_path))
+    study = load_or_create_study(open_storage(storage_settings), study_name=name,
+                                 directions=["maximize", "minimize"],
+                                 sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
+    return storage_settings, study
+
+
 def _study(tmp_path: Path, settings: StudySettings, name: str = "s") -> optuna.Study:
     storage = open_storage(StorageSettings(run_dir=str(tmp_path)))
     return load_or_create_study(storage, study_name=name, directions=settings.directions,
@@ -166,9 +175,7 @@ def test_worker_seeds_differ_per_start_but_a_fresh_run_keeps_its_seed():
 
 
 def test_two_worker_processes_share_one_journal(tmp_path: Path):
-    storage_settings = StorageSettings(run_dir=str(tmp_path))
-    study = load_or_create_study(open_storage(storage_settings), study_name="w", directions=["maximize", "minimize"],
-                                 sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
+    storage_settings, study = _journal_study(tmp_path, "w")
     enqueue_canonical(study, load_space(SPACE))
     job = WorkerJob(storage=storage_settings, study_name="w", factory=stand_in_objective,
                     factory_args=(SPACE, 0), budget=12, sampler_factory=stand_in_sampler, sampler_args=0,
@@ -187,9 +194,7 @@ def test_two_worker_processes_share_one_journal(tmp_path: Path):
 
 
 def test_dead_worker_trial_is_failed_and_retried(tmp_path: Path):
-    storage_settings = StorageSettings(run_dir=str(tmp_path))
-    study = load_or_create_study(open_storage(storage_settings), study_name="d", directions=["maximize", "minimize"],
-                                 sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
+    storage_settings, study = _journal_study(tmp_path, "d")
     space = load_space(SPACE)
     # A trial left RUNNING by a worker process that no longer exists.
     trial = study.ask()
@@ -214,10 +219,7 @@ def test_dead_worker_trial_is_failed_and_retried(tmp_path: Path):
 
 def test_a_retry_keeps_its_place_before_fresh_trials(tmp_path: Path):
     """A killed trial's retry runs in its original's place; a fresh trial gives way to it."""
-    storage_settings = StorageSettings(run_dir=str(tmp_path))
-    study = load_or_create_study(open_storage(storage_settings), study_name="g",
-                                 directions=["maximize", "minimize"],
-                                 sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
+    storage_settings, study = _journal_study(tmp_path, "g")
     space = load_space(SPACE)
     first = study.ask()
     space.suggest(first)
@@ -291,10 +293,7 @@ def test_a_torn_journal_is_refused_then_repaired(tmp_path: Path):
     from nas.cli.study import main as study_main
     from nas.search.storage import JournalError
 
-    storage_settings = StorageSettings(run_dir=str(tmp_path))
-    study = load_or_create_study(open_storage(storage_settings), study_name="j",
-                                 directions=["maximize", "minimize"],
-                                 sampler=optuna.samplers.RandomSampler(seed=0), resume=False)
+    storage_settings, study = _journal_study(tmp_path, "j")
     space = load_space(SPACE)
     study.optimize(Objective(space=space, evaluator=CountingEvaluator(), latency=expansion_latency,
                              settings=StudySettings(sampler="random")), n_trials=3)

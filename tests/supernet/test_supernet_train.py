@@ -13,6 +13,7 @@ import torch
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.config import ConfigError
 from nas.search.space import SearchSpace, StageSpace, load_space
+from test_supernet import tiny_space  # the same two-stage space
 from nas.supernet.evaluator import (
     SupernetEvaluator,
     SupernetEvaluatorConfig,
@@ -41,18 +42,6 @@ DATA = DataConfig(name="synthetic", resolution=32, num_classes=4, train_samples=
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
-
-def tiny_space() -> SearchSpace:
-    """Two stages: s1 may skip the expansion conv (e == in == 8), s2 varies depth 1-3."""
-    base = NetworkSpec(
-        blocks=(BlockSpec(3, 8, 8, True, "RE", 2), BlockSpec(3, 32, 16, False, "HS", 2),
-                BlockSpec(3, 32, 16, False, "HS", 1)),
-        stem_channels=8, last_conv=32, head_features=64, num_classes=4, resolution=32)
-    return SearchSpace(
-        name="tiny", base=base,
-        stages=(StageSpace(out=8, stride=2, blocks=1, expansions=(8, 16)),
-                StageSpace(out=16, stride=2, blocks=2, expansions=(32, 48), depth_offsets=(-1, 0, 1))),
-        kernels=(3, 5, 7), se=(False, True), activations=("RE", "HS"))
 
 
 def config(**changes: Any) -> SupernetTrainConfig:
