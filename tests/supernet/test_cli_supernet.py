@@ -86,3 +86,15 @@ def test_errors_are_one_line_with_exit_code_2(trained: Path, tmp_path: Path,
     assert "train.<key>" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path), "--data", "nowhere"]) == 2
     assert "shipped" in capsys.readouterr().err
+
+
+def test_set_overrides_read_like_hydra_overrides():
+    """--set uses OmegaConf's dotlist grammar (Hydra's), not a parser of our own."""
+    from nas.cli.supernet import CliError, apply_overrides
+
+    config: dict = {"data": {"resolution": 64}, "train": {}}
+    apply_overrides(config, ["train.steps=20", "data.root=null", "train.note=[1,2]"])
+    assert config == {"data": {"resolution": 64, "root": None}, "train": {"steps": 20, "note": [1, 2]}}
+    for bad in ("train.steps", "epochs=3", "model.depth=2", "train.steps=[1"):
+        with pytest.raises(CliError, match="--set"):
+            apply_overrides(config, [bad])
