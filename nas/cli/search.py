@@ -49,6 +49,9 @@ class SearchInterrupted(Exception):
     """Ctrl-C stopped the run after its outputs were written (exit status 130)."""
 
 
+RUN_TABLE = "latency_table"  # a run's own copy of its table, with the keys it measured
+
+
 def table_dir(name_or_path: str) -> Path:
     """The ``latency.table`` folder (a path relative to the launch directory, or a shipped name)."""
     from nas.cost.table_files import resolve_table_dir
@@ -171,8 +174,16 @@ def build_sampler(cfg: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler
     return make_sampler(StudySettings(**{**settings.__dict__, "seed": seed}))
 
 
-def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace) -> None:
-    """Before the first trial: every key of the space is in the table, or measured now."""
+def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace, run_dir: Path) -> None:
+    """Before the first trial: every key of the space is in the table, or measured now.
+
+    Keys measured here extend a copy of the table in ``run_dir/latency_table`` (never the
+    configured table, which may be a shipped one), and the run uses that copy; a resumed
+    run finds it and measures nothing twice.
+    """
+    copy = run_dir / RUN_TABLE
+    if cfg["latency"]["measure_missing"] and (copy / "table.csv").is_file():
+        cfg["latency"]["table"] = str(copy)
     table = load_table(cfg)
     missing = table.missing_keys(space)
     if not missing:
@@ -185,8 +196,9 @@ def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace) -> None:
             f"{shown}{more}\nmeasure them with latency.measure_missing=true (on the target "
             "device) or `nas-lut build`"
         )
-    log.info("measuring %d missing latency key(s) on this machine", len(missing))
-    table.build(space, progress=True, save_to=table.path)
+    log.info("measuring %d missing latency key(s) on this machine into %s", len(missing), copy)
+    table.build(space, progress=True, save_to=copy)
+    cfg["latency"]["table"] = str(copy)
 
 
 # Top-level keys whose type Hydra does not check (the YAML has no schema): (kind, minimum).
@@ -232,7 +244,7 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     check_config(cfg)
     space = build_space(cfg)
     settings = settings_of(cfg)
-    ensure_table_covers(cfg, space)
+    ensure_table_covers(cfg, space, run_dir)
     check_table_host(cfg)
     storage_settings = StorageSettings(run_dir=str(run_dir), url=cfg["storage"],
                                        heartbeat_interval=cfg["heartbeat_interval"],

@@ -87,7 +87,14 @@ def test_missing_latency_keys_stop_the_run_or_get_measured(tmp_path: Path, tiny_
     measured = _run(_args(tmp_path / "run2", tmp_path / "partial", "trials=1",
                           "latency.measure_missing=true"))
     assert measured.returncode == 0, measured.stderr[-3000:]
-    assert LatencyTable.load(tmp_path / "partial").missing_keys(load_space(SPACES / "space" / "tiny.yaml")) == []
+    assert "measuring 5 missing" in measured.stdout + measured.stderr
+    space = load_space(SPACES / "space" / "tiny.yaml")
+    # The measured keys extend the run's own copy; the configured table is never written.
+    assert LatencyTable.load(tmp_path / "run2" / "latency_table").missing_keys(space) == []
+    assert len(LatencyTable.load(tmp_path / "partial").missing_keys(space)) == 5
+    resumed = _run(_args(tmp_path / "run2", tmp_path / "partial", "trials=2", "resume=true",
+                         "latency.measure_missing=true"))
+    assert resumed.returncode == 0 and "measuring" not in resumed.stdout + resumed.stderr
 
 
 def test_table_resolution_must_match(tmp_path: Path, tiny_table: Path):
