@@ -211,6 +211,16 @@ def retried_number(trial: FrozenTrial) -> int | None:
         return optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
 
 
+def fail_reason(trial: FrozenTrial, study_attrs: dict[str, Any]) -> str | None:
+    """Why ``trial`` failed: its own record, or the one a recovering worker left on the study.
+
+    Optuna has no public call that annotates another worker's trial, so a worker that finds
+    a dead one records the reason as the study attribute ``fail_reason:<number>``
+    (``study_attrs`` is ``study.user_attrs``, read once by the caller).
+    """
+    return trial.user_attrs.get("fail_reason") or study_attrs.get(f"fail_reason:{trial.number}")
+
+
 def counted_trials(study: optuna.Study) -> int:
     """Trials that count towards the budget: complete and not a repeat of another.
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from nas._io import temporary_sibling, write_text_atomic
 from nas.arch.codecs import from_string, to_yaml
-from nas.search.objective import counted_trials, pareto_trials, retried_number
+from nas.search.objective import counted_trials, fail_reason, pareto_trials, retried_number
 
 TRIAL_COLUMNS = [
     "number", "state", "accuracy", "latency_ms", "madds", "params", "reward", "top5",
@@ -28,6 +28,7 @@ TRIAL_COLUMNS = [
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: outcome, costs, spec string, state, duration and the parameters."""
     rows = []
+    study_attrs = study.user_attrs
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         duration = t.duration.total_seconds() if t.duration is not None else None
@@ -45,7 +46,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "duplicate_of": attrs.get("duplicate_of"),
             "retry_of": attrs.get("retry_of", retried_number(t)),
             "spec": attrs.get("spec"),
-            "fail_reason": attrs.get("fail_reason"),
+            "fail_reason": fail_reason(t, study_attrs),
         }
         row.update({f"param_{k}": v for k, v in sorted(t.params.items())})
         rows.append(row)
@@ -108,7 +109,7 @@ class TrialReporter:
             if "duplicate_of" in attrs:
                 what += f" (repeat of trial {attrs['duplicate_of']}: not counted)"
         else:
-            what = f"{last.state.name}: {attrs.get('fail_reason', '')}"[:160]
+            what = f"{last.state.name}: {fail_reason(last, study.user_attrs) or ''}"[:160]
         print(f"trial {last.number} [{done}/{self.budget}] {what} | {attrs.get('spec', '')} | "
               f"{elapsed:.0f} s", flush=True)
 

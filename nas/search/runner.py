@@ -72,14 +72,12 @@ def recover_dead_workers(study: optuna.Study, *, heartbeat: bool = False,
         worker_host, _, pid = worker.rpartition(":")
         if worker_host != host or not pid.isdigit() or _process_alive(int(pid)):
             continue
-        # Optuna has no public call that sets an attribute on another worker's trial; a
-        # Trial handle on its id is what Optuna's own fail_stale_trials uses as well.
-        optuna.Trial(study, trial._trial_id).set_user_attr(
-            "fail_reason", f"worker {worker} died mid-trial")
         try:
             study.tell(trial.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # someone else finished it in the meantime
+        # Read back by nas.search.objective.fail_reason (no public call annotates the trial).
+        study.set_user_attr(f"fail_reason:{trial.number}", f"worker {worker} died mid-trial")
         failed.append(trial.number)
         requeued = _enqueue_retry(study, trial, max_retry)
         log.warning("trial %d: worker %s died mid-trial; marked FAIL%s", trial.number, worker,

@@ -15,7 +15,15 @@ from optuna.trial import TrialState
 
 from nas.arch.codecs import from_string, load_spec
 from nas.arch.spec import NetworkSpec
-from nas.search.objective import Objective, StudySettings, SearchConfigError, enqueue_canonical, make_sampler, mnasnet_reward
+from nas.search.objective import (
+    Objective,
+    SearchConfigError,
+    StudySettings,
+    enqueue_canonical,
+    fail_reason,
+    make_sampler,
+    mnasnet_reward,
+)
 from nas.search.outputs import summary_table, write_outputs
 from nas.search.runner import (
     BudgetReached,
@@ -210,7 +218,7 @@ def test_dead_worker_trial_is_failed_and_retried(tmp_path: Path):
     assert recover_dead_workers(study) == [trial.number]
     frozen = study.trials
     assert frozen[trial.number].state == TrialState.FAIL
-    assert "died mid-trial" in frozen[trial.number].user_attrs["fail_reason"]
+    assert "died mid-trial" in fail_reason(frozen[trial.number], study.user_attrs)
     assert frozen[live.number].state == TrialState.RUNNING
     retry = study.ask()
     space.suggest(retry)  # an enqueued trial's parameters are fixed when suggested
