@@ -1,10 +1,11 @@
-"""Small file helpers shared by every module that writes results: atomic replacement.
+"""Small helpers shared by every module that writes results: atomic replacement, timestamps.
 
 Kept free of torch and pandas so that light modules (latency tables) can use it.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
@@ -24,4 +25,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["temporary_sibling", "write_text_atomic"]
+def now_iso() -> str:
+    """This moment as local ISO 8601 with its UTC offset, to the second (for provenance)."""
+    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+__all__ = ["now_iso", "temporary_sibling", "write_text_atomic"]

@@ -13,11 +13,11 @@ medians, so a drift of the machine's speed during the run hits all networks alik
 
 from __future__ import annotations
 
-import datetime as _dt
 import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from nas._io import now_iso
 from nas.arch.spec import NetworkSpec
 from nas.cost import sampling
 from nas.cost.harness import HarnessConfig
@@ -137,7 +137,7 @@ def calibrate(
     record = {
         **fit,
         "label": label,
-        "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "date": now_iso(),
         "rounds": rounds or harness.passes,
         "loadavg_start": load_start,
         "loadavg_end": sampling.loadavg(),

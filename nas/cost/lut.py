@@ -45,6 +45,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from nas._io import now_iso
 from nas._io import write_text_atomic
 from nas.arch.spec import NetworkSpec
 from nas.cost.harness import HarnessConfig, harness_provenance
@@ -63,7 +64,6 @@ from nas.cost.table_files import (
     TABLE_FILE,
     VALUE_COLUMNS,
     as_list,
-    now_iso,
     read_provenance,
     read_table_csv,
     resolution_of,

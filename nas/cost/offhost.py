@@ -18,12 +18,12 @@ model, onnxruntime version, threads, harness settings) with method ``isolated``.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
+from nas._io import now_iso
 from nas.cost import ort_runner, sampling
 from nas.cost.keys import build_op, keys_for, parse_key
 from nas.cost.lut import LatencyTable
@@ -90,7 +90,7 @@ def export_ops(
     manifest = {
         "manifest_schema": ort_runner.MANIFEST_SCHEMA,
         "table_schema": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "created": now_iso(),
         "batch": batch,
         "dtype": "float32",
         "resolution": resolutions[0] if len(resolutions) == 1 else resolutions,
@@ -150,7 +150,7 @@ def import_runner_csv(csv_path: str | Path, out_dir: str | Path | None = None) -
         "statistic": sampling.STATISTIC_TEXT.get(harness.get("pass_statistic", "median"),
                                                  str(harness.get("statistic"))),
         "source": "imported from ort_runner.py",
-        "imported": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "imported": now_iso(),
         "runner": runner,
         "created": runner.get("date"),
         "spaces": list(runner.get("spaces") or []),

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import hashlib
 import io
 import json
 import math
 import re
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -85,9 +83,6 @@ class MissingKeysError(NASError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return str(self.args[0])
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 # ---------------------------------------------------------------------------- strict reading
 _REQUIRED_PROVENANCE = ("runtime", "resolution", "threads", "batch")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from nas._io import now_iso
 from nas.arch.spec import NetworkSpec
 from nas.cost import sampling
 from nas.cost.harness import HarnessConfig
@@ -17,7 +18,6 @@ from nas.cost.table_files import (
     LOG_FILE,
     LatencyTableError,
     as_list,
-    now_iso,
     read_log,
     spec_id,
 )

@@ -16,13 +16,13 @@ of the machine between the table's build and the validation.
 
 from __future__ import annotations
 
-import datetime as _dt
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from nas._io import now_iso
 from nas.cost import sampling
 from nas.cost.calibrate import CALIBRATION_SEED, fit_linear, measure_end_to_end, sample_specs
 from nas.cost.harness import HarnessConfig
@@ -218,7 +218,7 @@ def validate(
                         if table.calibration else None),
         "calibration_specs_in_validation": calibration_overlap,
         "loadavg_start": load_start, "loadavg_end": load_end,
-        "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "date": now_iso(),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     report = ValidationReport(space=space.name, metrics=metrics, rows=rows, settings=settings,

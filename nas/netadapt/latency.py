@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from nas._io import now_iso
 from nas.arch.spec import NetworkSpec
 from nas.netadapt.config import check_choice
 
@@ -62,7 +63,6 @@ class TableLatency:
         return float(ms)
 
     def _measure_anchored(self, spec: NetworkSpec, missing: list[str]) -> None:
-        import datetime
         import statistics
 
         from nas.cost.harness import harness_context
@@ -89,7 +89,7 @@ class TableLatency:
         known = [k for k in now if k in self.table and now[k] > 0]
         ratio = statistics.median(self.table.ms(k) / now[k] for k in known) if known else 1.0
         load = (loadavg() or [""])[0]
-        stamp = datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+        stamp = now_iso()
         for key in missing:
             f = figures[key]
             self.table.set_entry(key, f["ms"] * ratio, iqr_ms=f["iqr_ms"] * ratio,
