@@ -118,7 +118,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
                         top1=start_sel, history=history, settings=settings)
         folder.save(checkpoint)
         report(f"start: {start_ms:.3f} ms, selection top-1 {start_sel:.4f}; target {target_ms:.3f} ms, "
-            f"delta {delta_ms:.3f} ms")
+               f"delta {delta_ms:.3f} ms")
     else:
         report(f"resuming after step {checkpoint.step}: {checkpoint.latency_ms:.3f} ms, top-1 {checkpoint.top1:.4f}")
 
@@ -162,7 +162,7 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
                            seconds=time.perf_counter() - t0, spec=prop.spec)
                 folder.save_proposal(step, i, row, candidate)
                 report(f"step {step} [{i + 1}/{len(proposals)}] {prop.name}: {prop.latency_ms:.3f} ms, "
-                    f"top-1 {top1:.4f} ({row['seconds']:.0f} s)")
+                       f"top-1 {top1:.4f} ({row['seconds']:.0f} s)")
             rows.append(row)
             results.append((row["top1"], row["latency_ms"]))
         chosen = pick(results, current_top1=current_top1, current_ms=current_ms, rule=cfg.rule)
@@ -181,8 +181,8 @@ def netadapt(spec: NetworkSpec, model: MobileNetV3Net, latency: Latency, cfg: Ne
         left = max(0, math.ceil((current_ms - target_ms) / delta_ms))
         per_step = (time.perf_counter() - loop_started) / steps_this_run
         report(f"step {step}: picked {prop.name} -> {current_ms:.3f} ms (target {target_ms:.3f}), "
-            f"top-1 {current_top1:.4f}; {len(all_proposals)} proposal(s), {len(proposals)} evaluated; "
-            f"at most {left} step(s) left, ETA <= {left * per_step / 60:.0f} min")
+               f"top-1 {current_top1:.4f}; {len(all_proposals)} proposal(s), {len(proposals)} evaluated; "
+               f"at most {left} step(s) left, ETA <= {left * per_step / 60:.0f} min")
 
     return _finish(folder, spec, current, current_model, history, tuner, cfg, step=step,
                    start_ms=start_ms, current_ms=current_ms, target_ms=target_ms, stopped=stopped,
@@ -251,5 +251,5 @@ def _finish(folder: RunFolder, start: NetworkSpec, spec: NetworkSpec, model: Mob
     paths["summary"] = folder.root / "summary.json"
     write_text_atomic(paths["summary"], json.dumps(summary, indent=1, default=str))
     report(f"done ({stopped}): {start_ms:.3f} -> {current_ms:.3f} ms in {step} step(s); "
-        f"val top-1 {start_val:.4f} -> {top1:.4f}")
+           f"val top-1 {start_val:.4f} -> {top1:.4f}")
     return result
