@@ -23,7 +23,7 @@ MEASURE_MODES = ("table", "anchored")
 class TableLatency:
     """A :class:`~nas.cost.lut.LatencyTable` as NetAdapt's latency model.
 
-    Missing keys raise :class:`~nas.cost.lut.MissingKeysError`, or, with
+    Missing keys raise :class:`~nas.cost.table_files.MissingKeysError`, or, with
     ``measure_missing``, are measured on demand with ``harness`` (default: the table's
     own) in the network that needs them, and saved to ``save_to`` at once, so a resumed
     run predicts what the interrupted one predicted. Two ways to measure:

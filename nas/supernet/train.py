@@ -58,7 +58,7 @@ class SupernetCheckpointError(NASError, RuntimeError):
 class SupernetTrainConfig(Config):
     """How to train a supernet.
 
-    The optimiser fields mean what they mean in :class:`nas.training.train.TrainConfig` (the same
+    The optimiser fields mean what they mean in :class:`nas.training.train_config.TrainConfig` (the same
     optimiser and schedule code is used); ``epochs``/``steps`` count sandwich steps, each of
     which runs ``2 + num_random`` forward/backward passes.
 
@@ -66,7 +66,7 @@ class SupernetTrainConfig(Config):
         epochs: passes over the training set (ignored when ``steps`` is set).
         steps: optimiser steps in all (overrides ``epochs``).
         lr, optimizer, momentum, weight_decay, schedule, warmup_epochs, label_smoothing,
-            grad_clip_norm: as in :class:`nas.training.train.TrainConfig`.
+            grad_clip_norm: as in :class:`nas.training.train_config.TrainConfig`.
         num_random: random sub-networks per step besides the largest and the smallest
             (BigNAS uses 2).
         distill: in-place distillation: the smallest and random sub-networks learn the
@@ -90,7 +90,8 @@ class SupernetTrainConfig(Config):
             project's 2-core machine). A speed knob: results agree up to float rounding.
     """
 
-    NOT_SETTINGS = ("device", "checkpoint_every", "progress", "channels_last")  # not results: see Config.settings
+    # Not results (see Config.settings):
+    NOT_SETTINGS = ("device", "checkpoint_every", "progress", "channels_last")
 
     epochs: int = 10
     steps: int | None = None
@@ -134,7 +135,7 @@ class SupernetTrainConfig(Config):
             raise ConfigError(str(err).replace("TrainConfig.", f"{owner}.")) from None
 
     def optim_config(self) -> TrainConfig:
-        """The :class:`~nas.training.train.TrainConfig` that drives the optimiser and schedule."""
+        """The :class:`~nas.training.train_config.TrainConfig` that drives the optimiser and schedule."""
         return TrainConfig(
             epochs=self.epochs, steps=self.steps, lr=self.lr, optimizer=self.optimizer,
             momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,

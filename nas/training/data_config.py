@@ -54,7 +54,7 @@ class DataConfig(Config):
             ``resized_crop``). Synthetic images vary by construction and ignore it.
     """
 
-    NOT_SETTINGS = ("num_workers", "cache_dir")  # not results: see Config.settings
+    NOT_SETTINGS = ("num_workers", "cache_dir")  # not results (Config.settings)
 
     name: Literal["synthetic", "imagefolder", "cifar10"] = "synthetic"
     root: str | None = None

@@ -4,8 +4,8 @@ Two ship with the project (``nas/conf/protocol/``): ``proxy``, the cheap accurac
 of the search, and ``reference``, the longer protocol behind final figures and the ranking
 the proxy and the supernet are judged against (a shipped protocol's relative ``root`` is
 relative to the project checkout). A protocol file holds a ``data:`` mapping
-(:class:`nas.training.data.DataConfig` fields) and a ``train:`` mapping
-(:class:`nas.training.train.TrainConfig` fields); any file in that format can be named by path.
+(:class:`nas.training.data_config.DataConfig` fields) and a ``train:`` mapping
+(:class:`nas.training.train_config.TrainConfig` fields); any file in that format can be named by path.
 """
 
 from __future__ import annotations

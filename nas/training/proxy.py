@@ -1,7 +1,8 @@
 """``ProxyTrainingEvaluator``: score a spec by training it briefly (MnasNet's proxy task).
 
 MnasNet trained each sampled model for 5 epochs on a proxy dataset; here the budget, data
-and optimiser are a :class:`~nas.training.data.DataConfig` plus :class:`~nas.training.train.TrainConfig`.
+and optimiser are a :class:`~nas.training.data_config.DataConfig` plus
+:class:`~nas.training.train_config.TrainConfig`.
 Results are cached by ``to_string(spec)`` and a hash of the settings that determine them,
 in memory and, when ``cache_path`` is given, in a JSON-lines file that is appended after
 every training, so a resumed search (or another process) does not retrain a spec.

@@ -1,4 +1,4 @@
-"""Proxy training: train any spec on a :class:`~nas.training.data.DataConfig`, score top-1/top-5.
+"""Proxy training: train any spec on a data config, score top-1/top-5.
 
 ``train(spec, data_cfg, train_cfg)`` builds the spec with the dataset's class count and
 trains it at ``data_cfg.resolution`` (the spec's own ``resolution`` is the deployment size

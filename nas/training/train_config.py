@@ -66,7 +66,7 @@ class TrainConfig(Config):
         "progress",
         "compile",
         "channels_last",
-    )  # not results: see Config.settings
+    )  # not results (Config.settings)
 
     epochs: int = 1
     steps: int | None = None
