@@ -30,7 +30,7 @@ import torch
 
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
-from nas.config import ConfigError, check_int
+from nas.config import ConfigError, check_int, config_from_dict
 from nas.models.bn import recalibrate_bn
 from nas.search.space import SearchSpace, space_from_dict
 from nas.supernet.network import Supernet
@@ -94,13 +94,10 @@ class SupernetEvaluatorConfig:
         kind = data.pop("kind", "supernet")
         if kind != "supernet":
             raise ConfigError(f"evaluator.kind must be 'supernet' here, got {kind!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"evaluator: unknown key(s) {unknown}; allowed keys: {['kind', *names]}")
-        train = data.pop("train", None)
-        train_cfg = train if isinstance(train, SupernetTrainConfig) else SupernetTrainConfig.from_dict(train)
-        return cls(train=train_cfg, **data)
+        train = data.get("train")
+        if not isinstance(train, SupernetTrainConfig):
+            data["train"] = SupernetTrainConfig.from_dict(train)
+        return config_from_dict(cls, data)  # unknown keys refused with the allowed ones
 
 
 # ---------------------------------------------------------------------------- evaluator
