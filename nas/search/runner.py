@@ -12,9 +12,10 @@ when a worker starts.
 network, failed, killed and interrupted trials do not count). A trial starts only when the
 complete trials plus the running trials numbered before it leave room in the budget;
 otherwise it waits (a running trial may still fail) and ends PRUNED, unevaluated, when the
-budget is reached. So the count is exact however many workers share the storage. A retry of
-a failed trial takes its original's place in that order (a waiting fresh trial gives way to
-it, PRUNED and unevaluated), so a killed network is evaluated again, not dropped.
+budget is reached. So the count is exact however many workers share the storage. A trial
+still waiting gives way (PRUNED, unevaluated) to a retry of an earlier trial, so the
+retried network finds its room; only a trial admitted in the moment between the failure and
+the retry's enqueueing can take that room, and the retry then ends PRUNED.
 
 **Fresh seeds per start.** A worker's sampler is seeded from the configured seed, the
 worker's index, the number of trials the study held when it started, and (after the first
@@ -201,13 +202,14 @@ def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
         trials = study.get_trials(deepcopy=False)
         slots = _slots(trials)
         mine = slots[trial.number]
-        # A retry keeps its failed trial's place in the order, so a killed network is
-        # evaluated again before fresh proposals take its room; a waiting trial gives way.
-        if any(t.state == TrialState.WAITING and _retry_parent(t) is not None
-               and slots[t.number] < mine for t in trials):
-            raise GiveWay(f"trial {trial.number} gives way to a waiting retry")
-        ahead = [t for t in trials if t.state == TrialState.RUNNING
-                 and t.number != trial.number and slots[t.number] < mine]
+        # A retry numbered after this waiting trial but retrying an earlier one would find its
+        # room taken by it: this trial gives way (PRUNED, unevaluated), so a killed network is
+        # evaluated again. Trials numbered after a retry already count it below.
+        if any(not t.state.is_finished() and t.number > trial.number and slots[t.number] < mine
+               and _retry_parent(t) is not None for t in trials):
+            raise GiveWay(f"trial {trial.number} gives way to a retry of an earlier trial")
+        # Room is counted in trial-number order, which keeps the count exact.
+        ahead = [t for t in trials if t.state == TrialState.RUNNING and t.number < trial.number]
         if done + len(ahead) < job.budget:
             return
         # A trial ahead may belong to a dead worker: let recovery fail it.

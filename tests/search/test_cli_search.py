@@ -256,7 +256,12 @@ def test_two_machines_share_a_postgresql_study_through_a_kill(tmp_path: Path, ti
     assert trials[victim].state == optuna.trial.TrialState.FAIL  # failed by the heartbeat
     retries = [t for t in trials
                if retried_number(t) == victim or t.user_attrs.get("retry_of") == victim]
-    assert len(retries) == 1 and retries[0].params == trials[victim].params  # and retried once
+    assert len(retries) == 1  # retried once, with the killed trial's network
+    retry = retries[0]
+    # Evaluated, unless a trial admitted in the moment between the heartbeat's FAIL and the
+    # retry's enqueueing took the room (the count stays exact either way).
+    assert retry.params == trials[victim].params or (
+        retry.state == optuna.trial.TrialState.PRUNED and "not run" in retry.user_attrs["fail_reason"])
     for folder in (tmp_path / "a", tmp_path / "b"):  # each machine's outputs are consistent
         frame = pd.read_csv(folder / "trials.csv")
         assert len(list((folder / "pareto").glob("*.yaml"))) == len(pd.read_csv(folder / "pareto.csv"))
