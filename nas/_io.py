@@ -1,4 +1,5 @@
-"""Small helpers shared by every module that writes results: atomic replacement, timestamps.
+"""Small helpers shared by every module that writes results: atomic replacement, timestamps,
+the user's cache folder.
 
 Kept free of torch and pandas so that light modules (latency tables) can use it.
 """
@@ -30,4 +31,13 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-__all__ = ["now_iso", "temporary_sibling", "write_text_atomic"]
+def default_cache_dir() -> Path:
+    """``$NAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/mnv3-nas``, else ``~/.cache/mnv3-nas``: the
+    user's cache of decoded data sets and of latency tables measured on this host."""
+    if os.environ.get("NAS_CACHE_DIR"):
+        return Path(os.environ["NAS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mnv3-nas"
+
+
+__all__ = ["default_cache_dir", "now_iso", "temporary_sibling", "write_text_atomic"]

@@ -174,6 +174,21 @@ def build_sampler(cfg: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler
     return make_sampler(StudySettings(**{**settings.__dict__, "seed": seed}))
 
 
+def choose_table(cfg: dict[str, Any], space: SearchSpace) -> None:
+    """Resolve ``latency.table=auto`` to this host's table (:mod:`nas.cost.host_table`) and
+    say, in one line, which table the run uses and why; a pinned table is named as given."""
+    from nas.cost.host_table import AUTO, host_table
+
+    latency = cfg["latency"]
+    if latency["table"] == AUTO:
+        choice = host_table(space, runtime=latency["runtime"], resolution=latency["resolution"])
+        latency["table"] = str(choice.path)
+        print(f"nas-search: latency table {choice.path}: {choice.reason}", flush=True)
+    else:
+        print(f"nas-search: latency table {table_dir(latency['table'])} (latency.table, pinned)",
+              flush=True)
+
+
 def ensure_table_covers(cfg: dict[str, Any], space: SearchSpace, run_dir: Path) -> None:
     """Before the first trial: every key of the space is in the table, or measured now.
 
@@ -244,6 +259,7 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     check_config(cfg)
     space = build_space(cfg)
     settings = settings_of(cfg)
+    choose_table(cfg, space)
     ensure_table_covers(cfg, space, run_dir)
     check_table_host(cfg)
     storage_settings = StorageSettings(run_dir=str(run_dir), url=cfg["storage"],

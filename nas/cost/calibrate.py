@@ -26,8 +26,9 @@ from nas.cost.timing import measure_interleaved
 CALIBRATION_SEED = 1000
 
 
-def sample_specs(space, n: int, seed: int) -> list[NetworkSpec]:
-    """``n`` distinct random specs of ``space`` drawn with ``random.Random(seed)``."""
+def sample_specs(space, n: int, seed: int, *, allow_fewer: bool = False) -> list[NetworkSpec]:
+    """``n`` distinct random specs of ``space`` drawn with ``random.Random(seed)`` (fewer
+    when the space has fewer and ``allow_fewer``; otherwise that is an error)."""
     rng = random.Random(seed)
     specs: list[NetworkSpec] = []
     seen = set()
@@ -39,6 +40,8 @@ def sample_specs(space, n: int, seed: int) -> list[NetworkSpec]:
             seen.add(spec)
             specs.append(spec)
         if attempts > 100 * n + 100:
+            if allow_fewer:
+                return specs
             raise ValueError(f"space {space.name} has fewer than {n} distinct specs")
     return specs
 

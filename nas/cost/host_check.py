@@ -24,7 +24,8 @@ def host_device(runtime: str) -> str:
     return sampling.cpu_model()
 
 
-def _host_runtime_version(runtime: str) -> str:
+def host_runtime_version(runtime: str) -> str:
+    """This host's version of ``runtime`` (``"not installed"`` when it cannot be imported)."""
     try:
         return str(runtime_version(runtime))
     except ImportError:
@@ -49,7 +50,7 @@ def host_mismatch(provenance: dict[str, Any]) -> list[str]:
         kind = "GPU" if runtime == "torch-cuda" else "CPU"
         differences.append(f"{kind}: table {str(table_device)!r}, this host {here!r}")
     table_version = provenance.get("runtime_version")
-    here_version = _host_runtime_version(runtime)
+    here_version = host_runtime_version(runtime)
     if table_version is None:
         differences.append(f"{runtime} version: table records none, this host {here_version!r}")
     elif str(table_version) != here_version:

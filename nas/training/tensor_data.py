@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas._io import default_cache_dir
 from nas.errors import NASError
 
 CACHE_FORMAT = 1
@@ -55,14 +56,6 @@ class TensorSplit:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-def default_cache_dir() -> Path:
-    """``$NAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/mnv3-nas``, else ``~/.cache/mnv3-nas``."""
-    if os.environ.get("NAS_CACHE_DIR"):
-        return Path(os.environ["NAS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mnv3-nas"
 
 
 # ---------------------------------------------------------------------------- scanning

@@ -1,0 +1,140 @@
+"""``latency.table=auto``: a latency table that belongs to this host, found or made.
+
+A lookup table is a property of one machine (paper Sec. 4: the platform-aware search
+measures latency on the target device). The shipped tables were measured on the project's
+machine; on another CPU model or runtime version their figures drift (10% over-prediction
+measured on an Intel Xeon against the AMD EPYC table). So the main job uses a shipped table
+only where its provenance matches this host (:func:`nas.cost.host_check.host_mismatch`), and
+otherwise measures this host's table for the keys the space needs, once, into the user's
+cache (``$NAS_CACHE_DIR/tables/``, keyed by runtime, device, runtime version and harness):
+
+* a short harness (the shipped table's, with :data:`QUICK_PASSES` interleaved passes instead
+  of 10) keeps a Small-space build to about a minute of the main job's ten;
+* an end-to-end calibration on :data:`CALIBRATION_NETWORKS` networks of the space (as
+  ``nas-lut build`` does by default) fits ``ms = a * sum + b``: an uncalibrated sum was
+  14% off on the project's machine.
+
+A later run (any space, same host) reuses the cached table and measures only keys it lacks.
+Two processes building the same table take turns (a file lock), so neither repeats work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from nas._io import default_cache_dir
+from nas.cost.harness import HarnessConfig
+from nas.cost.host_check import host_runtime_version, host_device, host_mismatch
+from nas.cost.table_files import PROVENANCE_FILE, SHIPPED_TABLES_DIR
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+#: The shipped table tried first for each runtime (no table ships for torch-cuda).
+SHIPPED_FOR_RUNTIME = {"torch-cpu": "cpu-torch-1t-b1-224", "onnxruntime": "cpu-ort-1t-b1-224"}
+QUICK_PASSES = 3
+CALIBRATION_NETWORKS = 12
+
+
+@dataclass(frozen=True)
+class TableChoice:
+    """The table a run uses and, in words, why."""
+
+    path: Path
+    reason: str
+
+
+def _slug(text: str, limit: int = 32) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")[:limit] or "unknown"
+
+
+def quick_harness(runtime: str, shipped: Any | None) -> HarnessConfig:
+    """The shipped table's harness (same statistic, warm-up, allocator) with fewer passes."""
+    settings = shipped.harness_config().to_dict() if shipped is not None else {"runtime": runtime}
+    return HarnessConfig.from_dict({**settings, "runtime": runtime, "passes": QUICK_PASSES})
+
+
+def host_table_dir(harness: HarnessConfig, resolution: int, cache_dir: Path | None = None) -> Path:
+    """``<cache>/tables/<runtime>-<device>-<version>-<hash>``: one folder per host and harness."""
+    device, version = host_device(harness.runtime), host_runtime_version(harness.runtime)
+    identity = {"device": device, "version": version, "resolution": resolution,
+                "harness": harness.to_dict()}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{harness.runtime}-{_slug(device)}-{_slug(version, 16)}-r{resolution}-{digest}"
+    return Path(cache_dir or default_cache_dir()) / "tables" / name
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside ``folder`` (a second builder waits, then reuses)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _calibrate_on(table: Any, space: Any, harness: HarnessConfig, progress: bool) -> str:
+    from nas.cost.calibrate import CALIBRATION_SEED, calibrate, sample_specs
+
+    specs = sample_specs(space, CALIBRATION_NETWORKS, CALIBRATION_SEED, allow_fewer=True)
+    if len(specs) < 3:  # a line through fewer points says nothing
+        return f"uncalibrated: the space has only {len(specs)} distinct network(s)"
+    record = calibrate(table, specs, harness, progress=progress, label=f"seed {CALIBRATION_SEED}")
+    return (f"calibrated on {record['n']} networks of {space.name} "
+            f"(fit MAPE {record['fit_mape_pct']:.1f}%)")
+
+
+def host_table(space: Any, *, runtime: str, resolution: int, cache_dir: Path | None = None,
+               shipped_dir: Path = SHIPPED_TABLES_DIR, progress: bool = True) -> TableChoice:
+    """The table ``latency.table=auto`` means for ``space`` on this host (see the module doc).
+
+    Returns the shipped table for ``runtime`` when it was measured on this host's device and
+    runtime version; otherwise this host's cached table, first measuring (and calibrating
+    for) whatever keys of ``space`` it lacks.
+    """
+    from nas.cost.lut import LatencyTable, build_table
+
+    shipped = None
+    name = SHIPPED_FOR_RUNTIME.get(runtime)
+    if name and (shipped_dir / name / PROVENANCE_FILE).is_file():
+        shipped = LatencyTable.load(shipped_dir / name)
+        differences = host_mismatch(shipped.provenance)
+        if not differences and shipped.resolution == resolution:
+            return TableChoice(shipped.path, f"the shipped table {name} was measured on this "
+                                             "host's device and runtime version")
+        why = (f"the shipped table {name} differs from this host: {'; '.join(differences)}"
+               if differences else f"the shipped table {name} is for {shipped.resolution} px")
+    elif name:
+        why = f"the shipped table {name} is not installed"
+    else:
+        why = f"no table ships for runtime {runtime!r}"
+    harness = quick_harness(runtime, shipped)
+    folder = host_table_dir(harness, resolution, cache_dir)
+    with _locked(folder):
+        existing = LatencyTable.load(folder, allow_empty=True) if (folder / PROVENANCE_FILE).is_file() else None
+        missing = existing.missing_keys(space) if existing is not None else None
+        if existing is not None and not missing and existing.calibration:
+            return TableChoice(folder, f"this host's table, cached ({why})")
+        count = len(missing) if missing is not None else "the"
+        log.info("measuring %s latency key(s) of %s on this host into %s (%d passes), then an "
+                 "end-to-end calibration; %s", count, space.name, folder, QUICK_PASSES, why)
+        table = build_table(space, folder, harness, resolution=resolution, progress=progress,
+                            note="built by latency.table=auto for this host")
+        calibration = _calibrate_on(table, space, harness, progress)
+        table.save(folder)
+    return TableChoice(folder, f"measured on this host now, {calibration} ({why})")
+
+
+__all__ = ["AUTO", "CALIBRATION_NETWORKS", "QUICK_PASSES", "SHIPPED_FOR_RUNTIME", "TableChoice",
+           "host_table", "host_table_dir", "quick_harness"]

@@ -1,0 +1,69 @@
+"""latency.table=auto: the shipped table only where it was measured on this host, otherwise
+this host's own table, measured once into the user's cache and calibrated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nas.cost import host_table as host_table_module
+from nas.cost.harness import HarnessConfig
+from nas.cost.host_table import SHIPPED_FOR_RUNTIME, host_table
+from nas.cost.lut import LatencyTable
+from nas.search.space import load_space
+
+SPACE = load_space(Path(__file__).resolve().parents[1] / "data" / "spaces" / "space" / "tiny.yaml")
+# A quick harness for a 64x64 space; host_table keeps it and sets 3 passes.
+QUICK = HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0, passes=1,
+                      max_run_time=0.05)
+
+
+@pytest.fixture(scope="module")
+def measured_here(tmp_path_factory) -> Path:
+    """A 'shipped' table for the tiny space, measured on this host."""
+    shipped = tmp_path_factory.mktemp("shipped")
+    table = LatencyTable.create(QUICK, resolution=64)
+    table.build(SPACE, progress=False, save_to=shipped / SHIPPED_FOR_RUNTIME["torch-cpu"])
+    return shipped
+
+
+def test_a_table_measured_on_this_host_is_used_as_shipped(measured_here: Path, tmp_path: Path):
+    choice = host_table(SPACE, runtime="torch-cpu", resolution=64, cache_dir=tmp_path,
+                        shipped_dir=measured_here, progress=False)
+    assert choice.path == measured_here / SHIPPED_FOR_RUNTIME["torch-cpu"]
+    assert "measured on this host" in choice.reason
+    assert not (tmp_path / "tables").exists()  # nothing measured
+
+
+def test_another_hosts_table_gives_way_to_this_hosts_cached_calibrated_one(
+        measured_here: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    other = tmp_path / "other"
+    folder = other / SHIPPED_FOR_RUNTIME["torch-cpu"]
+    folder.mkdir(parents=True)
+    for path in (measured_here / SHIPPED_FOR_RUNTIME["torch-cpu"]).iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    provenance = json.loads((folder / "provenance.json").read_text())
+    provenance["device"] = "Imaginary CPU 9000"
+    (folder / "provenance.json").write_text(json.dumps(provenance))
+
+    cache = tmp_path / "cache"
+    first = host_table(SPACE, runtime="torch-cpu", resolution=64, cache_dir=cache,
+                       shipped_dir=other, progress=False)
+    assert first.path.parent == cache / "tables"
+    assert "measured on this host now" in first.reason and "Imaginary CPU 9000" in first.reason
+    table = LatencyTable.load(first.path)
+    assert table.missing_keys(SPACE) == [] and table.calibration is not None
+    assert table.calibration["n"] == 12
+    assert table.harness_config().passes == host_table_module.QUICK_PASSES
+    assert not table.check_host()  # the new table belongs to this host
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the cached table was measured again")
+
+    monkeypatch.setattr("nas.cost.lut.build_table", no_measuring)
+    again = host_table(SPACE, runtime="torch-cpu", resolution=64, cache_dir=cache,
+                       shipped_dir=other, progress=False)
+    assert again.path == first.path and "cached" in again.reason
+
