@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from nas.arch.spec import BlockSpec, NetworkSpec, SpecError
+from nas.arch.spec import DEFAULT_OPTIONS, BlockSpec, NetworkSpec, SpecError
 
 
 CANONICAL_DIR = Path(__file__).resolve().parent / "canonical"
@@ -32,6 +32,10 @@ CANONICAL_NAMES = {
 }
 
 ROW_COLUMNS = ("kernel", "expansion", "out", "se", "activation", "stride", "dilation")
+_ACTS = "re|hs|r6|sw"  # nas.arch.spec.ACTIVATIONS, lower case
+# The optional ``ops`` mapping: network-wide op settings, written only where they differ from
+# the paper's (so every existing bneck YAML and one-line string stays valid and unchanged).
+_OPS_KEYS = ("se_ratio", "se_gate", "hswish")
 _SE_WORDS = {"SE": True, "-": False, True: True, False: False}
 
 
@@ -59,7 +63,12 @@ def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
             "last_stage": spec.last_stage,
             "dropout": spec.dropout,
         },
+        **({"ops": _ops_of(spec)} if spec.options != DEFAULT_OPTIONS else {}),
     }
+
+
+def _ops_of(spec: NetworkSpec) -> dict[str, Any]:
+    return {"se_ratio": float(spec.se_ratio), "se_gate": spec.se_gate, "hswish": spec.hswish}
 
 
 def to_yaml(spec: NetworkSpec) -> str:
@@ -80,7 +89,7 @@ def to_yaml(spec: NetworkSpec) -> str:
         f"width_convention: {data['width_convention']}",
         f"stem: {{channels: {spec.stem_channels}, activation: {spec.stem_activation}}}",
         "# one row per bneck, as in the paper's Table 1/2: "
-        "kernel, expansion channels, out channels, SE, NL (RE/HS), stride[, dilation]",
+        "kernel, expansion channels, out channels, SE, NL (RE/HS/R6/SW), stride[, dilation]",
         "bneck:",
         "  #  " + ", ".join(h.rjust(widths[i]) for i, h in enumerate(header)),
         *[fmt_row(r) for r in cells],
@@ -89,10 +98,14 @@ def to_yaml(spec: NetworkSpec) -> str:
         f"activation: {spec.head_activation}, last_stage: {spec.last_stage}, "
         f"dropout: {spec.dropout!r}}}",
     ]
+    if "ops" in data:
+        lines.append(f"ops: {{se_ratio: {spec.se_ratio!r}, se_gate: {spec.se_gate}, "
+                     f"hswish: {spec.hswish}}}")
     return "\n".join(lines) + "\n"
 
 
-_TOP_KEYS = {"name", "resolution", "num_classes", "width_mult", "width_convention", "stem", "bneck", "head"}
+_TOP_KEYS = {"name", "resolution", "num_classes", "width_mult", "width_convention", "stem", "bneck",
+             "head", "ops"}
 _REQUIRED_TOP = ("resolution", "num_classes", "stem", "bneck", "head")
 _STEM_KEYS = ("channels", "activation")
 _HEAD_KEYS = ("last_conv", "features", "activation", "last_stage", "dropout")
@@ -146,6 +159,7 @@ def spec_from_dict(data: object, where: str = "") -> NetworkSpec:
     if not isinstance(rows, list) or not rows:
         raise SpecError(f"{where}field 'bneck' must be a non-empty list of rows")
     blocks = tuple(row_to_block(row, i, where) for i, row in enumerate(rows))
+    ops = _mapping(data["ops"], "ops", _OPS_KEYS, where) if "ops" in data else _ops_of_defaults()
     try:
         return NetworkSpec(
             blocks=blocks,
@@ -160,10 +174,18 @@ def spec_from_dict(data: object, where: str = "") -> NetworkSpec:
             resolution=data["resolution"],
             width_mult=data.get("width_mult", 1.0),
             width_convention=data.get("width_convention", "torchvision"),
+            se_ratio=ops["se_ratio"],
+            se_gate=ops["se_gate"],
+            hswish=ops["hswish"],
             name=data.get("name") or "",
         )
     except SpecError as err:
         raise SpecError(f"{where}{err}") from None
+
+
+def _ops_of_defaults() -> dict[str, Any]:
+    return {"se_ratio": DEFAULT_OPTIONS.se_ratio, "se_gate": DEFAULT_OPTIONS.se_gate,
+            "hswish": DEFAULT_OPTIONS.hswish}
 
 
 def from_yaml(text: str, source: str = "<string>") -> NetworkSpec:
@@ -214,7 +236,7 @@ def save_spec(spec: NetworkSpec, path: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------- one-line string
 _BLOCK_RE = re.compile(
-    r"^k(?P<k>\d+)_e(?P<e>\d+)_c(?P<c>\d+)_s(?P<s>\d+)(?P<se>_se)?_(?P<act>re|hs)(?:_d(?P<d>\d+))?$"
+    rf"^k(?P<k>\d+)_e(?P<e>\d+)_c(?P<c>\d+)_s(?P<s>\d+)(?P<se>_se)?_(?P<act>{_ACTS})(?:_d(?P<d>\d+))?$"
 )
 
 
@@ -231,7 +253,7 @@ def block_from_string(code: str, index: int = 0) -> BlockSpec:
     if not match:
         raise SpecError(
             f"block {index + 1}: cannot parse {code!r}; expected like 'k5_e72_c40_s2_se_re' "
-            "(kernel, expansion, out channels, stride, optional _se, re|hs, optional _d2)"
+            f"(kernel, expansion, out channels, stride, optional _se, {_ACTS}, optional _d2)"
         )
     g = match.groupdict()
     try:
@@ -254,11 +276,14 @@ def to_string(spec: NetworkSpec) -> str:
         f"res{spec.resolution}",
         f"w{spec.width_mult!r}_{spec.width_convention}",
     ]
+    if spec.options != DEFAULT_OPTIONS:
+        parts.append(f"ops{spec.se_ratio!r}_{spec.se_gate}_{spec.hswish}")
     return "|".join(parts)
 
 
-_STEM_RE = re.compile(r"^stem(\d+)_(re|hs)$")
-_HEAD_RE = re.compile(r"^head(\d+)_(\d+)_(re|hs)_(efficient|original)$")
+_STEM_RE = re.compile(rf"^stem(\d+)_({_ACTS})$")
+_HEAD_RE = re.compile(rf"^head(\d+)_(\d+)_({_ACTS})_(efficient|original)$")
+_OPS_RE = re.compile(r"^ops([0-9.eE+-]+)_(hard|soft)_(fused|decomposed)$")
 _TAIL_RES = {
     "dropout": re.compile(r"^drop([0-9.eE+-]+)$"),
     "num_classes": re.compile(r"^cls(\d+)$"),
@@ -270,6 +295,14 @@ _TAIL_RES = {
 def from_string(text: str) -> NetworkSpec:
     """Parse the one-line form written by :func:`to_string`."""
     parts = [p.strip() for p in text.strip().split("|")]
+    ops = _ops_of_defaults()
+    if parts and parts[-1].startswith("ops"):
+        match = _OPS_RE.match(parts.pop())
+        if not match:
+            raise SpecError(f"part {text.split('|')[-1].strip()!r} must look like "
+                            "'ops0.25_hard_fused' (SE ratio, SE gate hard|soft, h-swish "
+                            "fused|decomposed)")
+        ops = {"se_ratio": float(match.group(1)), "se_gate": match.group(2), "hswish": match.group(3)}
     if len(parts) < 7:
         raise SpecError(
             f"one-line spec needs stem|blocks...|head|drop|cls|res|w parts, got {len(parts)}: {text!r}"
@@ -300,4 +333,5 @@ def from_string(text: str) -> NetworkSpec:
         resolution=int(tail["resolution"][0]),
         width_mult=float(tail["width"][0]),
         width_convention=tail["width"][1],
+        **ops,
     )

@@ -8,7 +8,7 @@ import ast
 import re
 from typing import Any
 
-from nas.arch.spec import BlockSpec, NetworkSpec, SpecError, make_divisible
+from nas.arch.spec import DEFAULT_OPTIONS, BlockSpec, NetworkSpec, SpecError, make_divisible
 
 
 # ---------------------------------------------------------------------------- timm arch_def
@@ -38,6 +38,14 @@ def to_timm(spec: NetworkSpec) -> dict[str, Any]:
         )
     if spec.last_stage != "efficient":
         raise SpecError("timm's MobileNetV3 only has the efficient last stage (last_stage)")
+    # timm's MobileNetV3 fixes the SE gate (hard sigmoid) and picks the h-swish kernel itself.
+    if spec.se_gate != "hard":
+        raise SpecError("timm's MobileNetV3 uses a hard-sigmoid SE gate; se_gate 'soft' cannot "
+                        "be written as an arch_def")
+    if spec.hswish != "fused":
+        raise SpecError("timm's arch_def has no h-swish implementation switch (hswish "
+                        "'decomposed'); the function is the same, convert the fused spec")
+    se_code = f"_se{spec.se_ratio:g}"
     stages: list[list[str]] = []
     for ctx in spec.contexts():
         b = ctx.block
@@ -47,7 +55,7 @@ def to_timm(spec: NetworkSpec) -> dict[str, Any]:
             code = f"ir_r1_k{b.kernel}_s{b.stride}_e{_ratio_string(b.expansion, ctx.in_channels)}_c{b.out}"
         if b.dilation != 1:
             raise SpecError(f"bneck row {ctx.index + 1}: timm arch_def strings carry no dilation")
-        code += ("_se0.25" if b.se else "") + f"_n{b.activation.lower()}"
+        code += (se_code if b.se else "") + f"_n{b.activation.lower()}"
         if not stages or b.stride == 2:
             stages.append([])
         stages[-1].append(code)
@@ -56,14 +64,15 @@ def to_timm(spec: NetworkSpec) -> dict[str, Any]:
         "arch_def": stages,
         "stem_size": spec.stem_channels,
         "num_features": spec.head_features,
-        "act_layer": {"HS": "hard_swish", "RE": "relu"}[spec.head_activation],
+        "act_layer": _TIMM_ACT_NAME[spec.head_activation],
         "num_classes": spec.num_classes,
         "drop_rate": spec.dropout,
     }
 
 
-_TIMM_ACT = {"re": "RE", "hs": "HS"}
-_TIMM_ACT_LAYER = {"hard_swish": "HS", "relu": "RE"}
+_TIMM_ACT = {"re": "RE", "hs": "HS", "r6": "R6", "sw": "SW"}
+_TIMM_ACT_LAYER = {"hard_swish": "HS", "relu": "RE", "relu6": "R6", "swish": "SW"}
+_TIMM_ACT_NAME = {v: k for k, v in _TIMM_ACT_LAYER.items()}
 
 
 def _timm_options(code: str, where: str) -> tuple[str, dict[str, str]]:
@@ -96,6 +105,7 @@ def from_timm(
     in_channels = stem_size
     last_conv: int | None = None
     head_act = default_act
+    se_ratios: set[float] = set()
     for s, stage in enumerate(arch_def):
         for j, code in enumerate(stage):
             where = f"arch_def stage {s} block {j}"
@@ -116,8 +126,14 @@ def from_timm(
             if op not in ("ds", "ir"):
                 raise SpecError(f"{where}: op {op!r} not supported; allowed: ds, ir, cn")
             se_ratio = options.get("se")
-            if se_ratio not in (None, "0.25"):
-                raise SpecError(f"{where}: only se0.25 is supported, got se{se_ratio}")
+            if se_ratio is not None:
+                try:
+                    se_ratios.add(float(se_ratio))
+                except ValueError:
+                    raise SpecError(f"{where}: se ratio {se_ratio!r} is not a number") from None
+                if len(se_ratios) > 1:  # the spec has one network-wide SE ratio
+                    raise SpecError(f"{where}: SE ratios differ between blocks "
+                                    f"({sorted(se_ratios)}); a spec has one se_ratio")
             for r in range(repeats):
                 expansion = in_channels if op == "ds" else make_divisible(in_channels * float(options["e"]))
                 blocks.append(
@@ -131,6 +147,7 @@ def from_timm(
         blocks=tuple(blocks), stem_channels=stem_size, stem_activation=default_act,
         last_conv=last_conv, head_features=num_features, head_activation=head_act,
         num_classes=num_classes, dropout=drop_rate, resolution=resolution,
+        se_ratio=se_ratios.pop() if se_ratios else DEFAULT_OPTIONS.se_ratio,
     )
 
 
@@ -156,6 +173,15 @@ def to_torchvision(spec: NetworkSpec) -> str:
         notes.append(f"last_conv is {spec.last_conv}, torchvision uses 6 x {spec.blocks[-1].out}")
     if spec.last_stage != "efficient":
         notes.append("last_stage is original, torchvision has only the efficient one")
+    # What the rows cannot say at all: torchvision knows RE and HS only, a 1/4 SE with a
+    # hard-sigmoid gate, and the fused h-swish.
+    for ctx in spec.contexts():
+        if ctx.block.activation not in ("RE", "HS"):
+            raise SpecError(f"bneck row {ctx.index + 1}: torchvision's InvertedResidualConfig "
+                            f"takes activation RE or HS, not {ctx.block.activation}")
+    if spec.options != DEFAULT_OPTIONS:
+        raise SpecError("torchvision's MobileNetV3 fixes se_ratio 0.25, se_gate 'hard' and the "
+                        f"fused h-swish; this spec has {spec.options}")
     lines += [f"# NOTE: {n}" for n in notes]
     lines.append("bneck_conf = partial(InvertedResidualConfig, width_mult=1.0)")
     lines.append("inverted_residual_setting = [")

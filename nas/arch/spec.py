@@ -24,13 +24,19 @@ from typing import Iterator, Literal
 
 from nas.errors import NASError
 
-ACTIVATIONS = ("RE", "HS")
+# RE: ReLU; HS: h-swish (paper Sec. 5.2, eq. 2); R6: ReLU6 (MobileNetV2); SW: swish, the soft
+# x * sigmoid(x) that h-swish approximates (Sec. 5.2: hard and soft gave the same accuracy).
+ACTIVATIONS = ("RE", "HS", "R6", "SW")
 LAST_STAGES = ("efficient", "original")
+# The squeeze-and-excite gate: hard sigmoid (paper Sec. 5.3) or the soft sigmoid of SENet.
+SE_GATES = ("hard", "soft")
+# h-swish as one fused op or as x * relu6(x + 3) / 6 in separate ops (Table 5, third column).
+HSWISH_IMPLS = ("fused", "decomposed")
 WIDTH_CONVENTIONS = ("torchvision", "tf")
 STRIDES = (1, 2)
 DILATIONS = (1, 2)
 
-Activation = Literal["RE", "HS"]
+Activation = Literal["RE", "HS", "R6", "SW"]
 
 
 class SpecError(NASError, ValueError):
@@ -94,7 +100,8 @@ class BlockSpec:
             equals the block's input channels the 1x1 expansion conv is omitted.
         out: output channels of the linear projection.
         se: squeeze-and-excite on the expansion.
-        activation: ``"RE"`` (ReLU) or ``"HS"`` (h-swish).
+        activation: ``"RE"`` (ReLU), ``"HS"`` (h-swish), ``"R6"`` (ReLU6) or ``"SW"``
+            (swish, the soft form of h-swish).
         stride: 1 or 2.
         dilation: depthwise dilation, 1 or 2 (torchvision's ``dilated`` variant).
     """
@@ -174,6 +181,10 @@ class NetworkSpec:
         resolution: input resolution (square).
         width_mult: width multiplier applied by :meth:`resolved`.
         width_convention: ``"torchvision"`` or ``"tf"`` (see the module docstring).
+        se_ratio: the SE bottleneck's width as a fraction of the expansion (paper: 1/4).
+        se_gate: ``"hard"`` (hard sigmoid, the paper's) or ``"soft"`` (sigmoid) SE gate.
+        hswish: ``"fused"`` (one op) or ``"decomposed"`` (``x * relu6(x + 3) / 6``) h-swish:
+            the same function, timed differently (paper Table 5).
         name: free-form label, not part of the architecture's identity.
     """
 
@@ -189,6 +200,9 @@ class NetworkSpec:
     resolution: int = 224
     width_mult: float = 1.0
     width_convention: Literal["torchvision", "tf"] = "torchvision"
+    se_ratio: float = 0.25
+    se_gate: Literal["hard", "soft"] = "hard"
+    hswish: Literal["fused", "decomposed"] = "fused"
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -224,6 +238,16 @@ class NetworkSpec:
         if not 0 < self.width_mult <= 16:
             raise SpecError(f"field 'width_mult' must be in (0, 16], got {self.width_mult}")
         _check_choice("width_convention", self.width_convention, WIDTH_CONVENTIONS, row=None)
+        if isinstance(self.se_ratio, bool) or not isinstance(self.se_ratio, (int, float)) \
+                or not 0 < self.se_ratio <= 1:
+            raise SpecError(f"field 'se_ratio' must be a number in (0, 1], got {self.se_ratio!r}")
+        _check_choice("se_gate", self.se_gate, SE_GATES, row=None)
+        _check_choice("hswish", self.hswish, HSWISH_IMPLS, row=None)
+
+    @property
+    def options(self) -> OpOptions:
+        """The network-wide settings that change how an op is built and timed."""
+        return OpOptions(se_ratio=float(self.se_ratio), se_gate=self.se_gate, hswish=self.hswish)
 
     # ------------------------------------------------------------------ derived views
     def replace(self, **changes: object) -> NetworkSpec:
@@ -310,9 +334,23 @@ def _keep_ratio(value: int, base: int, scaled: int) -> int:
     return make_divisible(scaled * value / base)
 
 
-def squeeze_channels(expansion: int) -> int:
-    """SE bottleneck width: a quarter of the expansion, rounded to 8 (paper Sec. 5.3)."""
-    return make_divisible(expansion // 4, 8)
+@dataclass(frozen=True)
+class OpOptions:
+    """Network-wide op settings (SE width and gate, h-swish implementation); the defaults are
+    the paper's MobileNetV3, and ops built with them are keyed as before."""
+
+    se_ratio: float = 0.25
+    se_gate: str = "hard"
+    hswish: str = "fused"
+
+
+DEFAULT_OPTIONS = OpOptions()
+
+
+def squeeze_channels(expansion: int, ratio: float = 0.25) -> int:
+    """SE bottleneck width: ``ratio`` (paper Sec. 5.3: a quarter) of the expansion, rounded
+    to 8 (``int(e * 0.25) == e // 4``, the canonical nets' widths)."""
+    return make_divisible(int(expansion * ratio), 8)
 
 
 def original_stage_projection(spec: NetworkSpec) -> int:

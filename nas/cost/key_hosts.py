@@ -14,27 +14,29 @@ from nas.cost.keys import bneck_key, keys_for_space, parse_key, spec_key_tuple
 def synthetic_host(key: str) -> NetworkSpec:
     """A small network in which ``key`` occurs (stem -> op -> head), for keys no space covers."""
     f = parse_key(key)
+    # The key's network-wide settings (SE width and gate, h-swish form) hold for the host too.
+    opts = {"se_ratio": f.options.se_ratio, "se_gate": f.options.se_gate, "hswish": f.options.hswish}
     if f.op == "stem":
-        return NetworkSpec(blocks=(BlockSpec(3, f.out, f.out, False, "RE", 1),),
+        return NetworkSpec(**opts, blocks=(BlockSpec(3, f.out, f.out, False, "RE", 1),),
                            stem_channels=f.out, stem_activation=f.act, resolution=f.in_res)
     if f.op == "bneck":
         block = BlockSpec(kernel=f.kernel, expansion=f.exp, out=f.out, se=f.se, activation=f.act,
                           stride=f.stride, dilation=f.dilation)
-        return NetworkSpec(blocks=(block,), stem_channels=f.in_ch, resolution=2 * f.in_res)
+        return NetworkSpec(**opts, blocks=(block,), stem_channels=f.in_ch, resolution=2 * f.in_res)
     filler = BlockSpec(3, f.in_ch, f.in_ch, False, "RE", 1)
     if f.op == "lastconv":
-        return NetworkSpec(blocks=(filler,), stem_channels=f.in_ch, resolution=2 * f.in_res,
+        return NetworkSpec(**opts, blocks=(filler,), stem_channels=f.in_ch, resolution=2 * f.in_res,
                            last_conv=f.out, head_activation=f.act)
     if f.op == "pool":
         filler = BlockSpec(3, 16, 16, False, "RE", 1)
-        return NetworkSpec(blocks=(filler,), stem_channels=16, resolution=2 * f.in_res,
+        return NetworkSpec(**opts, blocks=(filler,), stem_channels=16, resolution=2 * f.in_res,
                            last_conv=f.in_ch)
     # head: the pooled features come from a 7x7 map as in the canonical networks.
     filler = BlockSpec(3, 16, 16, False, "RE", 1)
     if f.exp:
-        return NetworkSpec(blocks=(filler,), stem_channels=16, resolution=14, last_conv=f.in_ch,
+        return NetworkSpec(**opts, blocks=(filler,), stem_channels=16, resolution=14, last_conv=f.in_ch,
                            head_features=f.exp, num_classes=f.out, head_activation=f.act)
-    return NetworkSpec(blocks=(filler,), stem_channels=16, resolution=14, last_stage="original",
+    return NetworkSpec(**opts, blocks=(filler,), stem_channels=16, resolution=14, last_stage="original",
                        last_conv=96, head_features=f.in_ch, num_classes=f.out)
 
 
@@ -68,11 +70,11 @@ def cover_hosts(space, wanted: Iterable[str], per_key: int, seed: int = 0) -> li
                     for k in space.kernels for e in stage.expansions
                     for se in space.se for a in space.activations
                 ]
-                keyed = [(counts.get(bneck_key(size, channels, c), per_key), rng.random(), i)
+                keyed = [(counts.get(bneck_key(size, channels, c, base.options), per_key), rng.random(), i)
                          for i, c in enumerate(candidates)]
                 _, _, best = min(keyed)
                 block = candidates[best]
-                key = bneck_key(size, channels, block)
+                key = bneck_key(size, channels, block, base.options)
                 if key in counts:
                     useful = useful or counts[key] < per_key
                     counts[key] += 1

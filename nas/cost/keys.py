@@ -11,6 +11,9 @@ Key strings (readable, and parsed back by :func:`parse_key`)::
 
     stem_r224_i3_k3_c16_s2_hs             3x3 stride-2 conv + BN + act on the image
     bneck_r56_i24_k5_e72_c40_s2_se_re     a bneck (``_d2`` appended for dilation 2)
+    bneck_r28_i40_k5_e240_c40_s1_se0p5sig_hsd
+                                          SE ratio 0.5 with a soft sigmoid gate, h-swish
+                                          decomposed (only non-default options are spelled)
     lastconv_r7_i160_k1_c960_s1_hs        1x1 conv + BN + act after the last block
     pool_r7_i960                          global average pool + flatten
     head_i960_e1280_c1000_hs              Linear, act, dropout, Linear (efficient stage)
@@ -22,12 +25,20 @@ key format and the op it stands for cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Union
 
-from nas.arch.spec import BlockSpec, NetworkSpec, conv_output_size, original_stage_projection
+from nas.arch.spec import (
+    DEFAULT_OPTIONS,
+    BlockSpec,
+    NetworkSpec,
+    OpOptions,
+    conv_output_size,
+    original_stage_projection,
+)
 from nas.errors import NASError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,45 +66,74 @@ class KeyFields:
     se: bool = False
     act: str = "-"
     dilation: int = 1
+    # Spelled in the key only (not table columns): the network-wide op settings.
+    options: OpOptions = DEFAULT_OPTIONS
 
     def as_row(self) -> dict[str, object]:
         return {c: getattr(self, c) for c in KEY_COLUMNS}
 
 
+# Activation names in keys: the spec's, lower case; a decomposed h-swish is ``hsd``.
+_ACT_TOKENS = "re|hs|hsd|r6|sw"
+
+
+def act_token(activation: str, options: OpOptions = DEFAULT_OPTIONS) -> str:
+    if activation == "HS" and options.hswish == "decomposed":
+        return "hsd"
+    return activation.lower()
+
+
+def _se_token(options: OpOptions) -> str:
+    ratio = "" if options.se_ratio == DEFAULT_OPTIONS.se_ratio else f"{options.se_ratio:g}".replace(".", "p")
+    return "_se" + ratio + ("sig" if options.se_gate == "soft" else "")
+
+
+def _parse_act(token: str, options: OpOptions = DEFAULT_OPTIONS) -> tuple[str, OpOptions]:
+    if token == "hsd":
+        return "HS", dataclasses.replace(options, hswish="decomposed")
+    return token.upper(), options
+
+
 # ---------------------------------------------------------------------------- formatting
-def stem_key(resolution: int, out: int, activation: str, in_ch: int = 3) -> str:
-    return f"stem_r{resolution}_i{in_ch}_k3_c{out}_s2_{activation.lower()}"
+def stem_key(resolution: int, out: int, activation: str, in_ch: int = 3,
+             options: OpOptions = DEFAULT_OPTIONS) -> str:
+    return f"stem_r{resolution}_i{in_ch}_k3_c{out}_s2_{act_token(activation, options)}"
 
 
 @lru_cache(maxsize=65536)
-def bneck_key(in_res: int, in_ch: int, block: BlockSpec) -> str:
+def bneck_key(in_res: int, in_ch: int, block: BlockSpec, options: OpOptions = DEFAULT_OPTIONS) -> str:
     """Key of ``block`` run on an ``in_ch`` x ``in_res`` x ``in_res`` input."""
     key = (f"bneck_r{in_res}_i{in_ch}_k{block.kernel}_e{block.expansion}_c{block.out}"
-           f"_s{block.stride}{'_se' if block.se else ''}_{block.activation.lower()}")
+           f"_s{block.stride}{_se_token(options) if block.se else ''}"
+           f"_{act_token(block.activation, options)}")
     return key + (f"_d{block.dilation}" if block.dilation != 1 else "")
 
 
-def lastconv_key(in_res: int, in_ch: int, out: int, activation: str) -> str:
-    return f"lastconv_r{in_res}_i{in_ch}_k1_c{out}_s1_{activation.lower()}"
+def lastconv_key(in_res: int, in_ch: int, out: int, activation: str,
+                 options: OpOptions = DEFAULT_OPTIONS) -> str:
+    return f"lastconv_r{in_res}_i{in_ch}_k1_c{out}_s1_{act_token(activation, options)}"
 
 
 def pool_key(in_res: int, channels: int) -> str:
     return f"pool_r{in_res}_i{channels}"
 
 
-def head_key(in_ch: int, hidden: int, classes: int, activation: str | None) -> str:
+def head_key(in_ch: int, hidden: int, classes: int, activation: str | None,
+             options: OpOptions = DEFAULT_OPTIONS) -> str:
     """Classifier key; ``hidden == 0`` is the original stage's single Linear."""
     if hidden:
-        return f"head_i{in_ch}_e{hidden}_c{classes}_{str(activation).lower()}"
+        return f"head_i{in_ch}_e{hidden}_c{classes}_{act_token(str(activation), options)}"
     return f"head_i{in_ch}_c{classes}"
 
 
+_A = _ACT_TOKENS
 _PATTERNS = {
-    "stem": re.compile(r"^stem_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_(re|hs)$"),
-    "bneck": re.compile(r"^bneck_r(\d+)_i(\d+)_k(\d+)_e(\d+)_c(\d+)_s(\d+)(_se)?_(re|hs)(?:_d(\d+))?$"),
-    "lastconv": re.compile(r"^lastconv_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_(re|hs)$"),
+    "stem": re.compile(rf"^stem_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_({_A})$"),
+    "bneck": re.compile(rf"^bneck_r(\d+)_i(\d+)_k(\d+)_e(\d+)_c(\d+)_s(\d+)"
+                        rf"(_se(?:(\d+(?:p\d+)?))?(sig)?)?_({_A})(?:_d(\d+))?$"),
+    "lastconv": re.compile(rf"^lastconv_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_({_A})$"),
     "pool": re.compile(r"^pool_r(\d+)_i(\d+)$"),
-    "head": re.compile(r"^head_i(\d+)(?:_e(\d+))?_c(\d+)(?:_(re|hs))?$"),
+    "head": re.compile(rf"^head_i(\d+)(?:_e(\d+))?_c(\d+)(?:_({_A}))?$"),
 }
 
 
@@ -108,34 +148,46 @@ def parse_key(key: str) -> KeyFields:
                           f"op kinds {list(OPS)})")
     g = match.groups()
     if op in ("stem", "lastconv"):
+        act, options = _parse_act(g[5])
         return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=int(g[2]),
-                         out=int(g[3]), stride=int(g[4]), act=g[5].upper())
+                         out=int(g[3]), stride=int(g[4]), act=act, options=options)
     if op == "bneck":
+        options = DEFAULT_OPTIONS
+        if g[7]:
+            ratio = float(g[7].replace("p", "."))
+            if not 0 < ratio <= 1:
+                raise BadKeyError(f"{key!r}: the SE ratio must be in (0, 1], got {ratio:g}")
+            options = dataclasses.replace(options, se_ratio=ratio)
+        if g[8]:
+            options = dataclasses.replace(options, se_gate="soft")
+        act, options = _parse_act(g[9], options)
         return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=int(g[2]),
                          exp=int(g[3]), out=int(g[4]), stride=int(g[5]), se=bool(g[6]),
-                         act=g[7].upper(), dilation=int(g[8] or 1))
+                         act=act, dilation=int(g[10] or 1), options=options)
     if op == "pool":
         return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), out=int(g[1]))
     hidden = int(g[1] or 0)
     if bool(hidden) != bool(g[3]):
         raise BadKeyError(f"{key!r}: a head has both a hidden width (_e) and an activation, or neither")
+    act, options = _parse_act(g[3]) if g[3] else ("-", DEFAULT_OPTIONS)
     return KeyFields(op=op, in_res=1, in_ch=int(g[0]), exp=hidden, out=int(g[2]),
-                     act=(g[3] or "-").upper())
+                     act=act, options=options)
 
 
 # ---------------------------------------------------------------------------- enumeration
 def _tail_keys(spec: NetworkSpec) -> tuple[str, ...]:
     """Keys after the last block (paper Fig. 5: efficient or original last stage)."""
     size, last_out, act = spec.final_resolution, spec.blocks[-1].out, spec.head_activation
+    options = spec.options
     if spec.last_stage == "efficient":
-        return (lastconv_key(size, last_out, spec.last_conv, act),
+        return (lastconv_key(size, last_out, spec.last_conv, act, options),
                 pool_key(size, spec.last_conv),
-                head_key(spec.last_conv, spec.head_features, spec.num_classes, act))
+                head_key(spec.last_conv, spec.head_features, spec.num_classes, act, options))
     project = original_stage_projection(spec)
     stage = BlockSpec(kernel=3, expansion=spec.last_conv, out=project, se=False,
                       activation=act, stride=1)
-    return (bneck_key(size, last_out, stage),
-            lastconv_key(size, project, spec.head_features, act),
+    return (bneck_key(size, last_out, stage, options),
+            lastconv_key(size, project, spec.head_features, act, options),
             pool_key(size, spec.head_features),
             head_key(spec.head_features, 0, spec.num_classes, None))
 
@@ -147,11 +199,12 @@ def _cached_spec_keys(spec: NetworkSpec) -> tuple[str, ...]:
 
 def _spec_keys(spec: NetworkSpec) -> tuple[str, ...]:
     spec = spec.resolved()
-    keys = [stem_key(spec.resolution, spec.stem_channels, spec.stem_activation)]
+    options = spec.options
+    keys = [stem_key(spec.resolution, spec.stem_channels, spec.stem_activation, options=options)]
     channels = spec.stem_channels
     size = conv_output_size(spec.resolution, 2)
     for block in spec.blocks:
-        keys.append(bneck_key(size, channels, block))
+        keys.append(bneck_key(size, channels, block, options))
         channels = block.out
         size = conv_output_size(size, block.stride, block.dilation)
     keys.extend(_tail_keys(spec))
@@ -171,9 +224,10 @@ def keys_for_spec(spec: NetworkSpec) -> list[str]:
 def keys_for_space(space: SearchSpace) -> list[str]:
     """Every key any spec of ``space`` can need: stem, each block choice, the tail."""
     base = space.base.resolved()
-    keys = [stem_key(base.resolution, base.stem_channels, base.stem_activation)]
+    options = base.options
+    keys = [stem_key(base.resolution, base.stem_channels, base.stem_activation, options=options)]
     for in_ch, in_res, candidates in space.block_choices():
-        keys.extend(bneck_key(in_res, in_ch, block) for block in candidates)
+        keys.extend(bneck_key(in_res, in_ch, block, options) for block in candidates)
     keys.extend(_tail_keys(base))
     return _unique(keys)
 
@@ -222,12 +276,12 @@ def build_op(key: str):
     if f.op == "stem" or f.op == "lastconv":
         module: nn.Module = Conv2dNormActivation(
             f.in_ch, f.out, kernel_size=f.kernel, stride=f.stride, norm_layer=norm_layer,
-            activation_layer=activation_layer(f.act))
+            activation_layer=activation_layer(f.act, f.options.hswish))
         shape: tuple[int, ...] = (f.in_ch, f.in_res, f.in_res)
     elif f.op == "bneck":
         block = BlockSpec(kernel=f.kernel, expansion=f.exp, out=f.out, se=f.se,
                           activation=f.act, stride=f.stride, dilation=f.dilation)
-        module = Bneck(f.in_ch, block)
+        module = Bneck(f.in_ch, block, f.options)
         shape = (f.in_ch, f.in_res, f.in_res)
     elif f.op == "pool":
         # MobileNetV3Net.forward: avgpool then torch.flatten(x, 1).
@@ -235,7 +289,7 @@ def build_op(key: str):
         shape = (f.in_ch, f.in_res, f.in_res)
     else:
         if f.exp:
-            act = activation_layer(f.act)
+            act = activation_layer(f.act, f.options.hswish)
             # As nas.models.builder builds it (dropout not in place; a no-op in eval either way).
             module = nn.Sequential(nn.Linear(f.in_ch, f.exp), act(inplace=True),
                                    nn.Dropout(p=0.2), nn.Linear(f.exp, f.out))

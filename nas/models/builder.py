@@ -12,12 +12,15 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 from nas.arch.spec import (
+    DEFAULT_OPTIONS,
     BlockSpec,
     NetworkSpec,
+    OpOptions,
     original_stage_projection,
     squeeze_channels,
 )
@@ -28,11 +31,26 @@ BN_EPS = 0.001
 BN_MOMENTUM = 0.01
 norm_layer = partial(nn.BatchNorm2d, eps=BN_EPS, momentum=BN_MOMENTUM)
 
-_ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "HS": nn.Hardswish}
+class DecomposedHardswish(nn.Module):
+    """h-swish as separate ops, ``x * relu6(x + 3) / 6`` (paper eq. 2): the same function as
+    ``nn.Hardswish``, for Table 5's "without the fused h-swish" timings."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()  # ``inplace`` accepted (Conv2dNormActivation passes it) but unused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * F.relu6(x + 3.0) / 6.0
 
 
-def activation_layer(name: str) -> type[nn.Module]:
-    """The torch module class for ``"RE"`` or ``"HS"``."""
+_ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
+    "RE": nn.ReLU, "HS": nn.Hardswish, "R6": nn.ReLU6, "SW": nn.SiLU}
+_SE_GATES: dict[str, type[nn.Module]] = {"hard": nn.Hardsigmoid, "soft": nn.Sigmoid}
+
+
+def activation_layer(name: str, hswish: str = "fused") -> type[nn.Module]:
+    """The torch module class for an activation name (``nas.arch.spec.ACTIVATIONS``)."""
+    if name == "HS" and hswish == "decomposed":
+        return DecomposedHardswish
     return _ACTIVATION_LAYERS[name]
 
 
@@ -44,9 +62,10 @@ class Bneck(nn.Module):
     ``in_channels == out``.
     """
 
-    def __init__(self, in_channels: int, block: BlockSpec) -> None:
+    def __init__(self, in_channels: int, block: BlockSpec,
+                 options: OpOptions = DEFAULT_OPTIONS) -> None:
         super().__init__()
-        act = activation_layer(block.activation)
+        act = activation_layer(block.activation, options.hswish)
         layers: list[nn.Module] = []
         if block.expansion != in_channels:
             layers.append(
@@ -62,8 +81,9 @@ class Bneck(nn.Module):
         )
         if block.se:
             layers.append(
-                SqueezeExcitation(block.expansion, squeeze_channels(block.expansion),
-                                  scale_activation=nn.Hardsigmoid)
+                SqueezeExcitation(block.expansion,
+                                  squeeze_channels(block.expansion, options.se_ratio),
+                                  scale_activation=_SE_GATES[options.se_gate])
             )
         layers.append(
             Conv2dNormActivation(block.expansion, block.out, kernel_size=1,
@@ -119,14 +139,16 @@ class MobileNetV3Net(nn.Module):
         super().__init__()
         self.spec = spec
         resolved = spec.resolved()
+        options = resolved.options
         layers: list[nn.Module] = [
             Conv2dNormActivation(3, resolved.stem_channels, kernel_size=3, stride=2,
                                  norm_layer=norm_layer,
-                                 activation_layer=activation_layer(resolved.stem_activation))
+                                 activation_layer=activation_layer(resolved.stem_activation,
+                                                                   options.hswish))
         ]
         for ctx in resolved.contexts():
-            layers.append(Bneck(ctx.in_channels, ctx.block))
-        head_act = activation_layer(resolved.head_activation)
+            layers.append(Bneck(ctx.in_channels, ctx.block, options))
+        head_act = activation_layer(resolved.head_activation, options.hswish)
         last_out = resolved.blocks[-1].out
         if resolved.last_stage == "efficient":
             # Paper Fig. 5 (bottom): 1x1 expand, pool, 1x1 to the feature width, classifier.
@@ -148,7 +170,7 @@ class MobileNetV3Net(nn.Module):
             project = original_stage_projection(resolved)
             layers.append(Bneck(last_out, BlockSpec(
                 kernel=3, expansion=resolved.last_conv, out=project, se=False,
-                activation=resolved.head_activation, stride=1)))
+                activation=resolved.head_activation, stride=1), options))
             layers.append(Conv2dNormActivation(project, resolved.head_features, kernel_size=1,
                                                norm_layer=norm_layer, activation_layer=head_act))
             self.features = nn.Sequential(*layers)

@@ -272,7 +272,7 @@ def plan_pruning(model: MobileNetV3Net, target: NetworkSpec) -> ChannelPlan:
         expansions.append(kept_exp)
         if src_b.se:
             fc1 = parts["se"].fc1.weight.detach()[:, list(kept_exp)]
-            squeezes.append(_top_k(_row_sq_norms(fc1), squeeze_channels(dst_b.expansion)))
+            squeezes.append(_top_k(_row_sq_norms(fc1), squeeze_channels(dst_b.expansion, target.se_ratio)))
         else:
             squeezes.append(())
 

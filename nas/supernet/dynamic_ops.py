@@ -111,9 +111,13 @@ class DynamicDepthwise(nn.Module):
                         padding=kernel // 2, groups=channels)
 
 
+# The functional forms of nas.models.builder's activation modules (they have no weights).
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "RE": F.relu, "HS": F.hardswish, "R6": F.relu6, "SW": F.silu}
+
+
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    # nn.ReLU / nn.Hardswish as nas.models.builder.activation_layer uses them, without weights.
-    return F.relu if name == "RE" else F.hardswish
+    return _ACTIVATIONS[name]
 
 
 # ---------------------------------------------------------------------------- dynamic block

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from nas.arch.spec import BlockSpec, NetworkSpec
+from nas.arch.spec import DEFAULT_OPTIONS, BlockSpec, NetworkSpec
 from nas.models.builder import Bneck, MobileNetV3Net, build_model, init_weights
 from nas.search.space import SearchSpace, SpaceError
 from nas.supernet.dynamic_ops import DynamicBneck, PermuteHook, SupernetError
@@ -93,6 +93,9 @@ class Supernet(nn.Module):
         if base.width_mult != 1.0:
             raise SupernetError(f"space {space.name}: field 'width_mult' of the base must be 1.0 "
                                 f"for a supernet (channels are the space's), got {base.width_mult}")
+        if base.options != DEFAULT_OPTIONS:  # the dynamic ops are the paper's SE and h-swish
+            raise SupernetError(f"space {space.name}: the supernet supports the paper's SE "
+                                f"(ratio 0.25, hard gate) and fused h-swish only, got {base.options}")
         self.space = space
         self.num_classes = int(num_classes or base.num_classes)
         self.kernel_transform = kernel_transform
