@@ -29,6 +29,7 @@ CANONICAL_NAMES = {
     "small_reduced_tail": "mobilenet_v3_small_reduced_tail",
     "large_minimal": "mobilenet_v3_large_minimal",
     "small_minimal": "mobilenet_v3_small_minimal",
+    "v2": "mobilenet_v2",  # MobileNetV2 1.0, the paper's baseline
 }
 
 ROW_COLUMNS = ("kernel", "expansion", "out", "se", "activation", "stride", "dilation")
@@ -282,7 +283,7 @@ def to_string(spec: NetworkSpec) -> str:
 
 
 _STEM_RE = re.compile(rf"^stem(\d+)_({_ACTS})$")
-_HEAD_RE = re.compile(rf"^head(\d+)_(\d+)_({_ACTS})_(efficient|original)$")
+_HEAD_RE = re.compile(rf"^head(\d+)_(\d+)_({_ACTS})_(efficient|original|mobilenetv2)$")
 _OPS_RE = re.compile(r"^ops([0-9.eE+-]+)_(hard|soft)_(fused|decomposed)$")
 _TAIL_RES = {
     "dropout": re.compile(r"^drop([0-9.eE+-]+)$"),

@@ -172,7 +172,8 @@ def to_torchvision(spec: NetworkSpec) -> str:
     if spec.last_conv != 6 * spec.blocks[-1].out:
         notes.append(f"last_conv is {spec.last_conv}, torchvision uses 6 x {spec.blocks[-1].out}")
     if spec.last_stage != "efficient":
-        notes.append("last_stage is original, torchvision has only the efficient one")
+        notes.append(f"last_stage is {spec.last_stage}, torchvision's MobileNetV3 has only the "
+                     "efficient one")
     # What the rows cannot say at all: torchvision knows RE and HS only, a 1/4 SE with a
     # hard-sigmoid gate, and the fused h-swish.
     for ctx in spec.contexts():

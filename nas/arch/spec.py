@@ -27,7 +27,7 @@ from nas.errors import NASError
 # RE: ReLU; HS: h-swish (paper Sec. 5.2, eq. 2); R6: ReLU6 (MobileNetV2); SW: swish, the soft
 # x * sigmoid(x) that h-swish approximates (Sec. 5.2: hard and soft gave the same accuracy).
 ACTIVATIONS = ("RE", "HS", "R6", "SW")
-LAST_STAGES = ("efficient", "original")
+LAST_STAGES = ("efficient", "original", "mobilenetv2")
 # The squeeze-and-excite gate: hard sigmoid (paper Sec. 5.3) or the soft sigmoid of SENet.
 SE_GATES = ("hard", "soft")
 # h-swish as one fused op or as x * relu6(x + 3) / 6 in separate ops (Table 5, third column).
@@ -173,9 +173,11 @@ class NetworkSpec:
         last_conv: channels of the 1x1 conv after the last block (960 / 576).
         head_features: width of the pooled feature layer (1280 / 1024).
         head_activation: non-linearity of the last conv and the pooled feature layer.
-        last_stage: ``"efficient"`` (paper Fig. 5, bottom: pool right after the last conv)
-            or ``"original"`` (Fig. 5, top: expand, 3x3 depthwise, project, 1x1 to
-            ``head_features``, then pool).
+        last_stage: ``"efficient"`` (paper Fig. 5, bottom: pool right after the last conv),
+            ``"original"`` (Fig. 5, top: expand, 3x3 depthwise, project, 1x1 to
+            ``head_features``, then pool) or ``"mobilenetv2"`` (MobileNetV2's head: the 1x1
+            conv to ``last_conv``, pool, dropout and the classifier; no pooled feature
+            layer, so ``head_features`` must equal ``last_conv``).
         dropout: dropout before the classifier.
         num_classes: classifier outputs.
         resolution: input resolution (square).
@@ -194,7 +196,7 @@ class NetworkSpec:
     last_conv: int = 960
     head_features: int = 1280
     head_activation: Activation = "HS"
-    last_stage: Literal["efficient", "original"] = "efficient"
+    last_stage: Literal["efficient", "original", "mobilenetv2"] = "efficient"
     dropout: float = 0.2
     num_classes: int = 1000
     resolution: int = 224
@@ -227,6 +229,10 @@ class NetworkSpec:
         _check_int("head_features", self.head_features, row=None)
         _check_choice("head_activation", self.head_activation, ACTIVATIONS, row=None)
         _check_choice("last_stage", self.last_stage, LAST_STAGES, row=None)
+        if self.last_stage == "mobilenetv2" and self.head_features != self.last_conv:
+            raise SpecError("last_stage 'mobilenetv2' pools the last conv's features: field "
+                            f"'head_features' ({self.head_features}) must equal 'last_conv' "
+                            f"({self.last_conv})")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
             raise SpecError(f"field 'dropout' must be a number, got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -17,7 +17,7 @@ Key strings (readable, and parsed back by :func:`parse_key`)::
     lastconv_r7_i160_k1_c960_s1_hs        1x1 conv + BN + act after the last block
     pool_r7_i960                          global average pool + flatten
     head_i960_e1280_c1000_hs              Linear, act, dropout, Linear (efficient stage)
-    head_i1280_c1000                      dropout, Linear (original last stage)
+    head_i1280_c1000                      dropout, Linear (original last stage, MobileNetV2)
 
 This module imports nothing of torch; :func:`build_op` (which does) lives here too so the
 key format and the op it stands for cannot drift apart.
@@ -179,6 +179,10 @@ def _tail_keys(spec: NetworkSpec) -> tuple[str, ...]:
     """Keys after the last block (paper Fig. 5: efficient or original last stage)."""
     size, last_out, act = spec.final_resolution, spec.blocks[-1].out, spec.head_activation
     options = spec.options
+    if spec.last_stage == "mobilenetv2":
+        return (lastconv_key(size, last_out, spec.last_conv, act, options),
+                pool_key(size, spec.last_conv),
+                head_key(spec.last_conv, 0, spec.num_classes, None))
     if spec.last_stage == "efficient":
         return (lastconv_key(size, last_out, spec.last_conv, act, options),
                 pool_key(size, spec.last_conv),

@@ -28,6 +28,9 @@ ELEMENTWISE_OPS = (
     "aten::hardswish", "aten::hardswish_", "aten::hardsigmoid", "aten::hardsigmoid_",
     "aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::dropout", "aten::dropout_",
     "aten::relu", "aten::relu_", "aten::flatten",
+    # ReLU6 (a clamp), swish, the soft SE gate and the decomposed h-swish's division.
+    "aten::hardtanh", "aten::hardtanh_", "aten::relu6", "aten::relu6_", "aten::silu", "aten::silu_", "aten::sigmoid",
+    "aten::sigmoid_", "aten::div", "aten::div_", "aten::rsub", "aten::clamp",
 )
 MADD_OPERATORS = ("conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum")
 

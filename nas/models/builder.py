@@ -150,7 +150,17 @@ class MobileNetV3Net(nn.Module):
             layers.append(Bneck(ctx.in_channels, ctx.block, options))
         head_act = activation_layer(resolved.head_activation, options.hswish)
         last_out = resolved.blocks[-1].out
-        if resolved.last_stage == "efficient":
+        if resolved.last_stage == "mobilenetv2":
+            # MobileNetV2 (Sandler et al. 2018, Table 2): 1x1 conv to 1280, pool, classifier.
+            layers.append(Conv2dNormActivation(last_out, resolved.last_conv, kernel_size=1,
+                                               norm_layer=norm_layer, activation_layer=head_act))
+            self.features = nn.Sequential(*layers)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Sequential(
+                nn.Dropout(p=resolved.dropout),
+                nn.Linear(resolved.last_conv, resolved.num_classes),
+            )
+        elif resolved.last_stage == "efficient":
             # Paper Fig. 5 (bottom): 1x1 expand, pool, 1x1 to the feature width, classifier.
             layers.append(Conv2dNormActivation(last_out, resolved.last_conv, kernel_size=1,
                                                norm_layer=norm_layer, activation_layer=head_act))

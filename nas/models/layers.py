@@ -46,12 +46,14 @@ def paper_rows(spec: NetworkSpec) -> list[LayerRow]:
         rows.append(LayerRow(ctx.in_resolution, ctx.in_channels, op, b.expansion, b.out, b.se,
                              b.activation, b.stride))
     size, last_out, act = spec.final_resolution, spec.blocks[-1].out, spec.head_activation
-    if spec.last_stage == "efficient":
+    if spec.last_stage in ("efficient", "mobilenetv2"):
         rows += [
             LayerRow(size, last_out, "conv2d, 1x1", None, spec.last_conv, False, act, 1),
             LayerRow(size, spec.last_conv, f"pool, {size}x{size}", None, spec.last_conv, False, None, 1),
-            LayerRow(1, spec.last_conv, "conv2d 1x1, NBN", None, spec.head_features, False, act, 1),
         ]
+        if spec.last_stage == "efficient":
+            rows.append(LayerRow(1, spec.last_conv, "conv2d 1x1, NBN", None, spec.head_features,
+                                 False, act, 1))
     else:
         project = original_stage_projection(spec)
         rows += [

@@ -138,6 +138,8 @@ def check_prunable(source: NetworkSpec, target: NetworkSpec) -> None:
     for name in ("stem_activation", "head_activation", "last_stage"):
         if getattr(source, name) != getattr(target, name):
             raise PruneError(f"field '{name}' differs")
+    if source.last_stage == "mobilenetv2":
+        raise PruneError("last_stage 'mobilenetv2': pruning MobileNetV2's head is not implemented")
     if source.last_stage != "efficient" and (
             target.last_conv != source.last_conv or target.head_features != source.head_features
             or target.blocks[-1].out != source.blocks[-1].out):
