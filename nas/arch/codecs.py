@@ -289,7 +289,7 @@ _TAIL_RES = {
     "dropout": re.compile(r"^drop([0-9.eE+-]+)$"),
     "num_classes": re.compile(r"^cls(\d+)$"),
     "resolution": re.compile(r"^res(\d+)$"),
-    "width": re.compile(r"^w([0-9.eE+-]+)_(torchvision|tf)$"),
+    "width": re.compile(r"^w([0-9.eE+-]+)_(torchvision|tf_finegrain|tf)$"),
 }
 
 

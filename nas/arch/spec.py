@@ -13,7 +13,12 @@ TF-slim's; the paper's multiplier rows, Sec. 6.1.1 and its Appendix A):
   scaled with ``make_divisible(c * m, 8)``;
 * ``tf`` (the paper's multiplier rows, TensorFlow slim): the block outputs are scaled, every
   expansion keeps its ratio to the *scaled* input, and the pooled head width is not scaled
-  for multipliers below one.
+  for multipliers below one;
+* ``tf_finegrain``: as ``tf``, but the pooled head width is never scaled (TF-slim
+  ``mobilenet_v3.mobilenet(finegrain_classification_mode=True)`` replaces the last layer's
+  multiplier function with the identity for every multiplier). The paper's Large x1.25 row
+  (7.5M parameters) matches this one (7.55M; ``tf`` gives 8.26M), its Small x1.25 row
+  (3.6M) matches ``tf`` (3.65M; this one gives 3.21M): no single setting gives both.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ LAST_STAGES = ("efficient", "original", "mobilenetv2")
 SE_GATES = ("hard", "soft")
 # h-swish as one fused op or as x * relu6(x + 3) / 6 in separate ops (Table 5, third column).
 HSWISH_IMPLS = ("fused", "decomposed")
-WIDTH_CONVENTIONS = ("torchvision", "tf")
+WIDTH_CONVENTIONS = ("torchvision", "tf", "tf_finegrain")
 STRIDES = (1, 2)
 DILATIONS = (1, 2)
 
@@ -182,7 +187,8 @@ class NetworkSpec:
         num_classes: classifier outputs.
         resolution: input resolution (square).
         width_mult: width multiplier applied by :meth:`resolved`.
-        width_convention: ``"torchvision"`` or ``"tf"`` (see the module docstring).
+        width_convention: ``"torchvision"``, ``"tf"`` or ``"tf_finegrain"`` (see the module
+            docstring).
         se_ratio: the SE bottleneck's width as a fraction of the expansion (paper: 1/4).
         se_gate: ``"hard"`` (hard sigmoid, the paper's) or ``"soft"`` (sigmoid) SE gate.
         hswish: ``"fused"`` (one op) or ``"decomposed"`` (``x * relu6(x + 3) / 6``) h-swish:
@@ -201,7 +207,7 @@ class NetworkSpec:
     num_classes: int = 1000
     resolution: int = 224
     width_mult: float = 1.0
-    width_convention: Literal["torchvision", "tf"] = "torchvision"
+    width_convention: Literal["torchvision", "tf", "tf_finegrain"] = "torchvision"
     se_ratio: float = 0.25
     se_gate: Literal["hard", "soft"] = "hard"
     hswish: Literal["fused", "decomposed"] = "fused"
@@ -321,7 +327,8 @@ class NetworkSpec:
                 expansion = make_divisible(scaled_in * b.expansion / base_in)
             blocks.append(b.replace(expansion=expansion, out=out))
             base_in, scaled_in = b.out, out
-        head = self.head_features if m < 1.0 else make_divisible(self.head_features * m)
+        keep_head = m < 1.0 or self.width_convention == "tf_finegrain"
+        head = self.head_features if keep_head else make_divisible(self.head_features * m)
         return self.replace(
             blocks=tuple(blocks),
             stem_channels=stem,

@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.arch.spec import NetworkSpec
 from nas.errors import NASError
-from nas.interrupts import install_sigint_handler
 from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
 from nas.search.outputs import TrialReporter, summary_table, write_outputs
 from nas.search.runner import (
@@ -325,28 +324,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
-    import os
-
-    import yaml
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from nas.cli.hydra_app import run_hydra_app
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    install_sigint_handler()
-    # Let composition errors reach the handlers below instead of Hydra's printed traceback.
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    try:
-        _hydra_main()
-    except yaml.YAMLError as err:  # a config file (e.g. a custom space) that is not YAML
-        mark = getattr(err, "problem_mark", None)
-        where = f"{mark.name}:{mark.line + 1}" if mark is not None else "a config file"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        print(f"nas-search: error: {where}: not valid YAML ({problem})", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (HydraException, OmegaConfBaseException) as err:  # unknown group, bad override
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"nas-search: error: {first}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_hydra_app("nas-search", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""An ablation study's report: ``ablation.csv``, ``ablation.md`` (our figures and the paper's
+side by side) and ``ablation.png`` (top-1 against latency, one point per variant).
+
+An accuracy difference to the baseline is called a win or a loss only when it exceeds two
+seed standard deviations (the larger of the two networks'); otherwise it is a tie. With one
+seed there is no spread, and the table says so instead of ranking.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas.arch.codecs import to_string
+from nas.arch.spec import NetworkSpec
+
+TIE_SIGMAS = 2.0
+
+
+def _e2e_figures(results: Any) -> dict[str, dict[str, Any]]:
+    records = [r for r in results.records.values() if r["kind"] == "e2e"]
+    return records[-1]["figures"] if records else {}
+
+
+def _ratio(rounds: list[float], base_rounds: list[float]) -> float | None:
+    """Median of the per-round ratios (each round timed both networks back to back)."""
+    pairs = [a / b for a, b in zip(rounds, base_rounds) if b > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any) -> pd.DataFrame:
+    """One row per variant with every figure (NaN where not measured)."""
+    from nas.ablate.study import trained_arch
+
+    e2e = _e2e_figures(results)
+    base_spec = specs[study.baseline]
+    base_e2e = e2e.get(to_string(base_spec))
+    rows = []
+    for variant in study.variants:
+        spec = specs[variant.name]
+        arch = to_string(spec)
+        costs = results.get("costs", arch) or {}
+        table = results.get("table", arch) or {}
+        fig = e2e.get(arch)
+        tops = [r["top1"] * 100 for r in (results.get("top1", trained_arch(spec), s)
+                                          for s in study.accuracy.seeds) if r is not None]
+        row: dict[str, Any] = {
+            "variant": variant.name,
+            "spec": arch,
+            "params_m": costs.get("params", float("nan")) / 1e6,
+            "madds_m": costs.get("madds", float("nan")) / 1e6,
+            "table_ms": table.get("ms"),
+            "e2e_ms": fig["ms"] if fig else None,
+            "e2e_iqr_ms": fig.get("iqr_ms") if fig else None,
+            "e2e_ratio": (_ratio(fig["rounds_ms"], base_e2e["rounds_ms"])
+                          if fig and base_e2e else None),
+            "top1_mean": statistics.mean(tops) if tops else None,
+            "top1_std": statistics.stdev(tops) if len(tops) > 1 else None,
+            "seeds": len(tops),
+        }
+        row.update({f"paper_{k}": v for k, v in variant.paper.items()})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    base = frame[frame["variant"] == study.baseline].iloc[0]
+    frame["madds_delta_m"] = frame["madds_m"] - base["madds_m"]
+    frame["top1_delta"] = frame["top1_mean"] - base["top1_mean"]
+    frame["accuracy_verdict"] = [_verdict(row, base, study.baseline) for _, row in frame.iterrows()]
+    return frame
+
+
+def _verdict(row: pd.Series, base: pd.Series, baseline: str) -> str:
+    if row["variant"] == baseline:
+        return "baseline"
+    if pd.isna(row["top1_mean"]) or pd.isna(base["top1_mean"]):
+        return "not measured"
+    if pd.isna(row["top1_std"]) or pd.isna(base["top1_std"]):
+        return "one seed: no spread, no ranking"
+    noise = TIE_SIGMAS * max(row["top1_std"], base["top1_std"])
+    if abs(row["top1_delta"]) <= noise:
+        return f"tie (|diff| <= {noise:.2f} = 2 seed std)"
+    return "better" if row["top1_delta"] > 0 else "worse"
+
+
+def _fmt(value: Any, digits: int = 2, sign: bool = False) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _paper(row: pd.Series, key: str) -> float | None:
+    value = row.get(f"paper_{key}")
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _paper_costs(row: pd.Series) -> str:
+    """The paper's params / MAdds with our relative difference, e.g. ``7.5 (+10.1%)``."""
+    cells = []
+    for key, ours in (("params_m", row["params_m"]), ("madds_m", row["madds_m"])):
+        paper = _paper(row, key)
+        cells.append("-" if paper is None else f"{paper:g} ({100 * (ours / paper - 1):+.1f}%)")
+    return " / ".join(cells)
+
+
+def _paper_ms(row: pd.Series) -> str:
+    ms, unfused, delta = _paper(row, "ms"), _paper(row, "ms_unfused"), _paper(row, "ms_delta")
+    if delta is not None:
+        return f"{delta:+g} vs baseline"
+    if unfused is not None and unfused != ms:
+        return f"{_fmt(ms, 1)} ({_fmt(unfused, 1)} unfused)"
+    return _fmt(ms, 1)
+
+
+def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> str:
+    lines = [f"# Ablation: {study.name}", ""]
+    if study.notes:
+        lines += [study.notes.strip(), ""]
+    lines += [
+        "| variant | params (M) | MAdds (M) | paper params / MAdds (M) | dMAdds (M) | paper dMAdds "
+        "| table ms | measured ms (IQR) | ratio | paper ms | top-1 % (seeds) | d top-1 | verdict "
+        "| paper top-1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in frame.iterrows():
+        top1 = ("-" if pd.isna(r["top1_mean"]) else
+                f"{r['top1_mean']:.2f} +- {_fmt(r['top1_std'])} ({int(r['seeds'])})")
+        lines.append(
+            f"| {r['variant']} | {_fmt(r['params_m'])} | {_fmt(r['madds_m'], 1)} | {_paper_costs(r)} | "
+            f"{_fmt(r['madds_delta_m'], 1, sign=True)} | {_fmt(r.get('paper_madds_delta_m'), 0, sign=True)} | "
+            f"{_fmt(r['table_ms'])} | {_fmt(r['e2e_ms'])} ({_fmt(r['e2e_iqr_ms'])}) | "
+            f"{_fmt(r['e2e_ratio'], 3)} | {_paper_ms(r)} | {top1} | {_fmt(r['top1_delta'], 2, sign=True)} | "
+            f"{r['accuracy_verdict']} | {_fmt(r.get('paper_top1'), 1)} |")
+    lines += ["", f"Baseline: {study.baseline}. Measured latency: the harness's figure over "
+              f"{study.latency.rounds} interleaved rounds, all variants in the same rounds; "
+              "ratio = median per-round ratio to the baseline."
+              + (f" Load average at the end: {', '.join(f'{x:.2f}' for x in loadavg)}." if loadavg else ""),
+              f"Accuracy: protocol `{study.accuracy.protocol}` on CIFAR-10 val, seeds "
+              f"{list(study.accuracy.seeds)}; a difference within {TIE_SIGMAS:g} seed standard "
+              "deviations is a tie. Paper figures: ImageNet top-1 and Pixel-1 ms "
+              "(REFERENCE.md); ours: CIFAR-10 and this CPU, so compare deltas and ratios, not values."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(study: Any, frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_col = "e2e_ms" if frame["e2e_ms"].notna().any() else "table_ms"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for _, r in frame.iterrows():
+        x = r[x_col]
+        if x is None or pd.isna(x):
+            continue
+        y = r["top1_mean"] if not pd.isna(r["top1_mean"]) else None
+        if y is None:
+            ax.axvline(x, color="0.85", lw=1)
+            ax.annotate(r["variant"], (x, 0.02), xycoords=("data", "axes fraction"), fontsize=7,
+                        rotation=90)
+            continue
+        ax.errorbar(x, y, yerr=0 if pd.isna(r["top1_std"]) else r["top1_std"], fmt="o", capsize=3,
+                    color="C1" if r["variant"] == study.baseline else "C0")
+        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("measured latency (ms)" if x_col == "e2e_ms" else "table latency (ms)")
+    ax.set_ylabel(f"top-1 % (CIFAR-10 val, {study.accuracy.protocol}; mean +- std)")
+    ax.set_title(f"ablation: {study.name}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(study: Any, specs: dict[str, NetworkSpec], results: Any, run_dir: Path) -> Path:
+    from nas._io import write_text_atomic
+
+    frame = study_frame(study, specs, results)
+    csv = run_dir / "ablation.csv"
+    write_text_atomic(csv, frame.to_csv(index=False))
+    e2e = [r for r in results.records.values() if r["kind"] == "e2e"]
+    write_text_atomic(run_dir / "ablation.md", markdown(study, frame, e2e[-1]["loadavg"] if e2e else None))
+    plot(study, frame, run_dir / "ablation.png")
+    return csv
+
+
+__all__ = ["TIE_SIGMAS", "markdown", "study_frame", "write_report"]

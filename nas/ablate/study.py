@@ -1,0 +1,255 @@
+"""Run an ablation study: per variant, params and MAdds, lookup-table latency, end-to-end
+latency in interleaved rounds (ratio to the baseline measured in the same run), and proxy
+accuracy on CIFAR-10 ``val`` over several seeds.
+
+Every figure is appended to ``<run>/results.jsonl`` the moment it exists; a killed study
+started again with the same run folder skips what is there (a training run in progress
+resumes from its checkpoint under ``<run>/checkpoints/``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nas.ablate.variants import AblationError, Variant, variant_from_dict
+from nas.arch.codecs import save_spec, to_string
+from nas.arch.spec import NetworkSpec
+from nas.config import Config, check_int, config_from_dict
+
+log = logging.getLogger("nas-ablate")
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class LatencySettings(Config):
+    """Where latency comes from: a table (``auto``: this host's, as ``nas-search`` chooses
+    it) extended with the variants' missing keys in the run folder, and ``rounds``
+    interleaved end-to-end rounds with the table's harness (0: no end-to-end figure)."""
+
+    table: str = "auto"
+    space: str = "mobilenetv3_large"   # the space whose table ``auto`` finds or builds
+    runtime: str = "torch-cpu"
+    rounds: int = 10
+
+    def __post_init__(self) -> None:
+        check_int("latency", "rounds", self.rounds, minimum=0)
+
+
+@dataclass(frozen=True)
+class AccuracySettings(Config):
+    """Proxy accuracy on CIFAR-10 ``val``: a training protocol and seeds (empty: none)."""
+
+    protocol: str = "proxy"
+    seeds: tuple[int, ...] = (0, 1)
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        check_int("accuracy", "threads", self.threads, minimum=1)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study: its variants (first one the baseline unless named) and how to measure."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    baseline: str
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    accuracy: AccuracySettings = field(default_factory=AccuracySettings)
+    notes: str = ""
+
+
+def study_from_dict(data: dict[str, Any]) -> Study:
+    """Read a study config (``nas/conf/ablation/<name>.yaml``); errors name the key."""
+    allowed = ("name", "base", "baseline", "variants", "latency", "accuracy", "notes")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise AblationError(f"ablation: unknown key(s) {unknown}; allowed: {list(allowed)}")
+    name = str(data.get("name") or "")
+    variants_data = data.get("variants")
+    if not name or not isinstance(variants_data, dict) or not variants_data:
+        raise AblationError("ablation: needs a 'name' and a non-empty 'variants' mapping")
+    base = str(data.get("base") or "large")
+    variants = tuple(variant_from_dict(str(k), v, base) for k, v in variants_data.items())
+    baseline = str(data.get("baseline") or variants[0].name)
+    if baseline not in {v.name for v in variants}:
+        raise AblationError(f"ablation {name}: baseline {baseline!r} is not one of its variants "
+                            f"{[v.name for v in variants]}")
+    return Study(name=name, variants=variants, baseline=baseline,
+                 latency=config_from_dict(LatencySettings, data.get("latency")),
+                 accuracy=config_from_dict(AccuracySettings, data.get("accuracy")),
+                 notes=str(data.get("notes") or ""))
+
+
+# ---------------------------------------------------------------------------- the cache
+class Results:
+    """``results.jsonl``: one record per figure, keyed by kind, architecture and seed."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / RESULTS_FILE
+        self.records: dict[tuple, dict[str, Any]] = {}
+        if self.path.is_file():
+            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    # A line cut by a kill is the last one; anything else is damage.
+                    log.warning("%s:%d: unreadable record skipped (measured again)", self.path, number)
+                    continue
+                self.records[self._key(record)] = record
+
+    @staticmethod
+    def _key(record: dict[str, Any]) -> tuple:
+        return record["kind"], record.get("arch", ""), record.get("seed")
+
+    def get(self, kind: str, arch: str = "", seed: int | None = None) -> dict[str, Any] | None:
+        return self.records.get((kind, arch, seed))
+
+    def add(self, record: dict[str, Any]) -> dict[str, Any]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.records[self._key(record)] = record
+        return record
+
+
+# ---------------------------------------------------------------------------- the figures
+def trained_arch(spec: NetworkSpec) -> str:
+    """The architecture accuracy belongs to: fused and decomposed h-swish are one function."""
+    return to_string(spec.replace(hswish="fused"))
+
+
+def measure_costs(specs: dict[str, NetworkSpec], results: Results) -> None:
+    from nas.cost.profile import profile_spec
+
+    for name, spec in specs.items():
+        arch = to_string(spec)
+        if results.get("costs", arch) is None:
+            profile = profile_spec(spec)
+            results.add({"kind": "costs", "arch": arch, "params": profile.params,
+                         "madds": profile.madds})
+
+
+def table_latency(study: Study, specs: dict[str, NetworkSpec], results: Results, run_dir: Path,
+                  progress: bool) -> None:
+    """Each variant's lookup-table latency; keys the table lacks are measured into a copy of
+    it in the run folder (the configured table is never written)."""
+    from nas.cost.host_table import AUTO, host_table
+    from nas.cost.lut import LatencyTable
+    from nas.cost.table_files import resolve_table_dir
+    from nas.search.space import load_space
+
+    todo = {n: s for n, s in specs.items() if results.get("table", to_string(s)) is None}
+    if not todo:
+        return
+    copy = run_dir / "latency_table"
+    if (copy / "table.csv").is_file():
+        table = LatencyTable.load(copy)
+    else:
+        settings = study.latency
+        if settings.table == AUTO:
+            space = load_space(settings.space)
+            choice = host_table(space, runtime=settings.runtime, resolution=space.base.resolution,
+                                progress=progress)
+            source, why = choice.path, choice.reason
+        else:
+            source, why = resolve_table_dir(settings.table), "pinned"
+        log.info("latency table %s (%s)", source, why)
+        table = LatencyTable.load(source)
+        table.save(copy)
+    for name, spec in todo.items():
+        if spec.resolution != table.resolution:  # the table keys one deployment input
+            results.add({"kind": "table", "arch": to_string(spec), "ms": None,
+                         "why": f"table is for {table.resolution} px"})
+            continue
+        missing = table.missing_keys(spec)
+        if missing:
+            log.info("%s: measuring %d key(s) the table lacks", name, len(missing))
+            table.build(spec, progress=progress, save_to=copy)
+        results.add({"kind": "table", "arch": to_string(spec), "ms": table.predict(spec)})
+
+
+def end_to_end_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
+                       run_dir: Path, progress: bool) -> None:
+    """All variants in the same interleaved rounds (so their ratios share the machine's state)."""
+    from nas.cost.calibrate import measure_end_to_end
+    from nas.cost.lut import LatencyTable
+
+    rounds = study.latency.rounds
+    archs = sorted({to_string(s) for s in specs.values()})
+    key = "|".join(archs) + f"#{rounds}"
+    if rounds == 0 or results.get("e2e", key) is not None:
+        return
+    harness = LatencyTable.load(run_dir / "latency_table").harness_config()
+    distinct = {to_string(s): s for s in specs.values()}
+    figures = measure_end_to_end(list(distinct.values()), harness, rounds=rounds,
+                                 progress=progress, desc="end to end")
+    results.add({"kind": "e2e", "arch": key, "loadavg": list(_loadavg()),
+                 "figures": {arch: fig for arch, fig in zip(distinct, figures)}})
+
+
+def _loadavg() -> tuple[float, float, float]:
+    import os
+
+    return os.getloadavg()
+
+
+def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results, run_dir: Path,
+                   progress: bool) -> None:
+    """Train every distinct architecture with the protocol, once per seed (resumable)."""
+    settings = study.accuracy
+    if not settings.seeds:
+        return
+    import torch
+
+    from nas.training.data import make_loaders
+    from nas.training.protocols import load_protocol, with_fields
+    from nas.training.train import train
+
+    torch.set_num_threads(settings.threads)
+    protocol = load_protocol(settings.protocol, train={"progress": progress})
+    archs = {trained_arch(s): s for s in specs.values()}
+    total = len(archs) * len(settings.seeds)
+    done = sum(results.get("top1", a, seed) is not None for a in archs for seed in settings.seeds)
+    start = time.monotonic()
+    for seed in settings.seeds:
+        loaders = None
+        for arch, spec in archs.items():
+            if results.get("top1", arch, seed) is not None:
+                continue
+            if loaders is None:
+                loaders = make_loaders(protocol.data, seed=seed)
+            folder = run_dir / "checkpoints" / f"{spec.name}-seed{seed}"
+            cfg = with_fields(protocol, train={"seed": seed, "checkpoint_dir": str(folder)}).train
+            result = train(spec, protocol.data, cfg, loaders=loaders, resume=True)
+            results.add({"kind": "top1", "arch": arch, "seed": seed, "top1": result.top1,
+                         "protocol": settings.protocol, "seconds": result.seconds})
+            done += 1
+            log.info("accuracy %d/%d: %s seed %d top-1 %.2f%% (%.0f s; %.0f s in all so far)",
+                     done, total, spec.name, seed, 100 * result.top1, result.seconds,
+                     time.monotonic() - start)
+
+
+def run_study(study: Study, run_dir: Path, *, progress: bool = True) -> Path:
+    """Measure what ``results.jsonl`` lacks, then write the report; returns the CSV's path."""
+    from nas.ablate.report import write_report
+
+    specs = {v.name: v.spec() for v in study.variants}
+    for name, spec in specs.items():
+        save_spec(spec, run_dir / "specs" / f"{name}.yaml")
+    results = Results(run_dir)
+    measure_costs(specs, results)
+    table_latency(study, specs, results, run_dir, progress)
+    end_to_end_latency(study, specs, results, run_dir, progress)
+    proxy_accuracy(study, specs, results, run_dir, progress)
+    return write_report(study, specs, results, run_dir)
+
+
+__all__ = ["AccuracySettings", "LatencySettings", "Results", "Study", "run_study", "study_from_dict",
+           "trained_arch"]

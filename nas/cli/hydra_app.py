@@ -1,0 +1,36 @@
+"""Running a Hydra app as a console command: composition errors and malformed config files
+end with one line ``<prog>: error: ...`` and exit status 2, not Hydra's traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from nas.interrupts import install_sigint_handler
+
+
+def run_hydra_app(prog: str, hydra_main: Callable[[], None]) -> None:
+    """Call a ``@hydra.main`` function as the command ``prog``."""
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    install_sigint_handler()
+    # Let composition errors reach the handlers below instead of Hydra's printed traceback.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        hydra_main()
+    except yaml.YAMLError as err:  # a config file (e.g. a custom space) that is not YAML
+        mark = getattr(err, "problem_mark", None)
+        where = f"{mark.name}:{mark.line + 1}" if mark is not None else "a config file"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        print(f"{prog}: error: {where}: not valid YAML ({problem})", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (HydraException, OmegaConfBaseException) as err:  # unknown group, bad override
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"{prog}: error: {first}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+__all__ = ["run_hydra_app"]
