@@ -31,7 +31,8 @@ def _ratio(rounds: list[float], base_rounds: list[float]) -> float | None:
     return statistics.median(pairs) if pairs else None
 
 
-def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any) -> pd.DataFrame:
+def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
+                protocol_key: str = "") -> pd.DataFrame:
     """One row per variant with every figure (NaN where not measured)."""
     from nas.ablate.study import trained_arch
 
@@ -45,7 +46,7 @@ def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any) -> pd.D
         costs = results.get("costs", arch) or {}
         table = results.get("table", arch) or {}
         fig = e2e.get(arch)
-        tops = [r["top1"] * 100 for r in (results.get("top1", trained_arch(spec), s)
+        tops = [r["top1"] * 100 for r in (results.get("top1", trained_arch(spec, protocol_key), s)
                                           for s in study.accuracy.seeds) if r is not None]
         row: dict[str, Any] = {
             "variant": variant.name,
@@ -173,10 +174,11 @@ def plot(study: Any, frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(study: Any, specs: dict[str, NetworkSpec], results: Any, run_dir: Path) -> Path:
+def write_report(study: Any, specs: dict[str, NetworkSpec], results: Any, run_dir: Path,
+                 protocol_key: str = "") -> Path:
     from nas._io import write_text_atomic
 
-    frame = study_frame(study, specs, results)
+    frame = study_frame(study, specs, results, protocol_key)
     csv = run_dir / "ablation.csv"
     write_text_atomic(csv, frame.to_csv(index=False))
     e2e = [r for r in results.records.values() if r["kind"] == "e2e"]

@@ -120,9 +120,21 @@ class Results:
 
 
 # ---------------------------------------------------------------------------- the figures
-def trained_arch(spec: NetworkSpec) -> str:
-    """The architecture accuracy belongs to: fused and decomposed h-swish are one function."""
-    return to_string(spec.replace(hswish="fused"))
+def trained_arch(spec: NetworkSpec, protocol_key: str) -> str:
+    """What an accuracy belongs to: the architecture (fused and decomposed h-swish are one
+    function, trained once) under one protocol's settings (a changed protocol trains anew)."""
+    return f"{to_string(spec.replace(hswish='fused'))}@{protocol_key}"
+
+
+def protocol_key(study: Study) -> str:
+    """A short hash of the accuracy protocol's result-changing settings."""
+    import hashlib
+
+    from nas.training.protocols import load_protocol
+
+    settings = load_protocol(study.accuracy.protocol).settings()
+    settings["data"].pop("root", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def measure_costs(specs: dict[str, NetworkSpec], results: Results) -> None:
@@ -214,7 +226,8 @@ def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results
 
     torch.set_num_threads(settings.threads)
     protocol = load_protocol(settings.protocol, train={"progress": progress})
-    archs = {trained_arch(s): s for s in specs.values()}
+    key = protocol_key(study)
+    archs = {trained_arch(s, key): s for s in specs.values()}
     total = len(archs) * len(settings.seeds)
     done = sum(results.get("top1", a, seed) is not None for a in archs for seed in settings.seeds)
     start = time.monotonic()
@@ -229,7 +242,8 @@ def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results
             cfg = with_fields(protocol, train={"seed": seed, "checkpoint_dir": str(folder)}).train
             result = train(spec, protocol.data, cfg, loaders=loaders, resume=True)
             results.add({"kind": "top1", "arch": arch, "seed": seed, "top1": result.top1,
-                         "protocol": settings.protocol, "seconds": result.seconds})
+                         "protocol": settings.protocol, "seconds": result.seconds,
+                         "loadavg": list(_loadavg())})
             done += 1
             log.info("accuracy %d/%d: %s seed %d top-1 %.2f%% (%.0f s; %.0f s in all so far)",
                      done, total, spec.name, seed, 100 * result.top1, result.seconds,
@@ -248,8 +262,9 @@ def run_study(study: Study, run_dir: Path, *, progress: bool = True) -> Path:
     table_latency(study, specs, results, run_dir, progress)
     end_to_end_latency(study, specs, results, run_dir, progress)
     proxy_accuracy(study, specs, results, run_dir, progress)
-    return write_report(study, specs, results, run_dir)
+    return write_report(study, specs, results, run_dir,
+                        protocol_key(study) if study.accuracy.seeds else "")
 
 
-__all__ = ["AccuracySettings", "LatencySettings", "Results", "Study", "run_study", "study_from_dict",
-           "trained_arch"]
+__all__ = ["AccuracySettings", "LatencySettings", "Results", "Study", "protocol_key", "run_study",
+           "study_from_dict", "trained_arch"]

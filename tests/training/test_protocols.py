@@ -17,9 +17,12 @@ def test_shipped_protocols_load_and_differ_in_cost() -> None:
     assert proxy.data.name == reference.data.name == "cifar10"
     # The data root is the checkout's sibling shared/ folder wherever the command runs.
     assert Path(proxy.data.root) == (CHECKOUT / "../shared/datasets/cifar10").resolve()
-    proxy_images = proxy.train.epochs * proxy.data.train_per_class * 10
-    reference_images = reference.train.epochs * 45_000
-    assert reference_images > 10 * proxy_images
+
+    def pixels_seen(protocol) -> int:  # training cost: epochs x images x pixels per image
+        images = (protocol.data.train_per_class or 4_500) * 10
+        return protocol.train.epochs * images * protocol.data.resolution ** 2
+
+    assert pixels_seen(reference) >= 10 * pixels_seen(proxy)
 
 
 def test_overrides_are_validated_and_named() -> None:
@@ -51,7 +54,9 @@ def test_nas_train_options_given_explicitly_override_the_protocol(tmp_path: Path
     data, train = _configs(args, tmp_path, _explicit_options(argv))
     assert train.epochs == 1 and train.lr == 0.05  # given
     assert train.weight_decay == load_protocol("proxy").train.weight_decay  # the protocol's
-    assert data.resolution == 48 and data.train_per_class == 1000  # not the CLI defaults
+    proxy = load_protocol("proxy").data
+    assert (data.resolution, data.train_per_class, data.batch_size) == (
+        proxy.resolution, proxy.train_per_class, proxy.batch_size)  # not the CLI defaults
     assert train.checkpoint_dir == str(tmp_path / "checkpoint")
 
 
