@@ -6,7 +6,8 @@ machine; on another CPU model or runtime version their figures drift (10% over-p
 measured on an Intel Xeon against the AMD EPYC table). So the main job uses a shipped table
 only where its provenance matches this host (:func:`nas.cost.host_check.host_mismatch`), and
 otherwise measures this host's table for the keys the space needs, once, into the user's
-cache (``$NAS_CACHE_DIR/tables/``, keyed by runtime, device, runtime version and harness):
+cache (``$NAS_CACHE_DIR/tables/``, keyed by runtime, device, runtime version, harness and
+space):
 
 * a short harness (the shipped table's, with :data:`QUICK_PASSES` interleaved passes instead
   of 10) keeps a Small-space build to about a minute of the main job's ten;
@@ -14,7 +15,8 @@ cache (``$NAS_CACHE_DIR/tables/``, keyed by runtime, device, runtime version and
   ``nas-lut build`` does by default) fits ``ms = a * sum + b``: an uncalibrated sum was
   14% off on the project's machine.
 
-A later run (any space, same host) reuses the cached table and measures only keys it lacks.
+A later run of the same space on the same host reuses the cached table (a space whose
+definition changed gets the keys it lacks measured, and a new calibration).
 Two processes building the same table take turns (a file lock), so neither repeats work.
 """
 
@@ -62,13 +64,16 @@ def quick_harness(runtime: str, shipped: Any | None) -> HarnessConfig:
     return HarnessConfig.from_dict({**settings, "runtime": runtime, "passes": QUICK_PASSES})
 
 
-def host_table_dir(harness: HarnessConfig, resolution: int, cache_dir: Path | None = None) -> Path:
-    """``<cache>/tables/<runtime>-<device>-<version>-<hash>``: one folder per host and harness."""
+def host_table_dir(harness: HarnessConfig, resolution: int, space_name: str,
+                   cache_dir: Path | None = None) -> Path:
+    """``<cache>/tables/<runtime>-<device>-<version>-r<res>-<space>-<hash>``: one folder per
+    host, harness and space (each table's calibration is fitted on its own space's networks)."""
     device, version = host_device(harness.runtime), host_runtime_version(harness.runtime)
     identity = {"device": device, "version": version, "resolution": resolution,
-                "harness": harness.to_dict()}
+                "space": space_name, "harness": harness.to_dict()}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    name = f"{harness.runtime}-{_slug(device)}-{_slug(version, 16)}-r{resolution}-{digest}"
+    name = (f"{harness.runtime}-{_slug(device)}-{_slug(version, 16)}-r{resolution}-"
+            f"{_slug(space_name)}-{digest}")
     return Path(cache_dir or default_cache_dir()) / "tables" / name
 
 
@@ -120,7 +125,7 @@ def host_table(space: Any, *, runtime: str, resolution: int, cache_dir: Path | N
     else:
         why = f"no table ships for runtime {runtime!r}"
     harness = quick_harness(runtime, shipped)
-    folder = host_table_dir(harness, resolution, cache_dir)
+    folder = host_table_dir(harness, resolution, space.name, cache_dir)
     with _locked(folder):
         existing = LatencyTable.load(folder, allow_empty=True) if (folder / PROVENANCE_FILE).is_file() else None
         missing = existing.missing_keys(space) if existing is not None else None
