@@ -150,31 +150,7 @@ class MobileNetV3Net(nn.Module):
             layers.append(Bneck(ctx.in_channels, ctx.block, options))
         head_act = activation_layer(resolved.head_activation, options.hswish)
         last_out = resolved.blocks[-1].out
-        if resolved.last_stage == "mobilenetv2":
-            # MobileNetV2 (Sandler et al. 2018, Table 2): 1x1 conv to 1280, pool, classifier.
-            layers.append(Conv2dNormActivation(last_out, resolved.last_conv, kernel_size=1,
-                                               norm_layer=norm_layer, activation_layer=head_act))
-            self.features = nn.Sequential(*layers)
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Sequential(
-                nn.Dropout(p=resolved.dropout),
-                nn.Linear(resolved.last_conv, resolved.num_classes),
-            )
-        elif resolved.last_stage == "efficient":
-            # Paper Fig. 5 (bottom): 1x1 expand, pool, 1x1 to the feature width, classifier.
-            layers.append(Conv2dNormActivation(last_out, resolved.last_conv, kernel_size=1,
-                                               norm_layer=norm_layer, activation_layer=head_act))
-            self.features = nn.Sequential(*layers)
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Sequential(
-                nn.Linear(resolved.last_conv, resolved.head_features),
-                head_act(inplace=True),
-                # Not in-place (torchvision's is): ReLU saves its output for backward, so an
-                # in-place dropout after an in-place ReLU head breaks autograd.
-                nn.Dropout(p=resolved.dropout),
-                nn.Linear(resolved.head_features, resolved.num_classes),
-            )
-        else:
+        if resolved.last_stage == "original":
             # Paper Fig. 5 (top), the MobileNetV2-style stage: expand, 3x3 depthwise,
             # project, 1x1 to the feature width, then pool and classify.
             project = original_stage_projection(resolved)
@@ -183,12 +159,29 @@ class MobileNetV3Net(nn.Module):
                 activation=resolved.head_activation, stride=1), options))
             layers.append(Conv2dNormActivation(project, resolved.head_features, kernel_size=1,
                                                norm_layer=norm_layer, activation_layer=head_act))
-            self.features = nn.Sequential(*layers)
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Sequential(
-                nn.Dropout(p=resolved.dropout, inplace=True),
-                nn.Linear(resolved.head_features, resolved.num_classes),
-            )
+            classifier: list[nn.Module] = [nn.Dropout(p=resolved.dropout, inplace=True),
+                                           nn.Linear(resolved.head_features, resolved.num_classes)]
+        else:
+            # Paper Fig. 5 (bottom) and MobileNetV2 (Sandler et al. 2018, Table 2): the 1x1
+            # conv to last_conv, pool; then the efficient stage's pooled 1x1 to the feature
+            # width and the classifier, or MobileNetV2's classifier alone.
+            layers.append(Conv2dNormActivation(last_out, resolved.last_conv, kernel_size=1,
+                                               norm_layer=norm_layer, activation_layer=head_act))
+            if resolved.last_stage == "mobilenetv2":
+                classifier = [nn.Dropout(p=resolved.dropout),
+                              nn.Linear(resolved.last_conv, resolved.num_classes)]
+            else:
+                classifier = [
+                    nn.Linear(resolved.last_conv, resolved.head_features),
+                    head_act(inplace=True),
+                    # Not in-place (torchvision's is): ReLU saves its output for backward, so
+                    # an in-place dropout after an in-place ReLU head breaks autograd.
+                    nn.Dropout(p=resolved.dropout),
+                    nn.Linear(resolved.head_features, resolved.num_classes),
+                ]
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(*classifier)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
