@@ -28,7 +28,6 @@ checkout continues the benchmark); checkpoints of runs in progress in ``--work``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -106,10 +105,8 @@ def protocol_of(name: str, args: argparse.Namespace) -> Protocol:
 
 
 def settings_key(protocol: Protocol) -> str:
-    """A short hash of what determines a protocol's results (not the data root's spelling)."""
-    settings = protocol.settings()
-    settings["data"].pop("root", None)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    """What ties a finished run to a protocol's settings (:meth:`Protocol.key`)."""
+    return protocol.key()
 
 
 def read_rows(folder: Path) -> list[dict[str, Any]]:

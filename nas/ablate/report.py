@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from nas.ablate.results import trained_arch
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 
@@ -34,8 +35,6 @@ def _ratio(rounds: list[float], base_rounds: list[float]) -> float | None:
 def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
                 protocol_key: str = "") -> pd.DataFrame:
     """One row per variant with every figure (NaN where not measured)."""
-    from nas.ablate.study import trained_arch
-
     e2e = _e2e_figures(results)
     base_spec = specs[study.baseline]
     base_e2e = e2e.get(to_string(base_spec))

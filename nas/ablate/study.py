@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.ablate.results import Results, protocol_key, trained_arch
 from nas.ablate.variants import AblationError, Variant, variant_from_dict
 from nas.arch.codecs import save_spec, to_string
 from nas.arch.spec import NetworkSpec
 from nas.config import Config, check_int, config_from_dict
 
 log = logging.getLogger("nas-ablate")
-RESULTS_FILE = "results.jsonl"
 
 
 @dataclass(frozen=True)
@@ -87,56 +87,7 @@ def study_from_dict(data: dict[str, Any]) -> Study:
                  notes=str(data.get("notes") or ""))
 
 
-# ---------------------------------------------------------------------------- the cache
-class Results:
-    """``results.jsonl``: one record per figure, keyed by kind, architecture and seed."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / RESULTS_FILE
-        self.records: dict[tuple, dict[str, Any]] = {}
-        if self.path.is_file():
-            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # A line cut by a kill is the last one; anything else is damage.
-                    log.warning("%s:%d: unreadable record skipped (measured again)", self.path, number)
-                    continue
-                self.records[self._key(record)] = record
-
-    @staticmethod
-    def _key(record: dict[str, Any]) -> tuple:
-        return record["kind"], record.get("arch", ""), record.get("seed")
-
-    def get(self, kind: str, arch: str = "", seed: int | None = None) -> dict[str, Any] | None:
-        return self.records.get((kind, arch, seed))
-
-    def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        self.records[self._key(record)] = record
-        return record
-
-
 # ---------------------------------------------------------------------------- the figures
-def trained_arch(spec: NetworkSpec, protocol_key: str) -> str:
-    """What an accuracy belongs to: the architecture (fused and decomposed h-swish are one
-    function, trained once) under one protocol's settings (a changed protocol trains anew)."""
-    return f"{to_string(spec.replace(hswish='fused'))}@{protocol_key}"
-
-
-def protocol_key(study: Study) -> str:
-    """A short hash of the accuracy protocol's result-changing settings."""
-    import hashlib
-
-    from nas.training.protocols import load_protocol
-
-    settings = load_protocol(study.accuracy.protocol).settings()
-    settings["data"].pop("root", None)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def measure_costs(specs: dict[str, NetworkSpec], results: Results) -> None:
     from nas.cost.profile import profile_spec
 
@@ -226,7 +177,7 @@ def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results
 
     torch.set_num_threads(settings.threads)
     protocol = load_protocol(settings.protocol, train={"progress": progress})
-    key = protocol_key(study)
+    key = protocol_key(study.accuracy.protocol)
     archs = {trained_arch(s, key): s for s in specs.values()}
     total = len(archs) * len(settings.seeds)
     done = sum(results.get("top1", a, seed) is not None for a in archs for seed in settings.seeds)
@@ -263,8 +214,7 @@ def run_study(study: Study, run_dir: Path, *, progress: bool = True) -> Path:
     end_to_end_latency(study, specs, results, run_dir, progress)
     proxy_accuracy(study, specs, results, run_dir, progress)
     return write_report(study, specs, results, run_dir,
-                        protocol_key(study) if study.accuracy.seeds else "")
+                        protocol_key(study.accuracy.protocol) if study.accuracy.seeds else "")
 
 
-__all__ = ["AccuracySettings", "LatencySettings", "Results", "Study", "protocol_key", "run_study",
-           "study_from_dict", "trained_arch"]
+__all__ = ["AccuracySettings", "LatencySettings", "Study", "run_study", "study_from_dict"]

@@ -11,6 +11,8 @@ relative to the project checkout). A protocol file holds a ``data:`` mapping
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,13 @@ class Protocol:
     def settings(self) -> dict[str, Any]:
         """The result-changing settings (what a cache of its results is keyed by)."""
         return {"data": self.data.settings(), "train": self.train.settings()}
+
+    def key(self) -> str:
+        """A short hash of :meth:`settings` without the data root's spelling: results
+        obtained under one protocol are found again by it, and never mixed with another's."""
+        settings = self.settings()
+        settings["data"].pop("root", None)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def protocol_names() -> list[str]:
