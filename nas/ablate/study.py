@@ -178,7 +178,9 @@ def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results
     torch.set_num_threads(settings.threads)
     protocol = load_protocol(settings.protocol, train={"progress": progress})
     key = protocol_key(study.accuracy.protocol)
-    archs = {trained_arch(s, key): s for s in specs.values()}
+    archs: dict[str, NetworkSpec] = {}
+    for spec in specs.values():  # the first variant of an architecture names its runs
+        archs.setdefault(trained_arch(spec, key), spec)
     total = len(archs) * len(settings.seeds)
     done = sum(results.get("top1", a, seed) is not None for a in archs for seed in settings.seeds)
     start = time.monotonic()
