@@ -116,3 +116,22 @@ def test_timm_carries_activations_and_the_se_ratio_torchvision_refuses_what_it_l
         to_torchvision(spec)
     with pytest.raises(SpecError, match="fixes se_ratio 0.25"):
         to_torchvision(SMALL.replace(se_ratio=0.5))
+
+
+def test_the_variants_export_to_onnx_as_their_own_ops(tmp_path):
+    """ReLU6 and swish layers, the sigmoid gate and the decomposed h-swish reach onnxruntime
+    with the same outputs; only the fused spec has HardSwish nodes."""
+    from nas.models.export import compare_with_onnxruntime, export_module, onnx_op_counts
+
+    x = torch.randn(1, 3, 64, 64)
+    fused = SMALL
+    variant = _variant(se_gate="soft", hswish="decomposed")
+    for spec, name in ((fused, "fused"), (variant, "variant")):
+        model = build_model(spec).eval()
+        path = export_module(model, x, tmp_path / f"{name}.onnx", exporter="torchscript")
+        assert compare_with_onnxruntime(model, path, x) < 1e-4
+        counts = onnx_op_counts(path)
+        if spec is fused:
+            assert counts["HardSwish"] > 0
+        else:
+            assert counts["HardSwish"] == 0 and counts["Sigmoid"] > 0 and counts["Clip"] > 0
