@@ -80,7 +80,7 @@ def _verdict(row: pd.Series, base: pd.Series, baseline: str) -> str:
         return "one seed: no spread, no ranking"
     noise = TIE_SIGMAS * max(row["top1_std"], base["top1_std"])
     if abs(row["top1_delta"]) <= noise:
-        return f"tie (|diff| <= {noise:.2f} = 2 seed std)"
+        return f"tie (difference within {noise:.2f} = 2 seed std)"
     return "better" if row["top1_delta"] > 0 else "worse"
 
 

@@ -153,6 +153,8 @@ def test_a_study_runs_end_to_end_and_a_second_start_measures_nothing_again(tmp_p
     assert frame.loc[1, "accuracy_verdict"] in ("better", "worse") or \
         frame.loc[1, "accuracy_verdict"].startswith("tie")
     text = (run / "ablation.md").read_text()
+    table_rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len({line.count("|") for line in table_rows}) == 1  # no cell breaks the table
     assert "| base |" in text and "51.4" in text and (run / "ablation.png").stat().st_size > 0
     assert load_spec(run / "specs" / "relu.yaml").stem_activation == "RE"
     records = (run / "results.jsonl").read_text().splitlines()
