@@ -12,6 +12,7 @@ COMMANDS = {
     "nas-lut": "latency lookup tables: build, validate, calibrate, predict, off-host export/import",
     "nas-supernet": "train a weight-sharing supernet; extract sub-networks",
     "nas-netadapt": "NetAdapt refinement of a network to a latency target (Hydra app)",
+    "nas-ablate": "the paper's ablations, ours beside its figures (Hydra app; -m for several)",
     "nas-arch": "bneck configs: show, export to ONNX, convert to timm/torchvision",
     "nas-study": "study storage maintenance (repair a torn journal)",
     "nas-predict": "top-5 classes of image files under a trained network",
