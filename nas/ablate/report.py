@@ -14,16 +14,16 @@ from typing import Any
 
 import pandas as pd
 
-from nas.ablate.results import trained_arch
+from nas.ablate.results import e2e_key, trained_arch
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 
 TIE_SIGMAS = 2.0
 
 
-def _e2e_figures(results: Any) -> dict[str, dict[str, Any]]:
-    records = [r for r in results.records.values() if r["kind"] == "e2e"]
-    return records[-1]["figures"] if records else {}
+def _e2e_record(study: Any, specs: dict[str, NetworkSpec], results: Any) -> dict[str, Any] | None:
+    """The end-to-end measurement of exactly this study's networks and rounds."""
+    return results.get("e2e", e2e_key(specs, study.latency.rounds))
 
 
 def _ratio(rounds: list[float], base_rounds: list[float]) -> float | None:
@@ -35,7 +35,8 @@ def _ratio(rounds: list[float], base_rounds: list[float]) -> float | None:
 def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
                 protocol_key: str = "") -> pd.DataFrame:
     """One row per variant with every figure (NaN where not measured)."""
-    e2e = _e2e_figures(results)
+    record = _e2e_record(study, specs, results)
+    e2e = record["figures"] if record else {}
     base_spec = specs[study.baseline]
     base_e2e = e2e.get(to_string(base_spec))
     rows = []
@@ -180,8 +181,8 @@ def write_report(study: Any, specs: dict[str, NetworkSpec], results: Any, run_di
     frame = study_frame(study, specs, results, protocol_key)
     csv = run_dir / "ablation.csv"
     write_text_atomic(csv, frame.to_csv(index=False))
-    e2e = [r for r in results.records.values() if r["kind"] == "e2e"]
-    write_text_atomic(run_dir / "ablation.md", markdown(study, frame, e2e[-1]["loadavg"] if e2e else None))
+    record = _e2e_record(study, specs, results)
+    write_text_atomic(run_dir / "ablation.md", markdown(study, frame, record["loadavg"] if record else None))
     plot(study, frame, run_dir / "ablation.png")
     return csv
 

@@ -21,6 +21,9 @@ class Results:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / RESULTS_FILE
         self.records: dict[tuple, dict[str, Any]] = {}
+        if self.path.is_file() and not self.path.read_bytes().endswith(b"\n"):
+            with open(self.path, "a", encoding="utf-8") as handle:  # end a line cut by a kill
+                handle.write("\n")
         if self.path.is_file():
             for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
                 try:
@@ -52,6 +55,11 @@ def trained_arch(spec: NetworkSpec, protocol_key: str) -> str:
     return f"{to_string(spec.replace(hswish='fused'))}@{protocol_key}"
 
 
+def e2e_key(specs: dict[str, NetworkSpec], rounds: int) -> str:
+    """The end-to-end measurement of exactly these networks over ``rounds`` rounds."""
+    return "|".join(sorted({to_string(s) for s in specs.values()})) + f"#{rounds}"
+
+
 def protocol_key(protocol: str) -> str:
     """The key of a training protocol's result-changing settings."""
     from nas.training.protocols import load_protocol
@@ -59,4 +67,4 @@ def protocol_key(protocol: str) -> str:
     return load_protocol(protocol).key()
 
 
-__all__ = ["RESULTS_FILE", "Results", "protocol_key", "trained_arch"]
+__all__ = ["RESULTS_FILE", "Results", "e2e_key", "protocol_key", "trained_arch"]

@@ -9,14 +9,14 @@ resumes from its checkpoint under ``<run>/checkpoints/``).
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas.ablate.results import Results, protocol_key, trained_arch
+from nas.ablate.results import Results, e2e_key, protocol_key, trained_arch
 from nas.ablate.variants import AblationError, Variant, variant_from_dict
 from nas.arch.codecs import save_spec, to_string
 from nas.arch.spec import NetworkSpec
@@ -49,7 +49,11 @@ class AccuracySettings(Config):
     threads: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.seeds, (list, tuple)):
+            raise AblationError(f"accuracy.seeds must be a list of seeds (e.g. [0, 1]), got {self.seeds!r}")
         object.__setattr__(self, "seeds", tuple(self.seeds))
+        for seed in self.seeds:
+            check_int("accuracy", "seeds", seed, minimum=0)
         check_int("accuracy", "threads", self.threads, minimum=1)
 
 
@@ -108,6 +112,7 @@ def table_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
     from nas.cost.table_files import resolve_table_dir
     from nas.search.space import load_space
 
+    _check_table_source(study, results)
     todo = {n: s for n, s in specs.items() if results.get("table", to_string(s)) is None}
     if not todo:
         return
@@ -138,6 +143,20 @@ def table_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
         results.add({"kind": "table", "arch": to_string(spec), "ms": table.predict(spec)})
 
 
+def _check_table_source(study: Study, results: Results) -> None:
+    """A run folder's latency figures come from one table and runtime: a study started again
+    with others is refused rather than mixing them."""
+    settings = study.latency
+    source = {"table": settings.table, "runtime": settings.runtime, "space": settings.space}
+    recorded = results.get("table_source")
+    if recorded is None:
+        results.add({"kind": "table_source", **source})
+    elif {k: recorded.get(k) for k in source} != source:
+        was = {k: recorded.get(k) for k in source}
+        raise AblationError(f"this run folder's latency figures were measured with {was}; "
+                            f"start a new run folder (hydra.run.dir=...) for {source}")
+
+
 def end_to_end_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
                        run_dir: Path, progress: bool) -> None:
     """All variants in the same interleaved rounds (so their ratios share the machine's state)."""
@@ -145,8 +164,7 @@ def end_to_end_latency(study: Study, specs: dict[str, NetworkSpec], results: Res
     from nas.cost.lut import LatencyTable
 
     rounds = study.latency.rounds
-    archs = sorted({to_string(s) for s in specs.values()})
-    key = "|".join(archs) + f"#{rounds}"
+    key = e2e_key(specs, rounds)
     if rounds == 0 or results.get("e2e", key) is not None:
         return
     harness = LatencyTable.load(run_dir / "latency_table").harness_config()
@@ -191,7 +209,10 @@ def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results
                 continue
             if loaders is None:
                 loaders = make_loaders(protocol.data, seed=seed)
-            folder = run_dir / "checkpoints" / f"{spec.name}-seed{seed}"
+            # Named by architecture and protocol too: a changed variant or protocol never
+            # resumes another's checkpoint.
+            digest = hashlib.sha256(arch.encode()).hexdigest()[:8]
+            folder = run_dir / "checkpoints" / f"{spec.name}-{digest}-seed{seed}"
             cfg = with_fields(protocol, train={"seed": seed, "checkpoint_dir": str(folder)}).train
             result = train(spec, protocol.data, cfg, loaders=loaders, resume=True)
             results.add({"kind": "top1", "arch": arch, "seed": seed, "top1": result.top1,

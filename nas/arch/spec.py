@@ -251,8 +251,11 @@ class NetworkSpec:
             raise SpecError(f"field 'width_mult' must be in (0, 16], got {self.width_mult}")
         _check_choice("width_convention", self.width_convention, WIDTH_CONVENTIONS, row=None)
         if isinstance(self.se_ratio, bool) or not isinstance(self.se_ratio, (int, float)) \
-                or not 0 < self.se_ratio <= 1:
-            raise SpecError(f"field 'se_ratio' must be a number in (0, 1], got {self.se_ratio!r}")
+                or not 0.001 <= self.se_ratio <= 1:
+            raise SpecError(f"field 'se_ratio' must be a number in [0.001, 1], got {self.se_ratio!r}")
+        if float(f"{self.se_ratio:g}") != self.se_ratio:  # keys and strings spell it with %g
+            raise SpecError(f"field 'se_ratio' must have at most 6 significant digits, got "
+                            f"{self.se_ratio!r}")
         _check_choice("se_gate", self.se_gate, SE_GATES, row=None)
         _check_choice("hswish", self.hswish, HSWISH_IMPLS, row=None)
 
@@ -294,8 +297,18 @@ class NetworkSpec:
         if m == 1.0:
             return self
         if self.width_convention == "torchvision":
-            return self._resolved_torchvision(m)
-        return self._resolved_tf(m)
+            scaled = self._resolved_torchvision(m)
+        else:
+            scaled = self._resolved_tf(m)
+        return scaled
+
+    def _head_widths(self, last_conv: int, head: int, m: float) -> dict[str, int]:
+        # MobileNetV2's head has one width, the last conv's, kept for m < 1 and scaled above
+        # (torchvision's mobilenet_v2: last_channel * max(1.0, width_mult)).
+        if self.last_stage == "mobilenetv2":
+            width = make_divisible(self.last_conv * max(1.0, m))
+            return {"last_conv": width, "head_features": width}
+        return {"last_conv": last_conv, "head_features": head}
 
     def _resolved_torchvision(self, m: float) -> NetworkSpec:
         # torchvision.models.mobilenetv3: every config channel goes through
@@ -308,8 +321,8 @@ class NetworkSpec:
         return self.replace(
             blocks=blocks,
             stem_channels=make_divisible(self.stem_channels * m),
-            last_conv=_keep_ratio(self.last_conv, self.blocks[-1].out, blocks[-1].out),
-            head_features=make_divisible(self.head_features * m),
+            **self._head_widths(_keep_ratio(self.last_conv, self.blocks[-1].out, blocks[-1].out),
+                                make_divisible(self.head_features * m), m),
             width_mult=1.0,
         )
 
@@ -332,8 +345,7 @@ class NetworkSpec:
         return self.replace(
             blocks=tuple(blocks),
             stem_channels=stem,
-            last_conv=_keep_ratio(self.last_conv, base_in, scaled_in),
-            head_features=head,
+            **self._head_widths(_keep_ratio(self.last_conv, base_in, scaled_in), head, m),
             width_mult=1.0,
         )
 

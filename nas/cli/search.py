@@ -22,6 +22,7 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from nas._io import write_text_atomic
 from nas.arch.spec import NetworkSpec
 from nas.errors import NASError
 from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
@@ -49,6 +50,7 @@ class SearchInterrupted(Exception):
 
 
 RUN_TABLE = "latency_table"  # a run's own copy of its table, with the keys it measured
+TABLE_CHOICE = "latency_table.txt"  # which table latency.table=auto chose for this run
 
 
 def table_dir(name_or_path: str) -> Path:
@@ -173,15 +175,24 @@ def build_sampler(cfg: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler
     return make_sampler(StudySettings(**{**settings.__dict__, "seed": seed}))
 
 
-def choose_table(cfg: dict[str, Any], space: SearchSpace) -> None:
+def choose_table(cfg: dict[str, Any], space: SearchSpace, run_dir: Path) -> None:
     """Resolve ``latency.table=auto`` to this host's table (:mod:`nas.cost.host_table`) and
-    say, in one line, which table the run uses and why; a pinned table is named as given."""
+    say, in one line, which table the run uses and why; a pinned table is named as given.
+
+    The choice is written to the run folder, and a resumed run keeps it: a study's trials
+    are all scored with one table even if the cache was rebuilt in between.
+    """
     from nas.cost.host_table import AUTO, host_table
 
     latency = cfg["latency"]
-    if latency["table"] == AUTO:
+    chosen = run_dir / TABLE_CHOICE
+    if latency["table"] == AUTO and cfg["resume"] and chosen.is_file():
+        latency["table"] = chosen.read_text(encoding="utf-8").strip()
+        print(f"nas-search: latency table {latency['table']} (this run's, resumed)", flush=True)
+    elif latency["table"] == AUTO:
         choice = host_table(space, runtime=latency["runtime"], resolution=latency["resolution"])
         latency["table"] = str(choice.path)
+        write_text_atomic(chosen, f"{choice.path}\n")
         print(f"nas-search: latency table {choice.path}: {choice.reason}", flush=True)
     else:
         print(f"nas-search: latency table {table_dir(latency['table'])} (latency.table, pinned)",
@@ -258,7 +269,7 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     check_config(cfg)
     space = build_space(cfg)
     settings = settings_of(cfg)
-    choose_table(cfg, space)
+    choose_table(cfg, space, run_dir)
     ensure_table_covers(cfg, space, run_dir)
     check_table_host(cfg)
     storage_settings = StorageSettings(run_dir=str(run_dir), url=cfg["storage"],

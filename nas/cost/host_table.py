@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from nas._io import default_cache_dir
 from nas.cost.harness import HarnessConfig
 from nas.cost.host_check import host_runtime_version, host_device, host_mismatch
-from nas.cost.table_files import PROVENANCE_FILE, SHIPPED_TABLES_DIR
+from nas.cost.table_files import PROVENANCE_FILE, SHIPPED_TABLES_DIR, LatencyTableError
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +115,28 @@ def host_table(space: Any, *, runtime: str, resolution: int, cache_dir: Path | N
     if name and (shipped_dir / name / PROVENANCE_FILE).is_file():
         shipped = LatencyTable.load(shipped_dir / name)
         differences = host_mismatch(shipped.provenance)
-        if not differences and shipped.resolution == resolution:
+        lacking = shipped.missing_keys(space) if shipped.resolution == resolution else []
+        if not differences and shipped.resolution == resolution and not lacking:
             return TableChoice(shipped.path, f"the shipped table {name} was measured on this "
                                              "host's device and runtime version")
-        why = (f"the shipped table {name} differs from this host: {'; '.join(differences)}"
-               if differences else f"the shipped table {name} is for {shipped.resolution} px")
+        if differences:
+            why = f"the shipped table {name} differs from this host: {'; '.join(differences)}"
+        elif lacking:
+            why = f"the shipped table {name} lacks {len(lacking)} key(s) of {space.name}"
+        else:
+            why = f"the shipped table {name} is for {shipped.resolution} px"
     elif name:
         why = f"the shipped table {name} is not installed"
     else:
         why = f"no table ships for runtime {runtime!r}"
     harness = quick_harness(runtime, shipped)
     folder = host_table_dir(harness, resolution, space.name, cache_dir)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LatencyTableError(f"cannot create the latency-table cache {folder.parent} ({err}); "
+                                "set NAS_CACHE_DIR to a writable folder or pin a table with "
+                                "latency.table=<folder>") from None
     with _locked(folder):
         existing = LatencyTable.load(folder, allow_empty=True) if (folder / PROVENANCE_FILE).is_file() else None
         missing = existing.missing_keys(space) if existing is not None else None

@@ -161,6 +161,8 @@ def parse_key(key: str) -> KeyFields:
         if g[8]:
             options = dataclasses.replace(options, se_gate="soft")
         act, options = _parse_act(g[9], options)
+        if g[6] and g[6] != _se_token(options):  # one spelling per SE setting (e.g. not _se0p25)
+            raise BadKeyError(f"{key!r}: write the SE part as {_se_token(options)!r}")
         return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=int(g[2]),
                          exp=int(g[3]), out=int(g[4]), stride=int(g[5]), se=bool(g[6]),
                          act=act, dilation=int(g[10] or 1), options=options)

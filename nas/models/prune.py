@@ -135,7 +135,8 @@ def check_prunable(source: NetworkSpec, target: NetworkSpec) -> None:
     for name in ("stem_channels", "last_conv", "head_features"):
         if getattr(target, name) > getattr(source, name):
             raise PruneError(f"field '{name}' grows ({getattr(source, name)} -> {getattr(target, name)})")
-    for name in ("stem_activation", "head_activation", "last_stage"):
+    for name in ("stem_activation", "head_activation", "last_stage", "se_ratio", "se_gate",
+                 "hswish"):
         if getattr(source, name) != getattr(target, name):
             raise PruneError(f"field '{name}' differs")
     if source.last_stage == "mobilenetv2":

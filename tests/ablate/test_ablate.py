@@ -167,10 +167,19 @@ def test_a_study_runs_end_to_end_and_a_second_start_measures_nothing_again(tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert len((run / "results.jsonl").read_text().splitlines()) == len(records)
 
+    # The same folder with another latency source is refused, not mixed.
+    other = _ablate(root, run, "ablation.latency.table=cpu-torch-1t-b1-224")
+    assert other.returncode == 2 and "start a new run folder" in other.stderr
 
-def test_a_bad_study_ends_with_one_line(tmp_path: Path):
+
+@pytest.mark.parametrize("override, message", [
+    ("ablation.baseline=nope", "ablation tiny: baseline 'nope' is not one of"),
+    ("ablation.accuracy.seeds=0", "accuracy.seeds must be a list of seeds"),
+    ("ablation.accuracy.seeds=[0,-1]", "accuracy.seeds must be an integer >= 0"),
+])
+def test_a_bad_study_ends_with_one_line(tmp_path: Path, override: str, message: str):
     root = _tiny_study(tmp_path)
-    result = _ablate(root, tmp_path / "run", "ablation.baseline=nope")
+    result = _ablate(root, tmp_path / "run", override)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("nas-ablate: error: ablation tiny: "
-                                                             "baseline 'nope' is not one of")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("nas-ablate: error: ") and message in last, last

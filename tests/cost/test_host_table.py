@@ -3,6 +3,7 @@ this host's own table, measured once into the user's cache and calibrated."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,3 +68,21 @@ def test_another_hosts_table_gives_way_to_this_hosts_cached_calibrated_one(
                        shipped_dir=other, progress=False)
     assert again.path == first.path and "cached" in again.reason
 
+
+
+def test_a_matching_table_that_lacks_the_spaces_keys_gives_way_too(measured_here: Path, tmp_path: Path):
+    bigger = dataclasses.replace(SPACE, name="tiny_k7", kernels=(3, 5, 7))
+    choice = host_table(bigger, runtime="torch-cpu", resolution=64, cache_dir=tmp_path,
+                        shipped_dir=measured_here, progress=False)
+    assert "lacks" in choice.reason and choice.path.parent == tmp_path / "tables"
+    assert LatencyTable.load(choice.path).missing_keys(bigger) == []
+
+
+def test_an_unwritable_cache_is_a_clear_error(measured_here: Path, tmp_path: Path):
+    from nas.cost.table_files import LatencyTableError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LatencyTableError, match="set NAS_CACHE_DIR to a writable folder"):
+        host_table(SPACE, runtime="torch-cpu", resolution=64,
+                   cache_dir=blocker, shipped_dir=tmp_path / "none", progress=False)
