@@ -331,3 +331,15 @@ def test_a_fresh_one_worker_run_is_repeatable(tmp_path: Path, tiny_table: Path):
         assert result.returncode == 0, result.stderr[-3000:]
     specs = [list(pd.read_csv(tmp_path / f"run{i}" / "trials.csv")["spec"]) for i in (0, 1)]
     assert specs[0] == specs[1]  # the configured seed, not a per-start one
+
+
+def test_a_resumed_auto_run_keeps_the_table_it_chose(tmp_path: Path, tiny_table: Path, capsys):
+    """latency.table=auto is resolved once per run: a resumed study is scored with the same
+    table even when the cache has been rebuilt since."""
+    from nas.cli.search import TABLE_CHOICE, choose_table
+
+    (tmp_path / TABLE_CHOICE).write_text(f"{tiny_table}\n")
+    cfg = {"latency": {"table": "auto", "runtime": "torch-cpu", "resolution": 64}, "resume": True}
+    choose_table(cfg, load_space(SPACES / "space" / "tiny.yaml"), tmp_path)
+    assert cfg["latency"]["table"] == str(tiny_table)
+    assert "resumed" in capsys.readouterr().out
