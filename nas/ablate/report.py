@@ -67,9 +67,21 @@ def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
     frame = pd.DataFrame(rows)
     base = frame[frame["variant"] == study.baseline].iloc[0]
     frame["madds_delta_m"] = frame["madds_m"] - base["madds_m"]
+    frame["paper_ratio"] = [_paper_ratio(row, base) for _, row in frame.iterrows()]
     frame["top1_delta"] = frame["top1_mean"] - base["top1_mean"]
     frame["accuracy_verdict"] = [_verdict(row, base, study.baseline) for _, row in frame.iterrows()]
     return frame
+
+
+def _paper_ratio(row: pd.Series, base: pd.Series) -> float | None:
+    """The paper's latency of the variant over its baseline's (from ms, or ms_delta)."""
+    base_ms = _paper(base, "ms")
+    if base_ms is None:
+        return None
+    ms, delta = _paper(row, "ms"), _paper(row, "ms_delta")
+    if ms is None and delta is not None:
+        ms = base_ms + delta
+    return None if ms is None else ms / base_ms
 
 
 def _verdict(row: pd.Series, base: pd.Series, baseline: str) -> str:
@@ -120,9 +132,9 @@ def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> st
         lines += [study.notes.strip(), ""]
     lines += [
         "| variant | params (M) | MAdds (M) | paper params / MAdds (M) | dMAdds (M) | paper dMAdds "
-        "| table ms | measured ms (IQR) | ratio | paper ms | top-1 % (seeds) | d top-1 | verdict "
-        "| paper top-1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| table ms | measured ms (IQR) | ratio | paper ms | paper ratio | top-1 % (seeds) | d top-1 "
+        "| verdict | paper top-1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in frame.iterrows():
         top1 = ("-" if pd.isna(r["top1_mean"]) else
@@ -131,7 +143,7 @@ def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> st
             f"| {r['variant']} | {_fmt(r['params_m'])} | {_fmt(r['madds_m'], 1)} | {_paper_costs(r)} | "
             f"{_fmt(r['madds_delta_m'], 1, sign=True)} | {_fmt(r.get('paper_madds_delta_m'), 0, sign=True)} | "
             f"{_fmt(r['table_ms'])} | {_fmt(r['e2e_ms'])} ({_fmt(r['e2e_iqr_ms'])}) | "
-            f"{_fmt(r['e2e_ratio'], 3)} | {_paper_ms(r)} | {top1} | {_fmt(r['top1_delta'], 2, sign=True)} | "
+            f"{_fmt(r['e2e_ratio'], 3)} | {_paper_ms(r)} | {_fmt(r['paper_ratio'], 3)} | {top1} | {_fmt(r['top1_delta'], 2, sign=True)} | "
             f"{r['accuracy_verdict']} | {_fmt(r.get('paper_top1'), 1)} |")
     lines += ["", f"Baseline: {study.baseline}. Measured latency: the harness's figure over "
               f"{study.latency.rounds} interleaved rounds, all variants in the same rounds; "
