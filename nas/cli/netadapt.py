@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.arch.spec import NetworkSpec
 from nas.errors import NASError
-from nas.interrupts import install_sigint_handler
 
 log = logging.getLogger("nas-netadapt")
 
@@ -191,8 +190,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
-    install_sigint_handler()
-    _hydra_main()
+    from nas.cli.hydra_app import run_hydra_app
+
+    run_hydra_app("nas-netadapt", _hydra_main)
 
 
 if __name__ == "__main__":
