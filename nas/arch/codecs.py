@@ -160,7 +160,12 @@ def spec_from_dict(data: object, where: str = "") -> NetworkSpec:
     if not isinstance(rows, list) or not rows:
         raise SpecError(f"{where}field 'bneck' must be a non-empty list of rows")
     blocks = tuple(row_to_block(row, i, where) for i, row in enumerate(rows))
-    ops = _mapping(data["ops"], "ops", _OPS_KEYS, where) if "ops" in data else _ops_of_defaults()
+    ops = _ops_of_defaults()
+    if "ops" in data:  # any subset of the fields; the rest keep the paper's values
+        given = data["ops"]
+        if not isinstance(given, dict) or sorted(set(given) - set(_OPS_KEYS)):
+            _mapping(given, "ops", _OPS_KEYS, where)  # names what is wrong
+        ops.update(given)
     try:
         return NetworkSpec(
             blocks=blocks,

@@ -97,6 +97,8 @@ def test_bad_ops_in_yaml_and_strings_are_named():
     text = to_yaml(SMALL.replace(se_ratio=0.5))
     with pytest.raises(SpecError, match=r"'ops' has unknown field\(s\) \['gate'\]"):
         from_yaml(text.replace("se_gate:", "gate:"))
+    partial = from_yaml(to_yaml(SMALL) + "ops: {se_gate: soft}\n")  # the rest: the paper's
+    assert (partial.se_gate, partial.se_ratio, partial.hswish) == ("soft", 0.25, "fused")
     with pytest.raises(SpecError, match="ops0.25_hard_fused"):
         from_string(to_string(SMALL) + "|ops0.5_medium_fused")
 
