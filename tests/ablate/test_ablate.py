@@ -18,7 +18,7 @@ from nas.arch.codecs import load_spec, save_spec
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
 from nas.cost.profile import profile_spec
-from tests.conftest import TINY
+from conftest import TINY  # five blocks with every pruning case
 
 STUDIES = Path(__file__).resolve().parents[2] / "nas" / "conf" / "ablation"
 
