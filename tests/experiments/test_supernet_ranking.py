@@ -1,0 +1,50 @@
+"""Supernet ranking against the repeatability benchmark's reference: a tiny supernet, a tiny
+benchmark folder, the figures written."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from nas.arch.codecs import to_string
+from nas.search.space import load_space
+from nas.supernet.train import SupernetTrainConfig, checkpoint_file, new_supernet, train_supernet
+from nas.training.data_config import DataConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+import supernet_ranking  # noqa: E402
+
+SPACE_FILE = Path(__file__).resolve().parents[1] / "data" / "spaces" / "space" / "tiny.yaml"
+DATA = {"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples": 64,
+        "val_samples": 32, "batch_size": 16, "seed": 0}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_ranking_against_the_reference_mean_is_written(tmp_path: Path):
+    space = load_space(SPACE_FILE)
+    cfg = SupernetTrainConfig(steps=2, lr=0.05, num_random=1, device="cpu", progress=False)
+    train_supernet(new_supernet(space, 4, cfg), DataConfig(**DATA), cfg, checkpoint_dir=tmp_path / "sn")
+    rng = random.Random(0)
+    specs = [space.sample(rng) for _ in range(4)]
+    runs = [{"protocol": "reference", "spec": f"s{i}", "arch": to_string(s), "seed": seed,
+             "top1": 0.5 + 0.01 * i + 0.001 * seed} for i, s in enumerate(specs) for seed in (0, 1)]
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    pd.DataFrame(runs).to_csv(bench / "runs.csv", index=False)
+    (bench / "summary.yaml").write_text(yaml.safe_dump(
+        {"protocols": {"reference": {"seed_to_seed_tau_mean": 0.79}}}))
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
+    summary = supernet_ranking.main(["--checkpoint", str(checkpoint_file(tmp_path / "sn")),
+                                     "--protocol", str(protocol), "--benchmark", str(bench),
+                                     "--bn-batches", "1", "--out", str(tmp_path / "out")])
+    assert summary["specs"] == 4 and summary["reference_seeds"] == [0, 1]
+    assert -1 <= summary["kendall_tau_vs_reference_mean"] <= 1
+    assert summary["reference_seed_to_seed_tau"] == 0.79 and summary["supernet_steps"] == 2
+    ranking = pd.read_csv(tmp_path / "out" / "ranking.csv")
+    assert ranking["supernet_top1"].between(0, 1).all() and len(ranking) == 4
