@@ -21,6 +21,7 @@ from nas.ablate.variants import AblationError, Variant, variant_from_dict
 from nas.arch.codecs import save_spec, to_string
 from nas.arch.spec import NetworkSpec
 from nas.config import Config, check_int, config_from_dict
+from nas.cost.sampling import loadavg
 
 log = logging.getLogger("nas-ablate")
 
@@ -171,14 +172,8 @@ def end_to_end_latency(study: Study, specs: dict[str, NetworkSpec], results: Res
     distinct = {to_string(s): s for s in specs.values()}
     figures = measure_end_to_end(list(distinct.values()), harness, rounds=rounds,
                                  progress=progress, desc="end to end")
-    results.add({"kind": "e2e", "arch": key, "loadavg": list(_loadavg()),
+    results.add({"kind": "e2e", "arch": key, "loadavg": loadavg(),
                  "figures": {arch: fig for arch, fig in zip(distinct, figures)}})
-
-
-def _loadavg() -> tuple[float, float, float]:
-    import os
-
-    return os.getloadavg()
 
 
 def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results, run_dir: Path,
@@ -217,7 +212,7 @@ def proxy_accuracy(study: Study, specs: dict[str, NetworkSpec], results: Results
             result = train(spec, protocol.data, cfg, loaders=loaders, resume=True)
             results.add({"kind": "top1", "arch": arch, "seed": seed, "top1": result.top1,
                          "protocol": settings.protocol, "seconds": result.seconds,
-                         "loadavg": list(_loadavg())})
+                         "loadavg": loadavg()})
             done += 1
             log.info("accuracy %d/%d: %s seed %d top-1 %.2f%% (%.0f s; %.0f s in all so far)",
                      done, total, spec.name, seed, 100 * result.top1, result.seconds,

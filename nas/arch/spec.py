@@ -297,10 +297,8 @@ class NetworkSpec:
         if m == 1.0:
             return self
         if self.width_convention == "torchvision":
-            scaled = self._resolved_torchvision(m)
-        else:
-            scaled = self._resolved_tf(m)
-        return scaled
+            return self._resolved_torchvision(m)
+        return self._resolved_tf(m)
 
     def _head_widths(self, last_conv: int, head: int, m: float) -> dict[str, int]:
         # MobileNetV2's head has one width, the last conv's, kept for m < 1 and scaled above
