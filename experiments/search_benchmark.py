@@ -21,6 +21,7 @@ sampler, and the trials each sampler needs to reach random sampling's final mean
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-ms", type=float, default=None,
                         help="MnasNet TAR (default: canonical Small's table latency)")
     parser.add_argument("--bn-batches", type=int, default=8)
-    parser.add_argument("--val-batches", type=int, default=None)
+    parser.add_argument("--val-samples", type=int, default=None,
+                        help="score on a seeded subset of val of this many images (default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args(argv)
@@ -168,9 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "mnasnet" and args.target_ms is None:
         args.target_ms = table.predict(canonical)
     supernet, _ = load_supernet(args.checkpoint)
-    data = load_protocol(args.protocol).data
-    scores = CachedScores(SupernetEvaluator(supernet, data, bn_batches=args.bn_batches,
-                                            val_batches=args.val_batches, device="cpu"),
+    data = dataclasses.replace(load_protocol(args.protocol).data, val_samples=args.val_samples)
+    scores = CachedScores(SupernetEvaluator(supernet, data, bn_batches=args.bn_batches, device="cpu"),
                           args.work / "scores.jsonl")
 
     def objective_for(settings: StudySettings) -> Objective:

@@ -2,9 +2,14 @@
 of the repeatability benchmark (the same 8 Small-space networks, ``runs.csv``).
 
 Each network is scored by its sub-network of the supernet (BatchNorm recalibrated on
-``--bn-batches`` training batches, the whole CIFAR-10 ``val``), then Kendall tau and Spearman
-rho against the reference's mean top-1 are written beside the reference's own seed-to-seed
-tau (``summary.yaml`` of the benchmark) and the seconds each score took.
+``--bn-batches`` training batches, CIFAR-10 ``val`` or a seeded class-balanced-in-expectation
+subset of ``--val-samples`` images), then Kendall tau and Spearman rho against the reference's
+mean top-1 are written beside the reference's own seed-to-seed tau (``summary.yaml`` of the
+benchmark) and the seconds each score took.
+
+``--sweep-bn`` / ``--sweep-val`` score every combination of calibration batches and validation
+images (``scoring_sweep.csv``): the ranking each scoring budget buys and what it costs, the
+figure that sets the search's ``evaluator.bn_batches`` and ``data.val_samples``.
 
     python experiments/supernet_ranking.py --checkpoint outputs/supernet/<run>/supernet.pt \
         --out experiments/results/supernet_cifar10
@@ -13,10 +18,14 @@ tau (``summary.yaml`` of the benchmark) and the seconds each score took.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -28,18 +37,51 @@ from scipy.stats import kendalltau, spearmanr  # noqa: E402
 BENCHMARK = REPO / "experiments" / "results" / "repeatability"
 
 
+def rank(supernet: Any, data: Any, mean: pd.DataFrame, bn_batches: int) -> pd.DataFrame:
+    """Score every benchmark network once: its supernet top-1 and the seconds it took."""
+    from nas.arch.codecs import from_string
+    from nas.supernet.evaluator import SupernetEvaluator
+
+    evaluator = SupernetEvaluator(supernet, data, bn_batches=bn_batches, device="cpu")
+    # Decode and cache the batches first, so no candidate's time includes them.
+    list(evaluator.calibration_batches())
+    list(evaluator.validation_batches())
+    rows = []
+    for _, row in mean.iterrows():
+        started = time.perf_counter()
+        score = evaluator.evaluate(from_string(row["arch"]).replace(num_classes=supernet.num_classes))
+        rows.append({"spec": row["spec"], "reference_top1_mean": row["top1"],
+                     "supernet_top1": score.top1, "seconds": time.perf_counter() - started})
+    return pd.DataFrame(rows)
+
+
+def agreement(frame: pd.DataFrame) -> dict[str, float]:
+    """Kendall tau (with p), Spearman rho and seconds per candidate of one scoring."""
+    tau, tau_p = kendalltau(frame["supernet_top1"], frame["reference_top1_mean"])
+    rho, _ = spearmanr(frame["supernet_top1"], frame["reference_top1_mean"])
+    return {"kendall_tau_vs_reference_mean": round(float(tau), 3),
+            "kendall_p": round(float(tau_p), 3),
+            "spearman_rho": round(float(rho), 3),
+            "seconds_per_candidate_median": round(statistics.median(frame["seconds"]), 2),
+            "seconds_per_candidate_max": round(float(frame["seconds"].max()), 2)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--protocol", default="proxy", help="the data the supernet is scored on")
     parser.add_argument("--benchmark", type=Path, default=BENCHMARK)
     parser.add_argument("--bn-batches", type=int, default=8)
+    parser.add_argument("--val-samples", type=int, default=None,
+                        help="score on a seeded subset of val of this many images (default: all)")
+    parser.add_argument("--sweep-bn", type=int, nargs="+", default=None,
+                        help="also score with each of these calibration batch counts")
+    parser.add_argument("--sweep-val", type=int, nargs="+", default=None,
+                        help="also score on each of these val subset sizes (0: all of val)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     import torch
 
-    from nas.arch.codecs import from_string
-    from nas.supernet.evaluator import SupernetEvaluator
     from nas.supernet.train import load_supernet
     from nas.training.protocols import load_protocol
 
@@ -48,35 +90,38 @@ def main(argv: list[str] | None = None) -> dict:
     reference = runs[runs["protocol"] == "reference"]
     mean = reference.groupby(["spec", "arch"])["top1"].mean().reset_index()
     supernet, record = load_supernet(args.checkpoint)
-    evaluator = SupernetEvaluator(supernet, load_protocol(args.protocol).data,
-                                  bn_batches=args.bn_batches, device="cpu")
-    rows = []
-    for _, row in mean.iterrows():
-        started = time.perf_counter()
-        score = evaluator.evaluate(from_string(row["arch"]).replace(num_classes=supernet.num_classes))
-        rows.append({"spec": row["spec"], "reference_top1_mean": row["top1"],
-                     "supernet_top1": score.top1, "seconds": time.perf_counter() - started})
-    frame = pd.DataFrame(rows)
-    tau, tau_p = kendalltau(frame["supernet_top1"], frame["reference_top1_mean"])
-    rho, _ = spearmanr(frame["supernet_top1"], frame["reference_top1_mean"])
+    data = load_protocol(args.protocol).data
+
+    def with_val(samples: int | None) -> Any:
+        return dataclasses.replace(data, val_samples=samples or None)
+
+    frame = rank(supernet, with_val(args.val_samples), mean, args.bn_batches)
     benchmark = yaml.safe_load((args.benchmark / "summary.yaml").read_text())
     summary = {
         "checkpoint": str(args.checkpoint),
         "supernet_steps": int(record["progress"]["step"]),
         "specs": len(frame),
         "reference_seeds": sorted(int(s) for s in reference["seed"].unique()),
-        "kendall_tau_vs_reference_mean": round(float(tau), 3),
-        "kendall_p": round(float(tau_p), 3),
-        "spearman_rho": round(float(rho), 3),
+        "bn_batches": args.bn_batches,
+        "val_images": args.val_samples or "all",
+        **agreement(frame),
         "reference_seed_to_seed_tau": benchmark["protocols"]["reference"]["seed_to_seed_tau_mean"],
-        "seconds_per_candidate_median": round(statistics.median(frame["seconds"]), 2),
-        "seconds_per_candidate_max": round(float(frame["seconds"].max()), 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "ranking.csv", index=False)
     (args.out / "ranking.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     print(frame.to_string(index=False))
     print(yaml.safe_dump(summary, sort_keys=False))
+    if args.sweep_bn or args.sweep_val:
+        sweep = []
+        for bn, val in itertools.product(args.sweep_bn or [args.bn_batches],
+                                         args.sweep_val or [args.val_samples or 0]):
+            scored = rank(supernet, with_val(val), mean, bn)
+            sweep.append({"bn_batches": bn, "val_images": val or "all", **agreement(scored),
+                          "load_average_1min": round(os.getloadavg()[0], 2)})
+            print(sweep[-1], flush=True)
+        pd.DataFrame(sweep).to_csv(args.out / "scoring_sweep.csv", index=False)
     return summary
 
 

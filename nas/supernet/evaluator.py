@@ -61,7 +61,6 @@ class SupernetEvaluatorConfig:
     Attributes:
         checkpoint: a ``nas-supernet train`` checkpoint; None trains one into the run folder.
         bn_batches: training batches for BatchNorm recalibration per candidate.
-        val_batches: cap on validation batches per candidate (None: the whole split).
         cache_batches: keep the calibration and validation batches in memory (decode and
             resize the images once, not once per candidate).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -71,7 +70,6 @@ class SupernetEvaluatorConfig:
 
     checkpoint: str | None = None
     bn_batches: int = 8
-    val_batches: int | None = None
     cache_batches: bool = True
     device: str = "auto"
     channels_last: bool = True
@@ -82,7 +80,6 @@ class SupernetEvaluatorConfig:
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, Path)):
             raise ConfigError(f"{owner}.checkpoint must be a path or null, got {self.checkpoint!r}")
         check_int(owner, "bn_batches", self.bn_batches, minimum=1)
-        check_int(owner, "val_batches", self.val_batches, minimum=1, optional=True)
         for flag in ("cache_batches", "channels_last"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{owner}.{flag} must be true or false, got {getattr(self, flag)!r}")
@@ -108,7 +105,6 @@ class SupernetEvaluator:
         supernet: the trained supernet.
         data_cfg: the data (the validation split is scored, training batches calibrate BN).
         bn_batches: training batches for BatchNorm recalibration.
-        val_batches: cap on validation batches (None: all).
         device: where to run (``auto``: CUDA when present).
         loaders: prebuilt loaders for ``data_cfg``.
         cache_batches: keep calibration and validation batches in memory.
@@ -119,16 +115,14 @@ class SupernetEvaluator:
     """
 
     def __init__(self, supernet: Supernet, data_cfg: DataConfig, *, bn_batches: int = 8,
-                 val_batches: int | None = None, device: str = "auto",
+                 device: str = "auto",
                  loaders: Loaders | None = None, cache_batches: bool = True, seed: int = 0,
                  channels_last: bool = True, provenance: dict[str, Any] | None = None) -> None:
         check_int("SupernetEvaluator", "bn_batches", bn_batches, minimum=1)
-        check_int("SupernetEvaluator", "val_batches", val_batches, minimum=1, optional=True)
         self.device = resolve_device(device)
         self.supernet = supernet.to(self.device).eval()
         self.data_cfg = data_cfg
         self.bn_batches = bn_batches
-        self.val_batches = val_batches
         self.loaders = loaders or make_loaders(data_cfg, seed=seed,
                                                pin_memory=self.device.type == "cuda")
         if self.loaders.num_classes != supernet.num_classes:
@@ -155,9 +149,9 @@ class SupernetEvaluator:
         return self._prepare(islice(self.loaders.train, self.bn_batches))
 
     def _validation_source(self) -> Iterable[Any]:
-        if self.val_batches is None:
-            return self._prepare(self.loaders.val)
-        return self._prepare(islice(self.loaders.val, self.val_batches))
+        # The whole split: its batches come in class order, so a cap on batches would score a
+        # few classes only; a smaller, seeded subset is DataConfig.val_samples.
+        return self._prepare(self.loaders.val)
 
     def calibration_batches(self) -> Iterable[Any]:
         """The BatchNorm recalibration batches (cached after the first call when enabled)."""
@@ -188,7 +182,7 @@ class SupernetEvaluator:
         top1, top5, loss = evaluate_model(self.supernet, self.validation_batches(), self.device)
         details = {
             "evaluator": "supernet", "arch": to_string(spec), "val_loss": loss,
-            "bn_batches": self.bn_batches, "val_batches": self.val_batches,
+            "bn_batches": self.bn_batches, "val_images": self.data_cfg.val_samples or "all",
             "resolution": self.data_cfg.resolution, "seconds": time.perf_counter() - started,
             **self.provenance,
         }
@@ -276,7 +270,7 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
         log.info("supernet ready: %d steps, %.0f s", result.steps, result.seconds)
     provenance = {"supernet_checkpoint": str(path), "supernet_steps": steps}
     return SupernetEvaluator(supernet, data_cfg, bn_batches=ev_cfg.bn_batches,
-                             val_batches=ev_cfg.val_batches, device=ev_cfg.device, loaders=loaders,
+                             device=ev_cfg.device, loaders=loaders,
                              cache_batches=ev_cfg.cache_batches, seed=ev_cfg.train.seed,
                              channels_last=ev_cfg.channels_last, provenance=provenance)
 

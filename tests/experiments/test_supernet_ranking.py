@@ -48,3 +48,28 @@ def test_ranking_against_the_reference_mean_is_written(tmp_path: Path):
     assert summary["reference_seed_to_seed_tau"] == 0.79 and summary["supernet_steps"] == 2
     ranking = pd.read_csv(tmp_path / "out" / "ranking.csv")
     assert ranking["supernet_top1"].between(0, 1).all() and len(ranking) == 4
+
+
+def test_scoring_sweep_writes_one_row_per_budget(tmp_path: Path):
+    space = load_space(SPACE_FILE)
+    cfg = SupernetTrainConfig(steps=1, lr=0.05, num_random=1, device="cpu", progress=False)
+    train_supernet(new_supernet(space, 4, cfg), DataConfig(**DATA), cfg, checkpoint_dir=tmp_path / "sn")
+    rng = random.Random(1)
+    runs = [{"protocol": "reference", "spec": f"s{i}", "arch": to_string(space.sample(rng)),
+             "seed": 0, "top1": 0.5 + 0.01 * i} for i in range(3)]
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    pd.DataFrame(runs).to_csv(bench / "runs.csv", index=False)
+    (bench / "summary.yaml").write_text(yaml.safe_dump(
+        {"protocols": {"reference": {"seed_to_seed_tau_mean": None}}}))
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
+    supernet_ranking.main(["--checkpoint", str(checkpoint_file(tmp_path / "sn")),
+                           "--protocol", str(protocol), "--benchmark", str(bench),
+                           "--bn-batches", "1", "--val-samples", "16", "--sweep-bn", "1", "2",
+                           "--sweep-val", "0", "16", "--out", str(tmp_path / "out")])
+    sweep = pd.read_csv(tmp_path / "out" / "scoring_sweep.csv")
+    assert sweep[["bn_batches", "val_images"]].astype(str).values.tolist() == [
+        ["1", "all"], ["1", "16"], ["2", "all"], ["2", "16"]]
+    assert (sweep["seconds_per_candidate_median"] > 0).all()
+    assert yaml.safe_load((tmp_path / "out" / "ranking.yaml").read_text())["val_images"] == 16
