@@ -56,7 +56,10 @@ def to_timm(spec: NetworkSpec) -> dict[str, Any]:
         if b.dilation != 1:
             raise SpecError(f"bneck row {ctx.index + 1}: timm arch_def strings carry no dilation")
         code += (se_code if b.se else "") + f"_n{b.activation.lower()}"
-        if not stages or b.stride == 2:
+        # timm's grouping of its canonical nets: a new stage at every stride-2 block and at
+        # every change of width (Large's c112, Small's c48), so state_dict keys
+        # (blocks.<stage>.<block>) match timm's own mobilenetv3_*_100 models.
+        if not stages or b.stride == 2 or b.out != ctx.in_channels:
             stages.append([])
         stages[-1].append(code)
     stages.append([f"cn_r1_k1_s1_c{spec.last_conv}_n{spec.head_activation.lower()}"])
@@ -68,6 +71,7 @@ def to_timm(spec: NetworkSpec) -> dict[str, Any]:
         "num_classes": spec.num_classes,
         "drop_rate": spec.dropout,
     }
+
 
 
 _TIMM_ACT = {"re": "RE", "hs": "HS", "r6": "R6", "sw": "SW"}
@@ -153,7 +157,8 @@ def from_timm(
 
 # ---------------------------------------------------------------------------- torchvision rows
 def to_torchvision(spec: NetworkSpec) -> str:
-    """torchvision ``bneck_conf`` rows plus ``last_channel``, for ``MobileNetV3(...)``.
+    """A runnable torchvision snippet: imports, ``bneck_conf`` rows, ``last_channel`` and
+    ``model = MobileNetV3(...)``.
 
     torchvision's MobileNetV3 class fixes some things this project lets vary (h-swish stem
     and head, last conv = 6 x last output, efficient last stage); where the spec differs a
@@ -163,6 +168,10 @@ def to_torchvision(spec: NetworkSpec) -> str:
     lines = [
         "# torchvision.models.mobilenetv3: MobileNetV3(inverted_residual_setting, last_channel)",
         "# bneck_conf(input_channels, kernel, expanded_channels, out_channels, use_se, activation, stride, dilation)",
+        "from functools import partial",
+        "",
+        "from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3",
+        "",
     ]
     notes = []
     if spec.stem_activation != "HS":
@@ -194,6 +203,8 @@ def to_torchvision(spec: NetworkSpec) -> str:
         )
     lines.append("]")
     lines.append(f"last_channel = {spec.head_features}")
+    lines.append(f"model = MobileNetV3(inverted_residual_setting, last_channel, "
+                 f"num_classes={spec.num_classes}, dropout={spec.dropout})")
     return "\n".join(lines) + "\n"
 
 

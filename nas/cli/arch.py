@@ -3,6 +3,7 @@
     nas-arch show large
     nas-arch export path/to/bneck.yaml --onnx net.onnx
     nas-arch convert small --to timm
+    nas-arch convert small --to timm-python > small_timm.py   # builds it with timm's builder
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ from pathlib import Path
 
 from nas.arch.codecs import load_spec, to_string, to_yaml
 from nas.arch.convert import to_timm, to_torchvision
-from nas.arch.spec import SpecError
+from nas.arch.spec import NetworkSpec, SpecError
 from nas.models.layers import format_table, paper_rows
 
 CONVERTERS = {
     "yaml": to_yaml,
     "string": lambda spec: to_string(spec) + "\n",
     "timm": lambda spec: json.dumps(to_timm(spec), indent=2) + "\n",
+    "timm-python": lambda spec: _timm_python(spec),
     "torchvision": to_torchvision,
 }
+
+
+def _timm_python(spec: NetworkSpec) -> str:
+    from nas.models.timm_interop import to_timm_python  # imports torch: only when asked
+
+    return to_timm_python(spec)
 
 
 def _show(args: argparse.Namespace) -> None:
