@@ -62,6 +62,13 @@ def test_bad_search_space(tmp_path: Path, edit, names: list[str]) -> None:
     assert not (tmp_path / "run" / "trials.csv").exists()
 
 
+def test_missing_data_folder_is_named_before_the_study_starts(tmp_path: Path) -> None:
+    result = _run("nas-search", f"data.root={tmp_path / 'no-cifar'}", f"hydra.run.dir={tmp_path / 'run'}")
+    _assert_clean_error(result, f"data.root {tmp_path / 'no-cifar'}", "no such directory",
+                        "data=synthetic evaluator=proxy")
+    assert not (tmp_path / "run" / "study.journal").exists()
+
+
 @pytest.mark.parametrize("override, names", [
     ("trials=abc", ["trials must be an integer >= 1", "'abc'"]),
     ("n_workers=0", ["n_workers must be an integer >= 1, got 0"]),
@@ -106,6 +113,7 @@ def test_a_table_from_another_host_warns_and_strict_refuses(tmp_path: Path) -> N
     provenance["device"] = provenance["host"]["cpu_model"] = "Imaginary CPU 9000"
     (table / "provenance.json").write_text(json.dumps(provenance))
     result = _run("nas-search", f"latency.table={table}", "latency.strict=true", "trials=1",
+                  "data=synthetic", "evaluator=proxy",
                   f"hydra.run.dir={tmp_path / 'run'}")
     _assert_clean_error(result, "Imaginary CPU 9000", "another host")
     assert not (tmp_path / "run" / "trials.csv").exists()

@@ -44,7 +44,8 @@ def test_the_custom_space_example_loads_and_runs_a_search(tmp_path: Path) -> Non
     (tmp_path / "space" / f"{document['name']}.yaml").write_text(spaces[0])
     study = nas.run_search(tmp_path / "run", overrides=[
         f"hydra.searchpath=[file://{tmp_path}]", f"space={document['name']}",
-        "latency.measure_missing=true", "trials=2", "data.train_samples=256",
+        "latency.measure_missing=true", "trials=2", "data=synthetic", "evaluator=proxy",
+        "data.train_samples=256",
         "data.val_samples=128", "evaluator.train.epochs=1"])
     assert study.user_attrs["context"]["space"] == "small_k35_cifar"
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2

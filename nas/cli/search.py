@@ -264,10 +264,25 @@ def check_config(cfg: dict[str, Any]) -> None:
             raise SearchError(f"{key} must be {wanted}{bound}{null}, got {value!r}")
 
 
+def check_data_root(cfg: dict[str, Any]) -> None:
+    """Refuse a data folder that is not there before a study or run folder is made."""
+    data = cfg["data"]
+    if cfg["evaluator"].get("protocol") or data.get("name") == "synthetic" or not data.get("root"):
+        return  # a protocol brings its own data (checked when it loads); synthetic has none
+    root = Path(str(data["root"])).expanduser()
+    if not root.is_dir():
+        raise SearchError(
+            f"data.root {data['root']} ({root.resolve()}): no such directory (data={data.get('name')}; "
+            "the default, CIFAR-10, is ../shared/datasets/cifar10 beside the checkout): run from "
+            "the checkout, set data.root=<the folder>, or run offline with data=synthetic "
+            "evaluator=proxy")
+
+
 def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     """Run (or resume) the study described by ``cfg``; outputs land in ``run_dir``."""
     check_config(cfg)
     space = build_space(cfg)
+    check_data_root(cfg)
     settings = settings_of(cfg)
     choose_table(cfg, space, run_dir)
     ensure_table_covers(cfg, space, run_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
     context = study.user_attrs.get("context", {})
     title = study.study_name + "".join(f" | {k} {v}" for k, v in context.items()
                                        if k != "budget_ms" and v is not None)
-    plot_front(frame, front_numbers, paths["plot"], title=title, budget_ms=context.get("budget_ms"))
+    plot_front(frame, front_numbers, paths["plot"], title=title, budget_ms=context.get("budget_ms"),
+               evaluator=context.get("evaluator", "proxy"))
     return paths
 
 
@@ -95,6 +97,19 @@ class TrialReporter:
         self.run_dir = Path(run_dir)
         self.budget = budget
         self.started = time.monotonic()
+        # The ETA counts from the first finished trial: the first one also carries one-off
+        # set-up (a supernet trained, batches decoded) that later trials do not repeat.
+        self.first: tuple[float, int] | None = None
+
+    def _eta(self, done: int) -> str:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, done)
+            return ""
+        since, done_then = self.first
+        if done <= done_then or done >= self.budget:
+            return ""
+        return f", ETA {(now - since) / (done - done_then) * (self.budget - done):.0f} s"
 
     def __call__(self, study: optuna.Study) -> None:
         write_outputs(study, self.run_dir)
@@ -111,11 +126,11 @@ class TrialReporter:
         else:
             what = f"{last.state.name}: {fail_reason(last, study.user_attrs) or ''}"[:160]
         print(f"trial {last.number} [{done}/{self.budget}] {what} | {attrs.get('spec', '')} | "
-              f"{elapsed:.0f} s", flush=True)
+              f"{elapsed:.0f} s{self._eta(done)}", flush=True)
 
 
 def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str,
-               budget_ms: float | None = None) -> None:
+               budget_ms: float | None = None, evaluator: str = "proxy") -> None:
     """All complete trials, the front (labelled with trial numbers), the canonical seed and
     the latency budget, accuracy against latency."""
     import matplotlib
@@ -140,8 +155,8 @@ def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str,
         ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1,
                    label=f"latency budget {budget_ms:g} ms")
     ax.set_xlabel("lookup-table latency (ms)")
-    ax.set_ylabel("proxy top-1 (%)")
-    ax.set_title(title, fontsize=8)
+    ax.set_ylabel(f"{evaluator} top-1 (%)")
+    ax.set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -332,3 +332,15 @@ def test_mnasnet_best_respects_the_budget_and_none_feasible_is_said(tmp_path: Pa
     assert pareto_trials(study) == []  # the best reward is infeasible: not reported as best
     text = summary_table(study)
     assert "no feasible trial: none of the 3 complete trials meets the latency budget" in text
+
+
+def test_trial_eta_counts_from_the_first_finished_trial(monkeypatch, tmp_path: Path):
+    from nas.search import outputs
+
+    clock = iter([100.0, 400.0, 410.0, 430.0, 500.0])  # set-up ends at 400 s, then 10 s a trial
+    monkeypatch.setattr(outputs.time, "monotonic", lambda: next(clock))
+    reporter = outputs.TrialReporter(tmp_path, budget=10)
+    assert reporter._eta(1) == ""                  # no rate yet
+    assert reporter._eta(2) == ", ETA 80 s"         # 10 s a trial, 8 to go
+    assert reporter._eta(4) == ", ETA 60 s"         # 30 s for 3 trials since the first, 6 to go
+    assert reporter._eta(10) == ""                 # done
