@@ -10,9 +10,10 @@ journal file in ``--work``: a killed benchmark resumes where it stopped.
 
 Reported (``--out``): ``curves.csv`` (the 2-D hypervolume of top-1 against table latency
 after every trial; reference point: top-1 0 at the latency of the space's largest network),
-``hypervolume.png`` (mean and min-max band over seeds), ``fronts.png`` / ``fronts.csv`` (each
-sampler's final front, seed 0, and canonical Small), ``summary.yaml`` (final hypervolume per
-sampler, and the trials each sampler needs to reach random sampling's final mean). With
+``hypervolume.png`` (mean and min-max band over seeds), ``fronts.csv`` (every study's final
+front), ``fronts.png`` (each sampler's front of the first seed, and canonical Small),
+``summary.yaml`` (final hypervolume per sampler, and the trials each sampler needs to reach
+random sampling's final mean). With
 ``--mode mnasnet`` the curve is the best MnasNet reward at ``--target-ms`` instead.
 
     python experiments/search_benchmark.py --checkpoint runs/supernet/supernet.pt
@@ -190,10 +191,11 @@ def main(argv: list[str] | None = None) -> None:
             for i, value in enumerate(curve(study, args.mode, max_latency)):
                 rows.append({"mode": args.mode, "sampler": sampler, "seed": seed, "trial": i + 1,
                              "value": value})
-            if seed == args.seeds[0] and args.mode == "pareto":
+            if args.mode == "pareto":
                 for trial in study.best_trials:
-                    fronts.append({"sampler": sampler, "number": trial.number, "top1": trial.values[0],
-                                   "latency_ms": trial.values[1], "spec": trial.user_attrs.get("spec")})
+                    fronts.append({"sampler": sampler, "seed": seed, "number": trial.number,
+                                   "top1": trial.values[0], "latency_ms": trial.values[1],
+                                   "spec": trial.user_attrs.get("spec")})
     write_outputs(args, pd.DataFrame(rows), pd.DataFrame(fronts), table.predict(canonical),
                   scores.scores.get(to_string(canonical)), max_latency)
 
@@ -209,7 +211,9 @@ def write_outputs(args: argparse.Namespace, curves: pd.DataFrame, fronts: pd.Dat
     curves.to_csv(args.out / f"curves-{args.mode}.csv", index=False)
     final = curves[curves["trial"] == curves.groupby(["sampler", "seed"])["trial"].transform("max")]
     summary: dict[str, Any] = {"mode": args.mode, "trials": args.trials, "seeds": args.seeds,
-                               "reference_latency_ms": max_latency, "samplers": {}}
+                               "reference_latency_ms": max_latency,
+                               "canonical_latency_ms": round(canonical_ms, 4),
+                               "canonical_supernet_top1": canonical_top1, "samplers": {}}
     random_final = final[final["sampler"] == "random"]["value"]
     target = float(random_final.mean()) if len(random_final) else None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -237,7 +241,7 @@ def write_outputs(args: argparse.Namespace, curves: pd.DataFrame, fronts: pd.Dat
     if not fronts.empty:
         fronts.to_csv(args.out / "fronts.csv", index=False)
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for sampler, group in fronts.groupby("sampler"):
+        for sampler, group in fronts[fronts["seed"] == args.seeds[0]].groupby("sampler"):
             group = group.sort_values("latency_ms")
             ax.step(group["latency_ms"], group["top1"], where="post", marker="o", label=sampler)
         if canonical_top1 is not None:
