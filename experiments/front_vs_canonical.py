@@ -57,8 +57,11 @@ def non_dominated(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def pick(fronts: pd.DataFrame, canonical_ms: float, fractions: list[float]) -> pd.DataFrame:
-    """For each fraction, the best-scored network at or under that share of canonical's latency."""
-    union = non_dominated(fronts.drop_duplicates("spec"))
+    """For each fraction, the best-scored network at or under that share of canonical's
+    latency; canonical Small itself (every study's first trial) is never a found network."""
+    canonical = to_string(load_spec("small"))
+    union = non_dominated(fronts[fronts["spec"] != canonical].drop_duplicates("spec"))
+    canonical_ms += 1e-6  # the summary rounds canonical's latency to 4 decimals
     picked: list[dict[str, Any]] = []
     for fraction in fractions:
         under = union[(union["latency_ms"] <= fraction * canonical_ms)

@@ -74,6 +74,21 @@ class CachedScores:
         return EvalResult(top1=self.scores[key])
 
 
+def check_scoring(work: Path, settings: dict[str, Any]) -> None:
+    """The cached scores in ``work`` belong to one scoring setting: refuse another one."""
+    path = work / "scoring.json"
+    if path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if recorded != settings:
+            differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+            raise SystemExit(f"search_benchmark: {work} caches scores made with other settings "
+                             f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); "
+                             "use another --work")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+
+
 def hypervolume_2d(points: list[tuple[float, float]], max_latency: float) -> float:
     """Area dominated by ``(top1, latency)`` points (top-1 up, latency down) above top-1 0
     and left of ``max_latency``."""
@@ -93,7 +108,9 @@ def curve(study: optuna.Study, mode: str, max_latency: float) -> list[float]:
                         key=lambda t: t.number):
         if mode == "pareto":
             points.append((trial.values[0], trial.values[1]))
-            values.append(hypervolume_2d(points, max_latency))
+            # A point never shrinks the dominated area; a dominated one only re-splits the
+            # sum, which can cost the last bit of a float: keep the curve monotone.
+            values.append(max(hypervolume_2d(points, max_latency), values[-1] if values else 0.0))
         else:
             best = max(best, trial.values[0])
             values.append(best)
@@ -143,8 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-ms", type=float, default=None,
                         help="MnasNet TAR (default: canonical Small's table latency)")
     parser.add_argument("--bn-batches", type=int, default=8)
-    parser.add_argument("--val-samples", type=int, default=None,
-                        help="score on a seeded subset of val of this many images (default: all)")
+    parser.add_argument("--val-samples", type=int, default=2500,
+                        help="score on a seeded subset of val of this many images (0: all; "
+                             "default 2500, as the main job's data=cifar10_r32)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args(argv)
@@ -171,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "mnasnet" and args.target_ms is None:
         args.target_ms = table.predict(canonical)
     supernet, _ = load_supernet(args.checkpoint)
-    data = dataclasses.replace(load_protocol(args.protocol).data, val_samples=args.val_samples)
+    data = dataclasses.replace(load_protocol(args.protocol).data, val_samples=args.val_samples or None)
+    check_scoring(args.work, {"checkpoint": str(args.checkpoint.resolve()), "protocol": args.protocol,
+                              "bn_batches": args.bn_batches, "val_samples": args.val_samples or None})
     scores = CachedScores(SupernetEvaluator(supernet, data, bn_batches=args.bn_batches, device="cpu"),
                           args.work / "scores.jsonl")
 

@@ -60,6 +60,22 @@ def best_of_search(run: str | Path) -> NetworkSpec:
     return from_string(str(best["spec"]))
 
 
+def warn_on_other_data(run: Path, data: dict[str, Any]) -> None:
+    """Say so when the search run scored its networks on other data than NetAdapt will use
+    (the search's composed config, ``<run>/.hydra/config.yaml``, names it)."""
+    import yaml
+
+    composed = run / ".hydra" / "config.yaml"
+    if not composed.is_file():
+        return
+    searched = (yaml.safe_load(composed.read_text(encoding="utf-8")) or {}).get("data") or {}
+    differ = [f"{key} {searched.get(key)!r} there, {data.get(key)!r} here"
+              for key in ("name", "root", "resolution", "num_classes") if searched.get(key) != data.get(key)]
+    if differ:
+        log.warning("search_run %s searched on other data (%s); pass data=... to adapt on the "
+                    "search's data", run, "; ".join(differ))
+
+
 def start_spec(cfg: dict[str, Any]) -> NetworkSpec:
     """The network to adapt: ``arch`` (a YAML or canonical name) or ``search_run``'s best."""
     from nas.arch.codecs import load_spec
@@ -67,7 +83,9 @@ def start_spec(cfg: dict[str, Any]) -> NetworkSpec:
     if (cfg["arch"] is None) == (cfg["search_run"] is None):
         raise NetAdaptCliError("give exactly one of arch=<bneck YAML or name> and search_run=<folder>")
     if cfg["search_run"] is not None:
-        return best_of_search(_path(str(cfg["search_run"])))
+        run = _path(str(cfg["search_run"]))
+        warn_on_other_data(run, cfg["data"])
+        return best_of_search(run)
     arch = str(cfg["arch"])
     from nas.arch.codecs import CANONICAL_NAMES
 

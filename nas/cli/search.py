@@ -1,8 +1,8 @@
 """``nas-search``: the Hydra app that runs the latency-aware search (the main job).
 
-    nas-search                                   # embedded default: synthetic data, shipped table
+    nas-search                                   # embedded default: CIFAR-10, quick supernet, this host's table
     nas-search space=mobilenetv3_large trials=50 sampler=nsga2
-    nas-search evaluator=supernet data=cifar10_subset
+    nas-search data=synthetic evaluator=proxy    # offline: synthetic images, proxy training
     nas-search resume=true hydra.run.dir=outputs/search/<previous run>
 
 The run folder (``hydra.run.dir``) receives the study journal, ``trials.csv``,

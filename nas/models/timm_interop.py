@@ -47,6 +47,7 @@ model = MobileNetV3(
     num_classes={timm["num_classes"]},
     drop_rate={timm["drop_rate"]},
     act_layer=get_act_layer({timm["act_layer"]!r}),
+    round_chs_fn=int, fix_stem=True,  # the widths as written (timm rounds to 8 otherwise)
     se_layer=partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU,
                      rd_round_fn=round_channels),
     norm_layer=partial(nn.BatchNorm2d, eps={BN_EPS}),

@@ -51,6 +51,24 @@ def test_timm_python_builds_the_same_network(name, capsys):
         torch.testing.assert_close(theirs(x), ours(x), rtol=1e-4, atol=1e-4)
 
 
+def test_timm_python_keeps_widths_that_are_not_multiples_of_8():
+    import dataclasses
+
+    from nas.models.timm_interop import to_timm_python
+
+    small = load_spec("small")
+    blocks = list(small.blocks)
+    blocks[1] = dataclasses.replace(blocks[1], out=20)
+    blocks[2] = dataclasses.replace(blocks[2], out=20, expansion=80)
+    spec = small.replace(blocks=tuple(blocks), stem_channels=20)
+    theirs = _snippet_model(to_timm_python(spec))
+    ours = _randomized(spec)
+    theirs.load_state_dict(to_timm_state_dict(ours.state_dict(), theirs.state_dict()))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["small", "large"])
 def test_timm_python_uses_timms_block_grouping(name, capsys):
     assert main(["convert", name, "--to", "timm-python"]) == 0

@@ -30,6 +30,7 @@ def _fronts(tmp_path: Path) -> Path:
         ("nsga2", 0, 4, 0.50, 7.9, specs[3]),
         ("nsga2", 2, 5, 0.58, 11.0, specs[4]),   # slower than canonical
         ("tpe", 1, 1, 0.55, 9.9, specs[0]),      # the same network in another study
+        ("tpe", 2, 0, 0.60, 10.0, to_string(load_spec("small"))),  # canonical: never picked
     ]
     frame = pd.DataFrame(rows, columns=["sampler", "seed", "number", "top1", "latency_ms", "spec"])
     path = tmp_path / "bench" / "fronts.csv"

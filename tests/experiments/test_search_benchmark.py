@@ -44,7 +44,7 @@ def test_samplers_run_resume_and_are_summarised(tmp_path: Path, capsys):
     protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
     argv = ["--checkpoint", str(checkpoint_file(tmp_path / "supernet")), "--space", str(SPACE_FILE),
             "--protocol", str(protocol), "--table", str(tmp_path / "table"), "--samplers", "tpe",
-            "random", "--seeds", "0", "1", "--trials", "6", "--bn-batches", "1",
+            "random", "--seeds", "0", "1", "--trials", "6", "--bn-batches", "1", "--val-samples", "0",
             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
     search_benchmark.main(argv)
     curves = pd.read_csv(tmp_path / "out" / "curves-pareto.csv")
@@ -63,3 +63,6 @@ def test_samplers_run_resume_and_are_summarised(tmp_path: Path, capsys):
     search_benchmark.main(argv)
     assert (tmp_path / "work" / "scores.jsonl").read_text().splitlines() == scores
     assert pd.read_csv(tmp_path / "out" / "curves-pareto.csv").equals(curves)
+    # Other scoring settings would mix scores in the cache: refused, naming the setting.
+    with pytest.raises(SystemExit, match="bn_batches: 1 there, 2 now"):
+        search_benchmark.main([*argv, "--bn-batches", "2"])

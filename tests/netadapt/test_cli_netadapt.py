@@ -88,3 +88,21 @@ def test_search_run_gives_its_most_accurate_member(tmp_path):
     assert best_of_search(run) == best
     with pytest.raises(NetAdaptCliError, match="no such file"):
         best_of_search(tmp_path / "nothing")
+
+
+def test_search_run_on_other_data_is_named(tmp_path, caplog):
+    import logging
+
+    from nas.cli.netadapt import warn_on_other_data
+
+    run = tmp_path / "search"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "data: {name: cifar10, root: ../shared/datasets/cifar10, resolution: 32, num_classes: 10}\n")
+    with caplog.at_level(logging.WARNING, logger="nas-netadapt"):
+        warn_on_other_data(run, {"name": "cifar10", "root": "../shared/datasets/cifar10",
+                                 "resolution": 32, "num_classes": 10})
+        assert not caplog.records
+        warn_on_other_data(run, {"name": "synthetic", "root": None, "resolution": 32, "num_classes": 10})
+    assert "name 'cifar10' there, 'synthetic' here" in caplog.text
+    assert "root '../shared/datasets/cifar10' there, None here" in caplog.text
