@@ -168,6 +168,10 @@ def run_all(args: argparse.Namespace) -> None:
                 args.runs.mkdir(parents=True, exist_ok=True)
                 with open(args.runs / f"runs-{name}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
+                # The trained weights outlive the checkpoint (a NetAdapt start, an extraction).
+                weights = args.work / "weights" / f"{name}-{spec_name}-seed{seed}.pth"
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(result.model.state_dict(), weights)
                 shutil.rmtree(folder, ignore_errors=True)
                 log(f"{name} {spec_name} seed {seed}: top-1 {result.top1:.4f} "
                     f"({result.seconds:.0f} s, {result.images_per_second:.0f} images/s)")

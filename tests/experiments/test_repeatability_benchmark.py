@@ -32,6 +32,8 @@ def test_benchmark_runs_resumes_and_summarises(tmp_path: Path) -> None:
     rows = [json.loads(line) for f in sorted((tmp_path / "runs").glob("*.jsonl"))
             for line in f.read_text().splitlines()]
     assert len(rows) == 4 * 2 * 2  # specs x protocols x seeds
+    weights = sorted((tmp_path / "work" / "weights").glob("*.pth"))
+    assert len(weights) == len(rows) and (tmp_path / "work" / "weights" / "reference-canonical-seed1.pth") in weights
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "training" not in again.stdout  # all cached: nothing retrained
     summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
