@@ -49,7 +49,7 @@ STUDY = "front_vs_canonical"
 def non_dominated(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows no other row beats on both supernet top-1 (up) and table latency (down)."""
     keep = []
-    for i, row in frame.iterrows():
+    for _, row in frame.iterrows():
         dominated = ((frame["top1"] >= row["top1"]) & (frame["latency_ms"] <= row["latency_ms"])
                      & ((frame["top1"] > row["top1"]) | (frame["latency_ms"] < row["latency_ms"])))
         keep.append(not dominated.any())

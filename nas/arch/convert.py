@@ -73,7 +73,6 @@ def to_timm(spec: NetworkSpec) -> dict[str, Any]:
     }
 
 
-
 _TIMM_ACT = {"re": "RE", "hs": "HS", "r6": "R6", "sw": "SW"}
 _TIMM_ACT_LAYER = {"hard_swish": "HS", "relu": "RE", "relu6": "R6", "swish": "SW"}
 _TIMM_ACT_NAME = {v: k for k, v in _TIMM_ACT_LAYER.items()}

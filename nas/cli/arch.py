@@ -18,19 +18,21 @@ from nas.arch.convert import to_timm, to_torchvision
 from nas.arch.spec import NetworkSpec, SpecError
 from nas.models.layers import format_table, paper_rows
 
-CONVERTERS = {
-    "yaml": to_yaml,
-    "string": lambda spec: to_string(spec) + "\n",
-    "timm": lambda spec: json.dumps(to_timm(spec), indent=2) + "\n",
-    "timm-python": lambda spec: _timm_python(spec),
-    "torchvision": to_torchvision,
-}
-
 
 def _timm_python(spec: NetworkSpec) -> str:
     from nas.models.timm_interop import to_timm_python  # imports torch: only when asked
 
     return to_timm_python(spec)
+
+
+CONVERTERS = {
+    "yaml": to_yaml,
+    "string": lambda spec: to_string(spec) + "\n",
+    "timm": lambda spec: json.dumps(to_timm(spec), indent=2) + "\n",
+    "timm-python": _timm_python,
+    "torchvision": to_torchvision,
+}
+
 
 
 def _show(args: argparse.Namespace) -> None:

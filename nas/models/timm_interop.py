@@ -2,13 +2,13 @@
 builder, and this project's state_dict under timm's key names.
 
 timm is not a dependency of the project; the snippet is text for the user's timm (>= 1.0),
-and the key mapping needs only the key list of the timm model it fills.
+and the key mapping needs only the state_dict of the timm model it fills.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import torch
 
@@ -79,5 +79,6 @@ def to_timm_state_dict(state_dict: Mapping[str, torch.Tensor],
                             f"{tuple(target.shape)}: not the same network")
         renamed[key] = tensor
     return renamed
+
 
 __all__ = ["to_timm_python", "to_timm_state_dict"]
