@@ -1,0 +1,300 @@
+"""NetAdapt versus uniform width scaling on the whole CIFAR-10, from a reference-trained start.
+
+The question (MobileNetV3, Sec. 4.2: NetAdapt as the second search step after the
+platform-aware block search): at the same lookup-table latency, does NetAdapt's channel
+shrinking keep more accuracy than one uniform width multiplier? The subset benchmark
+(``netadapt_benchmark.py``) tied within a 4.5-point resolution; here both arms are judged
+on the 5,000-image val split with seeds.
+
+Stages (each cached under ``--work``; rerun the same command after an interruption):
+
+1. latency table: this host's table for the Small space (``latency.table=auto``'s choice,
+   :func:`nas.cost.host_table.host_table`), copied into ``--out`` so that the keys NetAdapt
+   and the baseline need later are measured on demand into the copy (anchored to its keys);
+2. start: canonical Small trained from scratch with the ``reference`` protocol (seed 0);
+3. per seed k: NetAdapt (:func:`nas.netadapt.loop.netadapt`) to ``--fraction`` of the start's
+   table latency, proposals fine-tuned ``--short-steps`` steps and scored on a 10%
+   class-stratified holdout of train (val stays unseen); uniform baseline: the largest
+   multiplier of the stem and block widths at or under NetAdapt's latency (bisection),
+   the start's largest-L2-norm channels, fine-tuned for as many steps as NetAdapt's picked
+   path went through (same short-term settings, seed k);
+4. final training, the same for both arms: ``--final-epochs`` on the whole train split with
+   the reference protocol's optimiser and data, seed k, scored on val;
+5. end-to-end latency of start, NetAdapt and uniform networks measured afresh together.
+
+Outputs in ``--out`` (default experiments/results/netadapt_cifar10): runs.csv (one row per
+arm and seed), summary.yaml, summary.md, comparison.png, the final bneck YAMLs, each
+seed's NetAdapt history.csv. Checkpoints and weights go to ``--work``.
+
+    python experiments/netadapt_cifar10.py --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "experiments"))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from nas.arch.codecs import load_spec, save_spec, to_string  # noqa: E402
+from nas.cost.host_table import host_table  # noqa: E402
+from nas.cost.lut import LatencyTable  # noqa: E402
+from nas.models.builder import build_model  # noqa: E402
+from nas.models.prune import prune_model  # noqa: E402
+from nas.netadapt.config import NetAdaptConfig  # noqa: E402
+from nas.netadapt.finetune import FineTuner  # noqa: E402
+from nas.netadapt.latency import TableLatency  # noqa: E402
+from nas.netadapt.loop import netadapt  # noqa: E402
+from nas.netadapt.selection import width_for_latency  # noqa: E402
+from nas.search.space import load_space  # noqa: E402
+from nas.training.protocols import load_protocol  # noqa: E402
+from nas.training.train import train  # noqa: E402
+from netadapt_benchmark import Stages, measured_now  # noqa: E402
+
+DEFAULT_OUT = REPO / "experiments" / "results" / "netadapt_cifar10"
+DEFAULT_WORK = REPO / "outputs" / "netadapt_cifar10"
+RUN_COLUMNS = ["arm", "seed", "table_ms", "multiplier", "netadapt_steps", "path_steps", "final_epochs",
+               "top1_before_final", "top1", "seconds", "loadavg", "spec"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", default="reference", help="start training and final-training data/optimiser")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fraction", type=float, default=0.75, help="target / start table latency")
+    p.add_argument("--delta", type=float, default=0.01, help="delta_fraction (paper: 0.01)")
+    p.add_argument("--short-steps", type=int, default=40, help="NetAdapt's T")
+    p.add_argument("--short-lr", type=float, default=0.01)
+    p.add_argument("--proposals", type=int, default=3, help="max proposals per NetAdapt step")
+    p.add_argument("--final-epochs", type=int, default=5)
+    p.add_argument("--final-lr", type=float, default=0.02)
+    p.add_argument("--latency-passes", type=int, default=7)
+    p.add_argument("--table", type=Path, default=None,
+                   help="a latency table folder to start from (default: this host's, as latency.table=auto)")
+    return p.parse_args(argv)
+
+
+def host_latency(out: Path, given: Path | None) -> tuple[TableLatency, LatencyTable, str]:
+    """This host's Small-space table (or ``given``), copied into ``out`` once (later keys land
+    in the copy)."""
+    table_dir = out / "latency_table"
+    if not table_dir.is_dir():
+        if given is not None:
+            source, reason = given, "given with --table"
+        else:
+            choice = host_table(load_space("mobilenetv3_small"), runtime="torch-cpu", resolution=224)
+            source, reason = choice.path, choice.reason
+        shutil.copytree(source, table_dir, ignore=shutil.ignore_patterns("*.lock"))
+        (out / "latency_table_source.txt").write_text(f"{source}\n{reason}\n")
+    table = LatencyTable.load(table_dir)
+    latency = TableLatency(table, measure_missing=True, save_to=table_dir, mode="anchored",
+                           harness=table.harness_config().replace(passes=3))
+    return latency, table, (out / "latency_table_source.txt").read_text().strip()
+
+
+def trained_start(spec, protocol, work: Path) -> tuple[torch.nn.Module, float]:
+    """Canonical Small, reference-trained from scratch (seed 0), and its val top-1."""
+    weights, record = work / "start.pth", work / "start.json"
+    if weights.is_file() and record.is_file():
+        model = build_model(spec, num_classes=protocol.data.num_classes)
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        return model, json.loads(record.read_text())["top1"]
+    cfg = dataclasses.replace(protocol.train, seed=0, checkpoint_dir=str(work / "start"))
+    result = train(spec, protocol.data, cfg, resume=True)
+    torch.save(result.model.state_dict(), weights)
+    record.write_text(json.dumps({"top1": result.top1, "seconds": result.seconds}))
+    return result.model, result.top1
+
+
+def copy_of(model: torch.nn.Module, spec, num_classes: int) -> torch.nn.Module:
+    twin = build_model(spec, num_classes=num_classes)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def final_training(model, protocol, args, seed: int, where: Path) -> tuple[float, float]:
+    """The same last training for both arms: ``--final-epochs`` on the whole train split."""
+    cfg = dataclasses.replace(protocol.train, epochs=args.final_epochs, lr=args.final_lr,
+                              warmup_epochs=0.2, eval_every=0, seed=seed, checkpoint_dir=str(where))
+    result = train(model, protocol.data, cfg, resume=True)
+    return result.top1, result.seconds  # resumed runs add up their parts
+
+
+def append_run(path: Path, row: dict[str, Any]) -> None:
+    frame = pd.DataFrame([row], columns=RUN_COLUMNS)
+    frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
+
+
+def caught_up_uniform(start, scaled, steps: int, tuner: FineTuner, seed: int,
+                      work: Path) -> tuple[torch.nn.Module, float]:
+    """The start's largest-L2-norm channels of ``scaled``, fine-tuned for as many steps as
+    NetAdapt's picked path went through, with the same short-term settings (cached)."""
+    model = prune_model(start, scaled)
+    weights, record = work / f"uniform-seed{seed}.pth", work / f"uniform-seed{seed}.json"
+    if weights.is_file() and record.is_file():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        return model, json.loads(record.read_text())["top1"]
+    cfg = dataclasses.replace(tuner.short_term, steps=steps, seed=seed)
+    top1 = train(model, tuner.select_cfg, cfg, loaders=tuner.select_loaders(seed)).top1
+    torch.save(model.state_dict(), weights)
+    record.write_text(json.dumps({"top1": top1, "steps": steps}))
+    return model, top1
+
+
+def run_seed(seed: int, spec, start, latency, protocol, tuner, args,
+             runs: pd.DataFrame, runs_path: Path) -> dict[str, Any]:
+    """NetAdapt and the uniform baseline from the same start, then the same final training."""
+    done = set(zip(runs["arm"], runs["seed"])) if len(runs) else set()
+    classes = protocol.data.num_classes
+    cfg = NetAdaptConfig(target_fraction=args.fraction, delta_fraction=args.delta,
+                         max_proposals=args.proposals, rule="paper", seed=seed)
+    result = netadapt(spec, copy_of(start, spec, classes), latency, cfg, tuner,
+                      args.work / f"netadapt-seed{seed}", progress=lambda m: print(m, flush=True))
+    shutil.copy(result.paths["history"], args.out / f"history-seed{seed}.csv")
+    save_spec(result.spec.replace(name=f"mobilenet_v3_small_netadapt_seed{seed}"),
+              args.out / f"netadapt_small_seed{seed}.yaml")
+    path_steps = result.train_steps
+    load = [round(x, 2) for x in os.getloadavg()]
+    if ("netadapt", seed) not in done:
+        top1, seconds = final_training(result.model, protocol, args, seed, args.work / f"final-netadapt-seed{seed}")
+        append_run(runs_path, {"arm": "netadapt", "seed": seed, "table_ms": result.latency_ms,
+                               "multiplier": None, "netadapt_steps": result.steps, "path_steps": path_steps,
+                               "final_epochs": args.final_epochs, "top1_before_final": result.top1,
+                               "top1": top1, "seconds": round(seconds, 1), "loadavg": load,
+                               "spec": to_string(result.spec)})
+    multiplier, scaled, ms = width_for_latency(spec, latency, result.latency_ms)
+    save_spec(scaled.replace(name=f"mobilenet_v3_small_uniform_x{multiplier:.3f}"), args.out / f"uniform_small_seed{seed}.yaml")
+    if ("uniform", seed) not in done:
+        model, before = caught_up_uniform(start, scaled, path_steps, tuner, seed, args.work)
+        top1, seconds = final_training(model, protocol, args, seed, args.work / f"final-uniform-seed{seed}")
+        append_run(runs_path, {"arm": "uniform", "seed": seed, "table_ms": ms, "multiplier": multiplier,
+                               "netadapt_steps": None, "path_steps": path_steps, "final_epochs": args.final_epochs,
+                               "top1_before_final": before, "top1": top1, "seconds": round(seconds, 1),
+                               "loadavg": [round(x, 2) for x in os.getloadavg()], "spec": to_string(scaled)})
+    return {f"netadapt_seed{seed}": result.spec, f"uniform_seed{seed}": scaled}
+
+
+def summarise(runs: pd.DataFrame, start: dict[str, Any], args, extra: dict[str, Any]) -> dict[str, Any]:
+    arms = {}
+    for arm, group in runs.groupby("arm"):
+        top1 = [100 * t for t in group["top1"]]
+        arms[arm] = {"seeds": [int(s) for s in group["seed"]], "top1": [round(t, 2) for t in top1],
+                     "top1_mean": round(statistics.mean(top1), 2),
+                     "top1_std": round(statistics.stdev(top1), 2) if len(top1) > 1 else None,
+                     "table_ms": [round(float(m), 3) for m in group["table_ms"]]}
+    verdict = "not enough runs"
+    if {"netadapt", "uniform"} <= arms.keys() and all(arms[a]["top1_std"] is not None for a in arms):
+        diff = arms["netadapt"]["top1_mean"] - arms["uniform"]["top1_mean"]
+        noise = max(arms["netadapt"]["top1_std"], arms["uniform"]["top1_std"])
+        way = "NetAdapt ahead" if diff > 0 else "uniform ahead"
+        verdict = (f"{way} by {abs(diff):.2f} points; " +
+                   ("a tie within seed noise" if abs(diff) <= 2 * noise else "beyond two seed stds") +
+                   f" (largest seed std {noise:.2f})")
+    return {"start": start, "arms": arms, "verdict": verdict, **extra,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                         if k not in ("out", "work")}}
+
+
+def plot(runs: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colours = {"netadapt": "tab:red", "uniform": "tab:purple"}
+    for arm, group in runs.groupby("arm"):
+        ax.scatter(group["table_ms"], 100 * group["top1"], color=colours.get(arm), alpha=0.7,
+                   label=f"{arm} (seeds {', '.join(str(s) for s in group['seed'])})")
+    start = summary["start"]
+    ax.scatter([start["table_ms"]], [start["top1"]], marker="s", color="tab:green", s=60,
+               label="start: canonical Small, reference protocol")
+    ax.axvline(start["table_ms"] * summary["settings"]["fraction"], ls="--", color="0.4", lw=1, label="target")
+    ax.invert_xaxis()
+    ax.set_xlabel("lookup-table latency (ms, this host, CPU 1 thread, 224x224)")
+    ax.set_ylabel("CIFAR-10 val top-1 (%)")
+    ax.set_title("NetAdapt vs uniform width at 75% of canonical Small's latency", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(runs: pd.DataFrame, summary: dict[str, Any], stages: dict[str, Any]) -> str:
+    s = summary["start"]
+    lines = ["# NetAdapt vs uniform width scaling on CIFAR-10 (MobileNetV3-Small)", "",
+             f"Start: canonical Small, `{summary['settings']['protocol']}` protocol, seed 0: val top-1 "
+             f"{s['top1']:.2f}%, table {s['table_ms']:.3f} ms; target {summary['settings']['fraction']:.0%}. "
+             f"Latency table: {summary['table_source']}.", "",
+             "| arm | seed | table ms | multiplier | NetAdapt steps | path steps | top-1 before final (holdout) "
+             "| val top-1 | final s | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in runs.itertuples():
+        mult = "-" if pd.isna(row.multiplier) else f"{row.multiplier:.3f}"
+        steps = "-" if pd.isna(row.netadapt_steps) else int(row.netadapt_steps)
+        lines.append(f"| {row.arm} | {row.seed} | {row.table_ms:.3f} | {mult} | {steps} | {row.path_steps} | "
+                     f"{100 * row.top1_before_final:.2f}% | {100 * row.top1:.2f}% | {row.seconds:.0f} | {row.loadavg} |")
+    lines += ["", "| arm | val top-1 mean | seed std |", "|---|---|---|"]
+    for arm, a in summary["arms"].items():
+        lines.append(f"| {arm} | {a['top1_mean']:.2f}% | {a['top1_std']} |")
+    lines += ["", f"**Verdict: {summary['verdict']}.**", ""]
+    now = summary.get("measured_now") or {}
+    if now:
+        lines += ["Re-measured together (median of passes): " + "; ".join(
+            f"{n} {v['end_to_end_ms']:.3f} ms end to end" for n, v in now.items()), ""]
+    lines += ["Wall time per stage (s), load average at its start and end:", ""]
+    lines += [f"- {n}: {r['seconds']:.0f} s, load {r['loadavg_start']} -> {r['loadavg_end']}" for n, r in stages.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    stages = Stages(args.work / "stages.json")
+    protocol = load_protocol(args.protocol)
+    spec = load_spec("small")
+    latency, table, table_source = stages.run("latency table", lambda: host_latency(args.out, args.table))
+    start, start_top1 = stages.run("start (reference training)", lambda: trained_start(spec, protocol, args.work))
+    start_ms = latency(spec)
+    short = dataclasses.replace(protocol.train, steps=args.short_steps, lr=args.short_lr, schedule="constant",
+                                warmup_epochs=0.0, eval_every=0, progress=False, checkpoint_dir=None)
+    tuner = FineTuner(protocol.data, short, None, selection="holdout")
+    runs_path = args.out / "runs.csv"
+    finals: dict[str, Any] = {"start": spec}
+    for seed in args.seeds:
+        runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=RUN_COLUMNS)
+        finals |= stages.run(f"seed {seed}", lambda: run_seed(seed, spec, start, latency, protocol,
+                                                              tuner, args, runs, runs_path))
+    now = stages.run("latency measured afresh", lambda: measured_now(finals, args.latency_passes))
+    runs = pd.read_csv(runs_path).sort_values(["arm", "seed"])
+    summary = summarise(runs, {"top1": round(100 * start_top1, 2), "table_ms": round(start_ms, 3),
+                               "spec": to_string(spec)},
+                        args, {"table_source": table_source, "measured_now": now,
+                               "table_keys": len(table)})
+    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    plot(runs, summary, args.out / "comparison.png")
+    (args.out / "summary.md").write_text(markdown(runs, summary, stages.data))
+    print(markdown(runs, summary, stages.data))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

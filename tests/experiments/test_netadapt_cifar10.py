@@ -1,0 +1,55 @@
+"""NetAdapt versus uniform width from one trained start: both arms get the same final
+training per seed, the uniform arm stays at or under NetAdapt's latency, and a rerun
+repeats nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from nas.arch.codecs import load_spec
+from nas.cost.harness import HarnessConfig
+from nas.cost.lut import LatencyTable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+import netadapt_cifar10  # noqa: E402
+
+DATA = {"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples": 96,
+        "val_samples": 32, "batch_size": 16, "seed": 0}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_both_arms_trained_per_seed_and_resumed(tmp_path: Path, capsys):
+    table = LatencyTable.create(HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0,
+                                              passes=1, max_run_time=0.05), resolution=224)
+    table.build([load_spec("small")], progress=False, save_to=tmp_path / "table")
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1, "lr": 0.05,
+                                                                "bn_recalibration_batches": 1}}))
+    argv = ["--protocol", str(protocol), "--table", str(tmp_path / "table"), "--seeds", "0", "1",
+            "--fraction", "0.97", "--short-steps", "1", "--final-epochs", "1", "--latency-passes", "1",
+            "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    summary = netadapt_cifar10.main(argv)
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert sorted(zip(runs["arm"], runs["seed"])) == [("netadapt", 0), ("netadapt", 1),
+                                                       ("uniform", 0), ("uniform", 1)]
+    start_ms = summary["start"]["table_ms"]
+    for seed in (0, 1):
+        na = runs[(runs["arm"] == "netadapt") & (runs["seed"] == seed)].iloc[0]
+        un = runs[(runs["arm"] == "uniform") & (runs["seed"] == seed)].iloc[0]
+        assert na["table_ms"] <= 0.97 * start_ms + 1e-9
+        assert un["table_ms"] <= na["table_ms"] + 1e-9 and 0 < un["multiplier"] < 1
+        assert un["path_steps"] == na["path_steps"] == na["netadapt_steps"]  # T = 1 per step
+        assert load_spec(tmp_path / "out" / f"netadapt_small_seed{seed}.yaml").name.endswith(f"seed{seed}")
+    assert set(summary["arms"]) == {"netadapt", "uniform"} and "points" in summary["verdict"]
+    assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
+    assert "| netadapt | 0 |" in (tmp_path / "out" / "summary.md").read_text()
+
+    capsys.readouterr()
+    netadapt_cifar10.main(argv)  # everything cached: no training again, no rows added
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 4
+    assert "train epoch" not in capsys.readouterr().err
