@@ -66,3 +66,16 @@ def test_samplers_run_resume_and_are_summarised(tmp_path: Path, capsys):
     # Other scoring settings would mix scores in the cache: refused, naming the setting.
     with pytest.raises(SystemExit, match="bn_batches: 1 there, 2 now"):
         search_benchmark.main([*argv, "--bn-batches", "2"])
+    # MnasNet mode on the same cached scores: the best reward per study, its network kept.
+    search_benchmark.main([*argv[:argv.index("--trials")], "--trials", "4", "--mode", "mnasnet",
+                           *argv[argv.index("--trials") + 2:]])
+    best = pd.read_csv(tmp_path / "out" / "best-mnasnet.csv")
+    assert sorted(zip(best["sampler"], best["seed"])) == [("random", 0), ("random", 1), ("tpe", 0), ("tpe", 1)]
+    curves = pd.read_csv(tmp_path / "out" / "curves-mnasnet.csv")
+    finals = curves.groupby(["sampler", "seed"])["value"].max()
+    for row in best.itertuples():
+        assert row.reward == pytest.approx(finals[(row.sampler, row.seed)])
+        assert 0 < row.top1 <= 1 and row.latency_ms > 0 and isinstance(row.spec, str)
+    summary = yaml.safe_load((tmp_path / "out" / "summary-mnasnet.yaml").read_text())
+    assert summary["target_ms"] > 0 and len(summary["best_per_study"]) == 4
+    assert pd.read_csv(tmp_path / "out" / "fronts.csv").equals(fronts)  # the pareto fronts untouched
