@@ -68,6 +68,16 @@ DEFAULT_OUT = REPO / "experiments" / "results" / "netadapt"
 DEFAULT_WORK = REPO / "outputs" / "netadapt_benchmark"
 
 
+def add_netadapt_arguments(p: argparse.ArgumentParser, *, short_steps: int) -> None:
+    """The NetAdapt settings both NetAdapt benchmarks take (threads, target, step, T, proposals)."""
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fraction", type=float, default=0.75, help="target / start table latency")
+    p.add_argument("--delta", type=float, default=0.01, help="delta_fraction (paper: 0.01)")
+    p.add_argument("--short-steps", type=int, default=short_steps, help="NetAdapt's T")
+    p.add_argument("--short-lr", type=float, default=0.01)
+    p.add_argument("--proposals", type=int, default=3, help="max proposals per NetAdapt step")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 subset")
@@ -75,14 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     p.add_argument("--resolution", type=int, default=32, help="proxy training resolution")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--pretrain-epochs", type=int, default=8)
     p.add_argument("--pretrain-lr", type=float, default=0.1)
-    p.add_argument("--fraction", type=float, default=0.75, help="target / start latency")
-    p.add_argument("--delta", type=float, default=0.01, help="delta_fraction (paper: 0.01)")
-    p.add_argument("--short-steps", type=int, default=20, help="NetAdapt's T")
-    p.add_argument("--short-lr", type=float, default=0.01)
-    p.add_argument("--proposals", type=int, default=3, help="max proposals per step")
+    add_netadapt_arguments(p, short_steps=20)
     p.add_argument("--long-steps", type=int, default=200)
     p.add_argument("--long-lr", type=float, default=0.02)
     p.add_argument("--rule", default="paper", choices=["paper", "netadapt"])
@@ -102,6 +107,14 @@ class Stages:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    @classmethod
+    def for_run(cls, args: argparse.Namespace) -> "Stages":
+        """A benchmark run's set-up: its thread count, its ``--out`` and ``--work`` folders."""
+        torch.set_num_threads(args.threads)
+        args.out.mkdir(parents=True, exist_ok=True)
+        args.work.mkdir(parents=True, exist_ok=True)
+        return cls(args.work / "stages.json")
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         load0, t0 = os.getloadavg(), time.perf_counter()
@@ -273,10 +286,7 @@ def markdown(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(args.work / "stages.json")
+    stages = Stages.for_run(args)
     spec = load_spec("small")
 
     table, table_dir, table_source = stages.run("latency table", lambda: latency_table(args.out))

@@ -62,7 +62,7 @@ from nas.netadapt.selection import width_for_latency  # noqa: E402
 from nas.search.space import load_space  # noqa: E402
 from nas.training.protocols import load_protocol  # noqa: E402
 from nas.training.train import train  # noqa: E402
-from netadapt_benchmark import Stages, measured_now  # noqa: E402
+from netadapt_benchmark import Stages, add_netadapt_arguments, measured_now  # noqa: E402
 
 DEFAULT_OUT = REPO / "experiments" / "results" / "netadapt_cifar10"
 DEFAULT_WORK = REPO / "outputs" / "netadapt_cifar10"
@@ -76,12 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--fraction", type=float, default=0.75, help="target / start table latency")
-    p.add_argument("--delta", type=float, default=0.01, help="delta_fraction (paper: 0.01)")
-    p.add_argument("--short-steps", type=int, default=40, help="NetAdapt's T")
-    p.add_argument("--short-lr", type=float, default=0.01)
-    p.add_argument("--proposals", type=int, default=3, help="max proposals per NetAdapt step")
+    add_netadapt_arguments(p, short_steps=40)
     p.add_argument("--final-epochs", type=int, default=5)
     p.add_argument("--final-lr", type=float, default=0.02)
     p.add_argument("--latency-passes", type=int, default=7)
@@ -265,10 +260,7 @@ def markdown(runs: pd.DataFrame, summary: dict[str, Any], stages: dict[str, Any]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(args.work / "stages.json")
+    stages = Stages.for_run(args)
     protocol = load_protocol(args.protocol)
     spec = load_spec("small")
     latency, table, table_source = stages.run("latency table", lambda: host_latency(args.out, args.table))
