@@ -82,7 +82,12 @@ def _locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock beside ``folder`` (a second builder waits, then reuses)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Another process is measuring this table: say so, or the wait looks like a hang.
+            log.info("waiting for another process measuring the latency table %s", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

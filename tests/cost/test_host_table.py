@@ -86,3 +86,28 @@ def test_an_unwritable_cache_is_a_clear_error(measured_here: Path, tmp_path: Pat
     with pytest.raises(LatencyTableError, match="set NAS_CACHE_DIR to a writable folder"):
         host_table(SPACE, runtime="torch-cpu", resolution=64,
                    cache_dir=blocker, shipped_dir=tmp_path / "none", progress=False)
+
+
+def test_a_second_builder_says_it_waits_for_the_lock(tmp_path: Path, caplog):
+    import fcntl
+    import logging
+    import threading
+
+    folder = tmp_path / "tables" / "some-table"
+    folder.parent.mkdir(parents=True)
+    entered = threading.Event()
+    with open(folder.with_name(folder.name + ".lock"), "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process measuring the table
+
+        def second() -> None:
+            with host_table_module._locked(folder):
+                entered.set()
+
+        with caplog.at_level(logging.INFO, logger=host_table_module.__name__):
+            waiter = threading.Thread(target=second)
+            waiter.start()
+            assert not entered.wait(0.3)  # blocked while the lock is held
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            waiter.join(5)
+    assert entered.is_set()
+    assert any("waiting for another process" in r.getMessage() for r in caplog.records)
