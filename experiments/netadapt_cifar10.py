@@ -20,7 +20,11 @@ Stages (each cached under ``--work``; rerun the same command after an interrupti
    path went through (same short-term settings, seed k);
 4. final training, the same for both arms: ``--final-epochs`` on the whole train split with
    the reference protocol's optimiser and data, seed k, scored on val;
-5. end-to-end latency of start, NetAdapt and uniform networks measured afresh together.
+5. ``uniform_e2e``: the table under- or over-predicts single networks by several percent, so
+   a second uniform arm is matched on *measured* latency: every distinct multiplier from x0.40
+   to x0.90 timed end to end in the same interleaved rounds as NetAdapt's network, the largest
+   not slower than it, then the same catch-up and final training;
+6. end-to-end latency of every network measured afresh together.
 
 Outputs in ``--out`` (default experiments/results/netadapt_cifar10): runs.csv (one row per
 arm and seed), summary.yaml, summary.md, comparison.png, the final bneck YAMLs, each
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -49,7 +54,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from nas.arch.codecs import load_spec, save_spec, to_string  # noqa: E402
+from nas.arch.codecs import from_string, load_spec, save_spec, to_string  # noqa: E402
 from nas.cost.host_table import host_table  # noqa: E402
 from nas.cost.lut import LatencyTable  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
@@ -58,7 +63,7 @@ from nas.netadapt.config import NetAdaptConfig  # noqa: E402
 from nas.netadapt.finetune import FineTuner  # noqa: E402
 from nas.netadapt.latency import TableLatency  # noqa: E402
 from nas.netadapt.loop import netadapt  # noqa: E402
-from nas.netadapt.selection import width_for_latency  # noqa: E402
+from nas.netadapt.selection import scale_width, width_for_latency  # noqa: E402
 from nas.search.space import load_space  # noqa: E402
 from nas.training.protocols import load_protocol  # noqa: E402
 from nas.training.train import train  # noqa: E402
@@ -136,12 +141,12 @@ def append_run(path: Path, row: dict[str, Any]) -> None:
     frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
 
 
-def caught_up_uniform(start, scaled, steps: int, tuner: FineTuner, seed: int,
-                      work: Path) -> tuple[torch.nn.Module, float]:
+def caught_up_uniform(start, scaled, steps: int, tuner: FineTuner, seed: int, work: Path,
+                      arm: str = "uniform") -> tuple[torch.nn.Module, float]:
     """The start's largest-L2-norm channels of ``scaled``, fine-tuned for as many steps as
     NetAdapt's picked path went through, with the same short-term settings (cached)."""
     model = prune_model(start, scaled)
-    weights, record = work / f"uniform-seed{seed}.pth", work / f"uniform-seed{seed}.json"
+    weights, record = work / f"{arm}-seed{seed}.pth", work / f"{arm}-seed{seed}.json"
     if weights.is_file() and record.is_file():
         model.load_state_dict(torch.load(weights, weights_only=True))
         return model, json.loads(record.read_text())["top1"]
@@ -185,6 +190,48 @@ def run_seed(seed: int, spec, start, latency, protocol, tuner, args,
     return {f"netadapt_seed{seed}": result.spec, f"uniform_seed{seed}": scaled}
 
 
+def e2e_matched_uniform(spec, netadapt_spec, work: Path, passes: int) -> dict[str, Any]:
+    """The uniform multiplier matched on measured rather than table latency: every distinct
+    ``scale_width`` network from x0.40 to x0.90 timed in the same interleaved rounds as
+    NetAdapt's network; the largest whose end-to-end median is not above NetAdapt's (cached)."""
+    record = work / f"e2e_match-{hashlib.sha256(to_string(netadapt_spec).encode()).hexdigest()[:10]}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    candidates: dict[str, Any] = {}
+    for percent in range(40, 91):
+        scaled = scale_width(spec, percent / 100)
+        candidates.setdefault(to_string(scaled), (percent / 100, scaled))  # smallest multiplier per spec
+    named = {f"x{m:.2f}": scaled for m, scaled in candidates.values()}
+    figures = measured_now({"netadapt": netadapt_spec, **named}, passes)
+    limit = figures["netadapt"]["end_to_end_ms"]
+    fitting = [(float(name[1:]), name) for name in named if figures[name]["end_to_end_ms"] <= limit]
+    if not fitting:
+        raise SystemExit(f"netadapt_cifar10: no uniform multiplier from x0.40 is as fast as NetAdapt's "
+                         f"network end to end ({limit:.3f} ms)")
+    multiplier, name = max(fitting)
+    match = {"multiplier": multiplier, "ms": figures[name]["end_to_end_ms"], "netadapt_ms": limit,
+             "spec": to_string(named[name]), "loadavg": [round(x, 2) for x in os.getloadavg()],
+             "measured": {n: round(f["end_to_end_ms"], 4) for n, f in figures.items()}}
+    record.write_text(json.dumps(match, indent=1))
+    return match
+
+
+def run_e2e_arm(seed: int, start, match: dict[str, Any], latency, protocol, tuner, args,
+                runs: pd.DataFrame, runs_path: Path) -> None:
+    """The uniform arm at NetAdapt's measured latency: same catch-up and final training."""
+    if len(runs) and ((runs["arm"] == "uniform_e2e") & (runs["seed"] == seed)).any():
+        return
+    path_steps = int(runs[(runs["arm"] == "netadapt") & (runs["seed"] == seed)]["path_steps"].iloc[0])
+    scaled = from_string(match["spec"])
+    model, before = caught_up_uniform(start, scaled, path_steps, tuner, seed, args.work, arm="uniform_e2e")
+    top1, seconds = final_training(model, protocol, args, seed, args.work / f"final-uniform_e2e-seed{seed}")
+    append_run(runs_path, {"arm": "uniform_e2e", "seed": seed, "table_ms": latency(scaled),
+                           "multiplier": match["multiplier"], "netadapt_steps": None, "path_steps": path_steps,
+                           "final_epochs": args.final_epochs, "top1_before_final": before, "top1": top1,
+                           "seconds": round(seconds, 1), "loadavg": [round(x, 2) for x in os.getloadavg()],
+                           "spec": match["spec"]})
+
+
 def summarise(runs: pd.DataFrame, start: dict[str, Any], args, extra: dict[str, Any]) -> dict[str, Any]:
     arms = {}
     for arm, group in runs.groupby("arm"):
@@ -193,15 +240,19 @@ def summarise(runs: pd.DataFrame, start: dict[str, Any], args, extra: dict[str, 
                      "top1_mean": round(statistics.mean(top1), 2),
                      "top1_std": round(statistics.stdev(top1), 2) if len(top1) > 1 else None,
                      "table_ms": [round(float(m), 3) for m in group["table_ms"]]}
-    verdict = "not enough runs"
-    if {"netadapt", "uniform"} <= arms.keys() and all(arms[a]["top1_std"] is not None for a in arms):
-        diff = arms["netadapt"]["top1_mean"] - arms["uniform"]["top1_mean"]
-        noise = max(arms["netadapt"]["top1_std"], arms["uniform"]["top1_std"])
-        way = "NetAdapt ahead" if diff > 0 else "uniform ahead"
-        verdict = (f"{way} by {abs(diff):.2f} points; " +
-                   ("a tie within seed noise" if abs(diff) <= 2 * noise else "beyond two seed stds") +
-                   f" (largest seed std {noise:.2f})")
-    return {"start": start, "arms": arms, "verdict": verdict, **extra,
+    verdicts = {}
+    for other in sorted(set(arms) - {"netadapt"}):
+        pair = (arms.get("netadapt"), arms[other])
+        if pair[0] is None or any(a["top1_std"] is None for a in pair):
+            verdicts[other] = "not enough runs"
+            continue
+        diff = pair[0]["top1_mean"] - pair[1]["top1_mean"]
+        noise = max(pair[0]["top1_std"], pair[1]["top1_std"])
+        way = "NetAdapt ahead" if diff > 0 else f"{other} ahead"
+        verdicts[other] = (f"{way} by {abs(diff):.2f} points; " +
+                           ("a tie within seed noise" if abs(diff) <= 2 * noise else "beyond two seed stds") +
+                           f" (largest seed std {noise:.2f})")
+    return {"start": start, "arms": arms, "verdicts": verdicts, **extra,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                          if k not in ("out", "work")}}
 
@@ -213,7 +264,7 @@ def plot(runs: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    colours = {"netadapt": "tab:red", "uniform": "tab:purple"}
+    colours = {"netadapt": "tab:red", "uniform": "tab:purple", "uniform_e2e": "tab:orange"}
     for arm, group in runs.groupby("arm"):
         ax.scatter(group["table_ms"], 100 * group["top1"], color=colours.get(arm), alpha=0.7,
                    label=f"{arm} (seeds {', '.join(str(s) for s in group['seed'])})")
@@ -248,7 +299,12 @@ def markdown(runs: pd.DataFrame, summary: dict[str, Any], stages: dict[str, Any]
     lines += ["", "| arm | val top-1 mean | seed std |", "|---|---|---|"]
     for arm, a in summary["arms"].items():
         lines.append(f"| {arm} | {a['top1_mean']:.2f}% | {a['top1_std']} |")
-    lines += ["", f"**Verdict: {summary['verdict']}.**", ""]
+    lines += [""] + [f"**NetAdapt vs {other}: {verdict}.**" for other, verdict in summary["verdicts"].items()]
+    for seed, match in (summary.get("e2e_match") or {}).items():
+        lines += ["", f"`uniform_e2e` seed {seed}: the largest multiplier whose end-to-end latency, measured in "
+                  f"the same interleaved rounds as NetAdapt's network ({match['netadapt_ms']:.3f} ms), is not "
+                  f"above it: x{match['multiplier']:.2f} ({match['ms']:.3f} ms; load {match['loadavg']})."]
+    lines += [""]
     now = summary.get("measured_now") or {}
     if now:
         lines += ["Re-measured together (median of passes): " + "; ".join(
@@ -275,12 +331,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=RUN_COLUMNS)
         finals |= stages.run(f"seed {seed}", lambda: run_seed(seed, spec, start, latency, protocol,
                                                               tuner, args, runs, runs_path))
+    matches: dict[int, dict[str, Any]] = {}
+    for seed in args.seeds:
+        netadapt_spec = finals[f"netadapt_seed{seed}"]
+        matches[seed] = stages.run(f"uniform matched end to end, seed {seed}", lambda: e2e_matched_uniform(
+            spec, netadapt_spec, args.work, args.latency_passes))
+        runs = pd.read_csv(runs_path)
+        stages.run(f"uniform_e2e seed {seed}", lambda: run_e2e_arm(seed, start, matches[seed], latency, protocol,
+                                                                   tuner, args, runs, runs_path))
+        finals[f"uniform_e2e_seed{seed}"] = from_string(matches[seed]["spec"])
     now = stages.run("latency measured afresh", lambda: measured_now(finals, args.latency_passes))
     runs = pd.read_csv(runs_path).sort_values(["arm", "seed"])
     summary = summarise(runs, {"top1": round(100 * start_top1, 2), "table_ms": round(start_ms, 3),
                                "spec": to_string(spec)},
                         args, {"table_source": table_source, "measured_now": now,
-                               "table_keys": len(table)})
+                               "table_keys": len(table), "e2e_match": matches})
     (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     plot(runs, summary, args.out / "comparison.png")
     (args.out / "summary.md").write_text(markdown(runs, summary, stages.data))

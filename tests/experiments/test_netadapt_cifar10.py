@@ -35,8 +35,8 @@ def test_both_arms_trained_per_seed_and_resumed(tmp_path: Path, capsys):
             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
     summary = netadapt_cifar10.main(argv)
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
-    assert sorted(zip(runs["arm"], runs["seed"])) == [("netadapt", 0), ("netadapt", 1),
-                                                       ("uniform", 0), ("uniform", 1)]
+    assert sorted(zip(runs["arm"], runs["seed"])) == [("netadapt", 0), ("netadapt", 1), ("uniform", 0),
+                                                       ("uniform", 1), ("uniform_e2e", 0), ("uniform_e2e", 1)]
     start_ms = summary["start"]["table_ms"]
     for seed in (0, 1):
         na = runs[(runs["arm"] == "netadapt") & (runs["seed"] == seed)].iloc[0]
@@ -45,11 +45,18 @@ def test_both_arms_trained_per_seed_and_resumed(tmp_path: Path, capsys):
         assert un["table_ms"] <= na["table_ms"] + 1e-9 and 0 < un["multiplier"] < 1
         assert un["path_steps"] == na["path_steps"] == na["netadapt_steps"]  # T = 1 per step
         assert load_spec(tmp_path / "out" / f"netadapt_small_seed{seed}.yaml").name.endswith(f"seed{seed}")
-    assert set(summary["arms"]) == {"netadapt", "uniform"} and "points" in summary["verdict"]
+    for seed, match in summary["e2e_match"].items():  # measured in the same rounds, not above NetAdapt
+        assert match["ms"] <= match["netadapt_ms"] and match["measured"][f"x{match['multiplier']:.2f}"] == \
+            pytest.approx(match["ms"], abs=1e-3)
+        e2e = runs[(runs["arm"] == "uniform_e2e") & (runs["seed"] == seed)].iloc[0]
+        assert e2e["multiplier"] == match["multiplier"] and e2e["spec"] == match["spec"]
+    assert set(summary["arms"]) == {"netadapt", "uniform", "uniform_e2e"}
+    assert set(summary["verdicts"]) == {"uniform", "uniform_e2e"}
+    assert all("points" in v for v in summary["verdicts"].values())
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
     assert "| netadapt | 0 |" in (tmp_path / "out" / "summary.md").read_text()
 
     capsys.readouterr()
     netadapt_cifar10.main(argv)  # everything cached: no training again, no rows added
-    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 4
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 6
     assert "train epoch" not in capsys.readouterr().err
