@@ -44,7 +44,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -108,18 +108,31 @@ def host_latency(out: Path, given: Path | None) -> tuple[TableLatency, LatencyTa
     return latency, table, (out / "latency_table_source.txt").read_text().strip()
 
 
+def trained_once(model: torch.nn.Module, stem: Path,
+                 fit: Callable[[torch.nn.Module], tuple[torch.nn.Module, dict[str, Any]]]
+                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model`` trained by ``fit`` (which returns the trained module and a record), kept as
+    ``stem``.pth and ``stem``.json: a rerun loads them instead of training again."""
+    weights, record = stem.with_suffix(".pth"), stem.with_suffix(".json")
+    if weights.is_file() and record.is_file():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        return model, json.loads(record.read_text())
+    model, facts = fit(model)
+    torch.save(model.state_dict(), weights)
+    record.write_text(json.dumps(facts))
+    return model, facts
+
+
 def trained_start(spec, protocol, work: Path) -> tuple[torch.nn.Module, float]:
     """Canonical Small, reference-trained from scratch (seed 0), and its val top-1."""
-    weights, record = work / "start.pth", work / "start.json"
-    if weights.is_file() and record.is_file():
-        model = build_model(spec, num_classes=protocol.data.num_classes)
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        return model, json.loads(record.read_text())["top1"]
     cfg = dataclasses.replace(protocol.train, seed=0, checkpoint_dir=str(work / "start"))
-    result = train(spec, protocol.data, cfg, resume=True)
-    torch.save(result.model.state_dict(), weights)
-    record.write_text(json.dumps({"top1": result.top1, "seconds": result.seconds}))
-    return result.model, result.top1
+
+    def fit(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
+        result = train(model, protocol.data, cfg, resume=True)
+        return result.model, {"top1": result.top1, "seconds": result.seconds}
+
+    model, facts = trained_once(build_model(spec, num_classes=protocol.data.num_classes), work / "start", fit)
+    return model, facts["top1"]
 
 
 def copy_of(model: torch.nn.Module, spec, num_classes: int) -> torch.nn.Module:
@@ -137,6 +150,8 @@ def final_training(model, protocol, args, seed: int, where: Path) -> tuple[float
 
 
 def append_run(path: Path, row: dict[str, Any]) -> None:
+    """One finished arm and seed, with the load average at its end."""
+    row = {**row, "loadavg": [round(x, 2) for x in os.getloadavg()]}
     frame = pd.DataFrame([row], columns=RUN_COLUMNS)
     frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
 
@@ -145,22 +160,23 @@ def caught_up_uniform(start, scaled, steps: int, tuner: FineTuner, seed: int, wo
                       arm: str = "uniform") -> tuple[torch.nn.Module, float]:
     """The start's largest-L2-norm channels of ``scaled``, fine-tuned for as many steps as
     NetAdapt's picked path went through, with the same short-term settings (cached)."""
-    model = prune_model(start, scaled)
-    weights, record = work / f"{arm}-seed{seed}.pth", work / f"{arm}-seed{seed}.json"
-    if weights.is_file() and record.is_file():
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        return model, json.loads(record.read_text())["top1"]
     cfg = dataclasses.replace(tuner.short_term, steps=steps, seed=seed)
-    top1 = train(model, tuner.select_cfg, cfg, loaders=tuner.select_loaders(seed)).top1
-    torch.save(model.state_dict(), weights)
-    record.write_text(json.dumps({"top1": top1, "steps": steps}))
-    return model, top1
+
+    def fit(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
+        top1 = train(model, tuner.select_cfg, cfg, loaders=tuner.select_loaders(seed)).top1
+        return model, {"top1": top1, "steps": steps}
+
+    model, facts = trained_once(prune_model(start, scaled), work / f"{arm}-seed{seed}", fit)
+    return model, facts["top1"]
+
+
+def has_run(runs: pd.DataFrame, arm: str, seed: int) -> bool:
+    return bool(len(runs)) and bool(((runs["arm"] == arm) & (runs["seed"] == seed)).any())
 
 
 def run_seed(seed: int, spec, start, latency, protocol, tuner, args,
              runs: pd.DataFrame, runs_path: Path) -> dict[str, Any]:
     """NetAdapt and the uniform baseline from the same start, then the same final training."""
-    done = set(zip(runs["arm"], runs["seed"])) if len(runs) else set()
     classes = protocol.data.num_classes
     cfg = NetAdaptConfig(target_fraction=args.fraction, delta_fraction=args.delta,
                          max_proposals=args.proposals, rule="paper", seed=seed)
@@ -170,23 +186,21 @@ def run_seed(seed: int, spec, start, latency, protocol, tuner, args,
     save_spec(result.spec.replace(name=f"mobilenet_v3_small_netadapt_seed{seed}"),
               args.out / f"netadapt_small_seed{seed}.yaml")
     path_steps = result.train_steps
-    load = [round(x, 2) for x in os.getloadavg()]
-    if ("netadapt", seed) not in done:
+    if not has_run(runs, "netadapt", seed):
         top1, seconds = final_training(result.model, protocol, args, seed, args.work / f"final-netadapt-seed{seed}")
         append_run(runs_path, {"arm": "netadapt", "seed": seed, "table_ms": result.latency_ms,
                                "multiplier": None, "netadapt_steps": result.steps, "path_steps": path_steps,
                                "final_epochs": args.final_epochs, "top1_before_final": result.top1,
-                               "top1": top1, "seconds": round(seconds, 1), "loadavg": load,
-                               "spec": to_string(result.spec)})
+                               "top1": top1, "seconds": round(seconds, 1), "spec": to_string(result.spec)})
     multiplier, scaled, ms = width_for_latency(spec, latency, result.latency_ms)
     save_spec(scaled.replace(name=f"mobilenet_v3_small_uniform_x{multiplier:.3f}"), args.out / f"uniform_small_seed{seed}.yaml")
-    if ("uniform", seed) not in done:
+    if not has_run(runs, "uniform", seed):
         model, before = caught_up_uniform(start, scaled, path_steps, tuner, seed, args.work)
         top1, seconds = final_training(model, protocol, args, seed, args.work / f"final-uniform-seed{seed}")
         append_run(runs_path, {"arm": "uniform", "seed": seed, "table_ms": ms, "multiplier": multiplier,
                                "netadapt_steps": None, "path_steps": path_steps, "final_epochs": args.final_epochs,
                                "top1_before_final": before, "top1": top1, "seconds": round(seconds, 1),
-                               "loadavg": [round(x, 2) for x in os.getloadavg()], "spec": to_string(scaled)})
+                               "spec": to_string(scaled)})
     return {f"netadapt_seed{seed}": result.spec, f"uniform_seed{seed}": scaled}
 
 
@@ -219,7 +233,7 @@ def e2e_matched_uniform(spec, netadapt_spec, work: Path, passes: int) -> dict[st
 def run_e2e_arm(seed: int, start, match: dict[str, Any], latency, protocol, tuner, args,
                 runs: pd.DataFrame, runs_path: Path) -> None:
     """The uniform arm at NetAdapt's measured latency: same catch-up and final training."""
-    if len(runs) and ((runs["arm"] == "uniform_e2e") & (runs["seed"] == seed)).any():
+    if has_run(runs, "uniform_e2e", seed):
         return
     path_steps = int(runs[(runs["arm"] == "netadapt") & (runs["seed"] == seed)]["path_steps"].iloc[0])
     scaled = from_string(match["spec"])
@@ -228,8 +242,7 @@ def run_e2e_arm(seed: int, start, match: dict[str, Any], latency, protocol, tune
     append_run(runs_path, {"arm": "uniform_e2e", "seed": seed, "table_ms": latency(scaled),
                            "multiplier": match["multiplier"], "netadapt_steps": None, "path_steps": path_steps,
                            "final_epochs": args.final_epochs, "top1_before_final": before, "top1": top1,
-                           "seconds": round(seconds, 1), "loadavg": [round(x, 2) for x in os.getloadavg()],
-                           "spec": match["spec"]})
+                           "seconds": round(seconds, 1), "spec": match["spec"]})
 
 
 def summarise(runs: pd.DataFrame, start: dict[str, Any], args, extra: dict[str, Any]) -> dict[str, Any]:

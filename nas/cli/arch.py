@@ -34,7 +34,6 @@ CONVERTERS = {
 }
 
 
-
 def _show(args: argparse.Namespace) -> None:
     from nas.cost.profile import profile_spec
 
