@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,6 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from scipy.stats import kendalltau  # noqa: E402
 
 from nas.arch.codecs import to_string  # noqa: E402
 from nas.cost.sampling import cpu_model  # noqa: E402
@@ -53,7 +51,9 @@ from nas.search.space import load_space  # noqa: E402
 from nas.training.checkpoint import CheckpointError  # noqa: E402
 from nas.training.data import make_loaders  # noqa: E402
 from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402
+from nas.training.scoring import encode_correct, predict  # noqa: E402
 from nas.training.train import train  # noqa: E402
+from repeatability_stats import mean_of, per_image_entry, pooled_std, tau  # noqa: E402
 from supernet_benchmark import params_of, pick_specs  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
@@ -132,7 +132,10 @@ def run_all(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     space = load_space("mobilenetv3_small")
     specs = pick_specs(space, args.specs, args.pool, args.spec_seed)
-    done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in read_rows(args.runs)}
+    # With --rescore a run recorded before per-image records existed is trained again (the loop
+    # is deterministic on one CPU kind: the repeat must reproduce its top-1, which is checked).
+    earlier = {run_key(r): r for r in read_rows(args.runs)}
+    done = {k for k, r in earlier.items() if not args.rescore or "val_correct" in r}
     for name in args.protocols:
         protocol = protocol_of(name, args)
         key = settings_key(protocol)
@@ -146,6 +149,7 @@ def run_all(args: argparse.Namespace) -> None:
                 arch = to_string(spec)
                 if (name, key, arch, seed) in done:
                     continue
+                before = earlier.get((name, key, arch, seed))
                 if seed not in loaders_by_seed:
                     loaders_by_seed = {seed: make_loaders(protocol.data, seed=seed)}
                 folder = args.work / "checkpoints" / name / f"{spec_name}-seed{seed}"
@@ -162,12 +166,14 @@ def run_all(args: argparse.Namespace) -> None:
                     log(f"{name} {spec_name} seed {seed}: {err}; starting this run over")
                     shutil.rmtree(folder)
                     result = train(spec, protocol.data, cfg, loaders=loaders_by_seed[seed], resume=True)
+                load_end = round(os.getloadavg()[0], 2)
                 row = {
                     "protocol": name, "settings_key": key, "spec": spec_name, "arch": arch,
                     "seed": seed, "top1": result.top1, "top5": result.top5, "loss": result.loss,
+                    **per_image_scores(result, loaders_by_seed[seed], before),
                     "seconds": result.seconds, "images_per_second": result.images_per_second,
                     "steps": result.steps, "params": params_of(spec, 10),
-                    "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2),
+                    "load_start": round(load_start, 2), "load_end": load_end,
                     "host": platform.node(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
                     "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                 }
@@ -179,28 +185,43 @@ def run_all(args: argparse.Namespace) -> None:
                 weights.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(result.model.state_dict(), weights)
                 shutil.rmtree(folder, ignore_errors=True)
-                log(f"{name} {spec_name} seed {seed}: top-1 {result.top1:.4f} "
-                    f"({result.seconds:.0f} s, {result.images_per_second:.0f} images/s)")
+                log(f"{name} {spec_name} seed {seed}: top-1 {result.top1:.4f}, with flip averaging "
+                    f"{row['top1_flip']:.4f} ({result.seconds:.0f} s, {result.images_per_second:.0f} images/s)"
+                    + ("" if before is None else
+                       f"; repeat of a recorded run: top-1 {'identical' if row['repeat_identical'] else 'DIFFERS'}"))
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
+    return row["protocol"], row["settings_key"], row["arch"], row["seed"]
+
+
+def per_image_scores(result: Any, loaders: Any, before: dict[str, Any] | None) -> dict[str, Any]:
+    """Which val images the run gets right (packed), and top-1 with test-time flip averaging.
+
+    Scored after the run, so neither enters its seconds (``flip_seconds`` is what the flip pass
+    costs). ``before``: the recorded run this one repeats (``--rescore``), or None.
+    """
+    plain = predict(result.model, loaders.val, "cpu")
+    if plain.top1() != result.top1:  # the same weights and images: anything else is a bug
+        raise RuntimeError(f"re-scoring gave top-1 {plain.top1()} against the run's {result.top1}")
+    started = time.perf_counter()
+    flipped = predict(result.model, loaders.val, "cpu", flip=True)
+    scores: dict[str, Any] = {"top1_flip": flipped.top1(), "val_correct": encode_correct(plain.correct()),
+                              "val_images": len(plain.target),
+                              "flip_seconds": round(time.perf_counter() - started, 2)}
+    if before is not None:
+        scores["repeat_identical"] = before["top1"] == result.top1
+        scores["recorded_top1"] = before["top1"]
+    return scores
 
 
 # ---------------------------------------------------------------------------- summary
-def _tau(a: pd.Series, b: pd.Series) -> float | None:
-    joined = pd.concat([a, b], axis=1).dropna()
-    if len(joined) < 3:
-        return None
-    return float(kendalltau(joined.iloc[:, 0], joined.iloc[:, 1]).statistic)
-
-
-def _mean(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return round(statistics.mean(kept), 3) if kept else None
-
-
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
     rows = read_rows(args.runs)
     if not rows:
         raise SystemExit(f"repeatability_benchmark: no finished runs in {args.runs}")
-    runs = pd.DataFrame(rows)
+    # A repeated run (--rescore) supersedes its earlier row: the same run, with per-image records.
+    runs = pd.DataFrame(rows).drop_duplicates(["protocol", "settings_key", "arch", "seed"], keep="last")
     # Only the current settings of each protocol count (an edited protocol starts afresh).
     current = {name: settings_key(protocol_of(name, args)) for name in VARIANTS}
     runs = runs[runs.apply(lambda r: current.get(r["protocol"]) == r["settings_key"], axis=1)]
@@ -221,14 +242,14 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
     for name in [n for n in VARIANTS if n in table.columns.get_level_values(0)]:
         part = table[name]
         seeds = list(part.columns)
-        pair_taus = {f"{a}-{b}": _tau(part[a], part[b]) for a, b in itertools.combinations(seeds, 2)}
+        pair_taus = {f"{a}-{b}": tau(part[a], part[b]) for a, b in itertools.combinations(seeds, 2)}
         std = runs[runs.protocol == name].groupby("spec")["top1"].std().dropna() * 100
         entry: dict[str, Any] = {
             "settings": protocol_of(name, args).settings(),
             "seeds": [int(s) for s in seeds],
             "networks_with_all_seeds": int(part.dropna().shape[0]),
             "seed_to_seed_tau": {k: (round(v, 3) if v is not None else None) for k, v in pair_taus.items()},
-            "seed_to_seed_tau_mean": _mean(list(pair_taus.values())),
+            "seed_to_seed_tau_mean": mean_of(list(pair_taus.values())),
             "seed_std_points_median": round(float(std.median()), 3) if len(std) else None,
             "seed_std_points_max": round(float(std.max()), 3) if len(std) else None,
             "seconds_per_candidate_median": round(float(runs[runs.protocol == name]["seconds"].median()), 1),
@@ -240,12 +261,16 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
         }
         if reference is not None and name != "reference":
             entry["tau_vs_reference_mean_per_seed"] = {
-                str(s): (round(t, 3) if (t := _tau(part[s], reference)) is not None else None) for s in seeds}
-            mean_tau = _tau(part.mean(axis=1), reference)
+                str(s): (round(t, 3) if (t := tau(part[s], reference)) is not None else None) for s in seeds}
+            mean_tau = tau(part.mean(axis=1), reference)
             entry["tau_seed_mean_vs_reference_mean"] = round(mean_tau, 3) if mean_tau is not None else None
+        entry["seed_std_points_pooled"] = pooled_std(runs[runs.protocol == name])
+        per_image = per_image_entry(runs[runs.protocol == name], reference)
+        if per_image:
+            entry["per_image"] = per_image
         if name == "reference" and len(seeds) >= 3:
-            loo = [_tau(part[s], part.drop(columns=[s]).mean(axis=1)) for s in seeds]
-            entry["tau_one_seed_vs_mean_of_others"] = _mean(loo)
+            loo = [tau(part[s], part.drop(columns=[s]).mean(axis=1)) for s in seeds]
+            entry["tau_one_seed_vs_mean_of_others"] = mean_of(loo)
         summary["protocols"][name] = entry
     (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     _write_markdown(summary, networks, args.out / "summary.md")
@@ -264,6 +289,19 @@ def _write_markdown(summary: dict[str, Any], networks: pd.DataFrame, path: Path)
                  if e["canonical_top1_mean"] is not None else "-")
         lines.append(f"| {name} | {len(e['seeds'])} | {e['seconds_per_candidate_median']} | "
                      f"{e['seed_to_seed_tau_mean']} | {vs} | {e['seed_std_points_median']} | {canon} |")
+    lines += ["", "Seed noise against the val set's own sampling noise (networks whose every seed "
+              "recorded which val images it gets right; `repeatability_stats.per_image_entry`), and "
+              "test-time flip averaging on the same runs:", "",
+              "| protocol | networks | pooled seed std (pts) | val-noise std (pts) | unstable val images "
+              "(median) | flip: pooled seed std | flip gain (pts) | tau vs reference mean, plain / flip |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, e in summary["protocols"].items():
+        if (p := e.get("per_image")) is not None:
+            taus = (f"{p.get('tau_seed_mean_vs_reference_mean_plain', '-')} / "
+                    f"{p.get('tau_seed_mean_vs_reference_mean_flip', '-')}")
+            lines.append(f"| {name} | {len(p['networks'])} | {p['seed_std_points_pooled']} | "
+                         f"{p['val_noise_std_points_pooled']} | {p['unstable_val_images_median']} | "
+                         f"{p['flip_seed_std_points_pooled']} | {p['flip_gain_points_mean']} | {taus} |")
     lines += ["", "Per network (top-1 mean and std over seeds, percent):", "",
               networks.assign(top1_mean=networks.top1_mean * 100, top1_std=networks.top1_std * 100)
               .round(2).to_markdown(index=False)]
@@ -325,6 +363,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--summary-only", action="store_true", help="no training: summarise")
+    parser.add_argument("--rescore", action="store_true",
+                        help="train again the recorded runs that lack per-image records (checks "
+                             "that each repeat reproduces its recorded top-1)")
     # Shrinking knobs for smoke tests (they change the settings key: separate results).
     parser.add_argument("--train-per-class", type=int, default=None)
     parser.add_argument("--val-samples", type=int, default=None)

@@ -166,7 +166,7 @@ def _extract(args: argparse.Namespace) -> None:
     from nas.supernet.evaluator import SupernetEvaluator
     from nas.supernet.train import load_supernet
     from nas.training.data_config import DataConfig
-    from nas.training.train import evaluate_model
+    from nas.training.scoring import evaluate_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

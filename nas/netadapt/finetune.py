@@ -12,7 +12,8 @@ from nas.models.bn import recalibrate_bn
 from nas.netadapt.config import NetAdaptError, SELECTIONS, check_choice
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
-from nas.training.train import evaluate_model, train
+from nas.training.scoring import evaluate_model
+from nas.training.train import train
 from nas.training.train_config import TrainConfig, resolve_device
 
 

@@ -45,7 +45,7 @@ from nas.supernet.train import (
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult
-from nas.training.train import evaluate_model
+from nas.training.scoring import evaluate_model
 from nas.training.train_config import resolve_device
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,7 @@ from nas.training.loop import (
     epoch_batches,
     run_loop,
 )
+from nas.training.scoring import evaluate_model
 from nas.training.train_config import TrainConfig, resolve_device
 
 
@@ -126,47 +127,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch, total_steps)
     )
-
-
-def _topk_correct(logits: torch.Tensor, target: torch.Tensor, k: int) -> int:
-    top = logits.topk(k, dim=1).indices
-    return int((top == target[:, None]).any(dim=1).sum())
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, loader: Any, device: torch.device | str
-                   ) -> tuple[float, float | None, float]:
-    """``(top1, top5, loss)`` of ``model`` on ``loader`` (fractions; top5 None below 5 classes).
-
-    Raises :class:`NonFiniteLossError` when the logits are not finite.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    seen = correct1 = correct5 = 0
-    loss_sum = 0.0
-    top5_possible = True
-    try:
-        for images, target in loader:
-            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            logits = model(images)
-            if not torch.isfinite(logits).all():
-                raise NonFiniteLossError(
-                    f"evaluation produced non-finite logits after {seen} images; "
-                    "the weights have diverged (lower the learning rate)"
-                )
-            loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-            correct1 += _topk_correct(logits, target, 1)
-            if logits.shape[1] >= 5:
-                correct5 += _topk_correct(logits, target, 5)
-            else:
-                top5_possible = False
-            seen += len(target)
-    finally:
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("evaluation loader yielded no images")
-    return correct1 / seen, (correct5 / seen if top5_possible else None), loss_sum / seen
 
 
 def _output_features(model: nn.Module) -> int | None:

@@ -42,3 +42,24 @@ def test_benchmark_runs_resumes_and_summarises(tmp_path: Path) -> None:
     assert "tau_vs_reference_mean_per_seed" in summary["protocols"]["proxy"]
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 0
     assert (tmp_path / "out" / "networks.csv").is_file()
+    per_image = reference["per_image"]
+    assert per_image["networks"] and per_image["val_noise_std_points_pooled"] >= 0
+    # 10 classes x 3 val images: 30 bits, 4 bytes, 8 base64 characters.
+    assert all(r["val_images"] == 30 and len(r["val_correct"]) == 8 and "top1_flip" in r for r in rows)
+
+    # Runs recorded before per-image records existed: --rescore trains them again and checks the
+    # repeat reproduces the recorded top-1; without --rescore they count as done.
+    reference_file = tmp_path / "runs" / "runs-reference-seed0.jsonl"
+    old = [json.loads(line) for line in reference_file.read_text().splitlines()]
+    stripped = [{k: v for k, v in r.items() if k not in ("val_correct", "top1_flip")} for r in old]
+    reference_file.write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    plain = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert plain.returncode == 0 and "training" not in plain.stdout
+    rescored = subprocess.run(args + ["--rescore", "--only", "canonical"], capture_output=True,
+                              text=True, timeout=600, env=env)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert rescored.stdout.count("training") == 1 and "repeat of a recorded run: top-1 identical" in rescored.stdout
+    repeat = json.loads(reference_file.read_text().splitlines()[-1])
+    assert repeat["spec"] == "canonical" and repeat["repeat_identical"] and "val_correct" in repeat
+    summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
+    assert summary["protocols"]["reference"]["per_image"]["networks"] == ["canonical"]

@@ -151,7 +151,7 @@ def test_evaluator_implements_the_interface() -> None:
 
 
 def test_evaluator_recalibrates_bn_so_extraction_scores_the_same() -> None:
-    from nas.training.train import evaluate_model
+    from nas.training.scoring import evaluate_model
 
     torch.manual_seed(0)
     net = Supernet(tiny_space(), num_classes=4)

@@ -17,11 +17,11 @@ from nas.training.train import (
     CheckpointError,
     NonFiniteLossError,
     WeightsError,
-    evaluate_model,
     load_weights,
     lr_factor,
     train,
 )
+from nas.training.scoring import evaluate_model
 from nas.training.train_config import TrainConfig
 
 # A four-block network: trains in well under a second a step at 32x32 on two cores.
