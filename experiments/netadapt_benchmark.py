@@ -148,18 +148,31 @@ def latency_table(out: Path) -> tuple[LatencyTable, Path, str]:
     return table, table_dir, "built here for canonical Small, extended on demand"
 
 
+def trained_once(model: torch.nn.Module, stem: Path,
+                 fit: Callable[[torch.nn.Module], tuple[torch.nn.Module, dict[str, Any]]]
+                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model`` trained by ``fit`` (which returns the trained module and a record), kept as
+    ``stem``.pth and ``stem``.json: a rerun loads them instead of training again."""
+    weights, record = stem.with_suffix(".pth"), stem.with_suffix(".json")
+    if weights.is_file() and record.is_file():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        return model, json.loads(record.read_text())
+    model, facts = fit(model)
+    torch.save(model.state_dict(), weights)
+    record.write_text(json.dumps(facts))
+    return model, facts
+
+
 def pretrain(spec, tuner: FineTuner, args, work: Path) -> torch.nn.Module:
-    path = work / "start.pth"
-    model = build_model(spec, num_classes=tuner.num_classes)
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model
     cfg = TrainConfig(epochs=args.pretrain_epochs, lr=args.pretrain_lr, warmup_epochs=0.5,
                       seed=args.seed, progress=False, bn_recalibration_batches=args.bn_batches,
                       checkpoint_dir=str(work / "pretrain"))
-    model = train(spec, tuner.select_cfg, cfg, resume=True).model
-    torch.save(model.state_dict(), path)
-    return model
+
+    def fit(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
+        result = train(model, tuner.select_cfg, cfg, resume=True)
+        return result.model, {"top1": result.top1, "seconds": result.seconds}
+
+    return trained_once(build_model(spec, num_classes=tuner.num_classes), work / "start", fit)[0]
 
 
 def uniform_baseline(spec, start: torch.nn.Module, latency, target_ms: float, steps: int,

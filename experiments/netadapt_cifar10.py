@@ -44,7 +44,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -67,7 +67,7 @@ from nas.netadapt.selection import scale_width, width_for_latency  # noqa: E402
 from nas.search.space import load_space  # noqa: E402
 from nas.training.protocols import load_protocol  # noqa: E402
 from nas.training.train import train  # noqa: E402
-from netadapt_benchmark import Stages, add_netadapt_arguments, measured_now  # noqa: E402
+from netadapt_benchmark import Stages, add_netadapt_arguments, measured_now, trained_once  # noqa: E402
 
 DEFAULT_OUT = REPO / "experiments" / "results" / "netadapt_cifar10"
 DEFAULT_WORK = REPO / "outputs" / "netadapt_cifar10"
@@ -106,21 +106,6 @@ def host_latency(out: Path, given: Path | None) -> tuple[TableLatency, LatencyTa
     latency = TableLatency(table, measure_missing=True, save_to=table_dir, mode="anchored",
                            harness=table.harness_config().replace(passes=3))
     return latency, table, (out / "latency_table_source.txt").read_text().strip()
-
-
-def trained_once(model: torch.nn.Module, stem: Path,
-                 fit: Callable[[torch.nn.Module], tuple[torch.nn.Module, dict[str, Any]]]
-                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``model`` trained by ``fit`` (which returns the trained module and a record), kept as
-    ``stem``.pth and ``stem``.json: a rerun loads them instead of training again."""
-    weights, record = stem.with_suffix(".pth"), stem.with_suffix(".json")
-    if weights.is_file() and record.is_file():
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        return model, json.loads(record.read_text())
-    model, facts = fit(model)
-    torch.save(model.state_dict(), weights)
-    record.write_text(json.dumps(facts))
-    return model, facts
 
 
 def trained_start(spec, protocol, work: Path) -> tuple[torch.nn.Module, float]:

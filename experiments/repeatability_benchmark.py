@@ -53,7 +53,7 @@ from nas.training.data import make_loaders  # noqa: E402
 from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402
 from nas.training.scoring import encode_correct, predict  # noqa: E402
 from nas.training.train import train  # noqa: E402
-from repeatability_stats import mean_of, per_image_entry, pooled_std, tau  # noqa: E402
+from repeatability_stats import mean_of, per_image_entry, pooled_std, tau, tau_interval  # noqa: E402
 from supernet_benchmark import params_of, pick_specs  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
@@ -264,6 +264,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                 str(s): (round(t, 3) if (t := tau(part[s], reference)) is not None else None) for s in seeds}
             mean_tau = tau(part.mean(axis=1), reference)
             entry["tau_seed_mean_vs_reference_mean"] = round(mean_tau, 3) if mean_tau is not None else None
+            entry["tau_seed_mean_vs_reference_mean_interval_90"] = tau_interval(part.mean(axis=1), reference)
         entry["seed_std_points_pooled"] = pooled_std(runs[runs.protocol == name])
         per_image = per_image_entry(runs[runs.protocol == name], reference)
         if per_image:

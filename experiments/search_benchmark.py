@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     max_latency = max(table.predict(s) for s in (supernet.largest_spec(),
                                                  *(space.sample(rng) for _ in range(2000))))
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, fronts = [], []
+    rows, kept = [], []  # kept: each study's front (pareto) or best network (mnasnet)
     for sampler in args.samplers:
         for seed in args.seeds:
             study = run_study(args, sampler, seed, objective_for, args.work)
@@ -214,16 +214,16 @@ def main(argv: list[str] | None = None) -> None:
             # pareto: the study's front; mnasnet: its best-rewarded network.
             best = study.best_trials if args.mode == "pareto" else [study.best_trial]
             for trial in best:
-                fronts.append({"sampler": sampler, "seed": seed, "number": trial.number,
+                kept.append({"sampler": sampler, "seed": seed, "number": trial.number,
                                "top1": trial.user_attrs.get("accuracy"),
                                "latency_ms": trial.user_attrs.get("latency_ms"),
                                "reward": trial.values[0] if args.mode == "mnasnet" else None,
                                "spec": trial.user_attrs.get("spec")})
-    write_outputs(args, pd.DataFrame(rows), pd.DataFrame(fronts), table.predict(canonical),
+    write_outputs(args, pd.DataFrame(rows), pd.DataFrame(kept), table.predict(canonical),
                   scores.scores.get(to_string(canonical)), max_latency)
 
 
-def write_outputs(args: argparse.Namespace, curves: pd.DataFrame, fronts: pd.DataFrame,
+def write_outputs(args: argparse.Namespace, curves: pd.DataFrame, kept: pd.DataFrame,
                   canonical_ms: float, canonical_top1: float | None, max_latency: float) -> None:
     import matplotlib
 
@@ -261,14 +261,14 @@ def write_outputs(args: argparse.Namespace, curves: pd.DataFrame, fronts: pd.Dat
     fig.tight_layout()
     fig.savefig(args.out / f"hypervolume-{args.mode}.png", dpi=120)
     plt.close(fig)
-    if not fronts.empty and args.mode == "mnasnet":
-        fronts.to_csv(args.out / "best-mnasnet.csv", index=False)
-        summary["best_per_study"] = fronts.drop(columns="spec").round(4).to_dict(orient="records")
+    if not kept.empty and args.mode == "mnasnet":
+        kept.to_csv(args.out / "best-mnasnet.csv", index=False)
+        summary["best_per_study"] = kept.drop(columns="spec").round(4).to_dict(orient="records")
         summary["target_ms"] = args.target_ms
-    elif not fronts.empty:
-        fronts.drop(columns="reward").to_csv(args.out / "fronts.csv", index=False)
+    elif not kept.empty:
+        kept.drop(columns="reward").to_csv(args.out / "fronts.csv", index=False)
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for sampler, group in fronts[fronts["seed"] == args.seeds[0]].groupby("sampler"):
+        for sampler, group in kept[kept["seed"] == args.seeds[0]].groupby("sampler"):
             group = group.sort_values("latency_ms")
             ax.step(group["latency_ms"], group["top1"], where="post", marker="o", label=sampler)
         if canonical_top1 is not None:
