@@ -215,10 +215,10 @@ def main(argv: list[str] | None = None) -> None:
             best = study.best_trials if args.mode == "pareto" else [study.best_trial]
             for trial in best:
                 kept.append({"sampler": sampler, "seed": seed, "number": trial.number,
-                               "top1": trial.user_attrs.get("accuracy"),
-                               "latency_ms": trial.user_attrs.get("latency_ms"),
-                               "reward": trial.values[0] if args.mode == "mnasnet" else None,
-                               "spec": trial.user_attrs.get("spec")})
+                             "top1": trial.user_attrs.get("accuracy"),
+                             "latency_ms": trial.user_attrs.get("latency_ms"),
+                             "reward": trial.values[0] if args.mode == "mnasnet" else None,
+                             "spec": trial.user_attrs.get("spec")})
     write_outputs(args, pd.DataFrame(rows), pd.DataFrame(kept), table.predict(canonical),
                   scores.scores.get(to_string(canonical)), max_latency)
 
