@@ -31,6 +31,8 @@ import socket
 import time
 import zlib
 from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -54,7 +56,12 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process stays signalable as a zombie until its parent reaps it: not alive.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone since os.kill, or no procfs (not Linux: then trust os.kill)
+        return not Path("/proc/self").exists()
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def recover_dead_workers(study: optuna.Study, *, heartbeat: bool = False,
@@ -314,8 +321,14 @@ def run_parallel(job: WorkerJob, n_workers: int) -> None:
         process.start()
         processes.append(process)
     try:
-        for process in processes:
-            process.join()
+        # Reap each worker as soon as it exits, in any order: an unreaped dead worker is a
+        # zombie, and a survivor waiting on its running trial would wait forever.
+        pending = list(processes)
+        while pending:
+            ready = wait([process.sentinel for process in pending])
+            for process in [p for p in pending if p.sentinel in ready]:
+                process.join()
+                pending.remove(process)
     except KeyboardInterrupt:
         # The workers got the same SIGINT: give them time to mark their trials, then stop them.
         deadline = time.monotonic() + 30

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -223,6 +227,28 @@ def test_dead_worker_trial_is_failed_and_retried(tmp_path: Path):
     retry = study.ask()
     space.suggest(retry)  # an enqueued trial's parameters are fixed when suggested
     assert retry.params == frozen[trial.number].params and retry.user_attrs["retry_of"] == trial.number
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux procfs")
+def test_a_killed_worker_not_yet_reaped_counts_as_dead(tmp_path: Path):
+    """A SIGKILLed child stays signalable as a zombie until its parent reaps it; a survivor
+    that took it for alive waited forever on its running trial (a CI hang)."""
+    storage_settings, study = _journal_study(tmp_path, "z")
+    space = load_space(SPACE)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(child.pid, 0)  # still signalable: the zombie the check must see through
+        trial = study.ask()
+        space.suggest(trial)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{child.pid}")
+        assert recover_dead_workers(study) == [trial.number]
+    finally:
+        child.wait()
 
 
 def test_a_retry_keeps_its_place_before_fresh_trials(tmp_path: Path):
