@@ -24,6 +24,7 @@ from nas.arch.spec import (
     original_stage_projection,
     squeeze_channels,
 )
+from nas.models.depthwise import DepthwiseConv2dNormActivation
 
 # torchvision's MobileNetV3 BatchNorm settings (eps 0.001, momentum 0.01; torchvision
 # models/mobilenetv3.py, following the paper's TF reference).
@@ -74,10 +75,10 @@ class Bneck(nn.Module):
             )
         # torchvision: a dilated depthwise conv keeps the resolution (stride 1).
         stride = 1 if block.dilation > 1 else block.stride
+        # Skips the kernel taps that read only padding on small maps (nas.models.depthwise).
         layers.append(
-            Conv2dNormActivation(block.expansion, block.expansion, kernel_size=block.kernel,
-                                 stride=stride, dilation=block.dilation, groups=block.expansion,
-                                 norm_layer=norm_layer, activation_layer=act)
+            DepthwiseConv2dNormActivation(block.expansion, block.kernel, stride, block.dilation,
+                                          norm_layer=norm_layer, activation_layer=act)
         )
         if block.se:
             layers.append(
