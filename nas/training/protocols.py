@@ -1,9 +1,10 @@
 """Named training protocols: a data config plus a training config, read from YAML.
 
-Two ship with the project (``nas/conf/protocol/``): ``proxy``, the cheap accuracy objective
-of the search, and ``reference``, the longer protocol behind final figures and the ranking
-the proxy and the supernet are judged against (a shipped protocol's relative ``root`` is
-relative to the project checkout). A protocol file holds a ``data:`` mapping
+Three ship with the project (``nas/conf/protocol/``): ``proxy``, the cheap accuracy objective
+of the search; ``reference``, the longer protocol behind final figures and the ranking the
+proxy and the supernet are judged against; and ``proxy_b256``, the proxy before, kept because
+the ablation studies' accuracy was measured with it (a shipped protocol's relative ``root``
+is relative to the project checkout). A protocol file holds a ``data:`` mapping
 (:class:`nas.training.data_config.DataConfig` fields) and a ``train:`` mapping
 (:class:`nas.training.train_config.TrainConfig` fields); any file in that format can be named by path.
 """

@@ -12,7 +12,7 @@ from nas.training.protocols import CHECKOUT, load_protocol, protocol_names
 
 
 def test_shipped_protocols_load_and_differ_in_cost() -> None:
-    assert protocol_names() == ["proxy", "reference"]
+    assert protocol_names() == ["proxy", "proxy_b256", "reference"]
     proxy, reference = load_protocol("proxy"), load_protocol("reference")
     assert proxy.data.name == reference.data.name == "cifar10"
     # The data root is the checkout's sibling shared/ folder wherever the command runs.
@@ -23,6 +23,11 @@ def test_shipped_protocols_load_and_differ_in_cost() -> None:
         return protocol.train.epochs * images * protocol.data.resolution ** 2
 
     assert pixels_seen(reference) >= 10 * pixels_seen(proxy)
+    # The proxy before differs only in its batch and (linearly scaled) learning rate, so the
+    # ablation results measured with it stay keyed by its settings.
+    before = load_protocol("proxy_b256")
+    assert before.data.batch_size == 2 * proxy.data.batch_size and before.train.lr == 2 * proxy.train.lr
+    assert before.key() != proxy.key()
 
 
 def test_overrides_are_validated_and_named() -> None:
@@ -30,7 +35,7 @@ def test_overrides_are_validated_and_named() -> None:
     assert cheap.data.train_per_class == 10 and cheap.train.epochs == 1
     with pytest.raises(ConfigError, match="reference.yaml: TrainConfig.epochs must be an integer >= 1"):
         load_protocol("reference", train={"epochs": 0})
-    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'reference'\]"):
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'reference'\]"):
         load_protocol("nope")
 
 

@@ -1,0 +1,125 @@
+"""Training-step time with the trimmed depthwise conv against the plain ``nn.Conv2d`` one.
+
+``nas.models.depthwise.TrimmedDepthwiseConv2d`` skips the kernel taps that read only padding
+(the last stages' 2x2 and 1x1 maps at the proxy's 32 px). This times one SGD step (forward,
+backward, update; channels-last, one thread, as the proxy trains) of the same network with
+the same weights both ways, in interleaved rounds (A B A B) so the shared machine's drifting
+load hits both alike, and checks that both compute the same logits. Networks: the
+repeatability benchmark's smallest, canonical and largest Small-space specs.
+
+Writes ``runs.csv`` (every round) and ``summary.yaml`` (median ms per step, the median per-round
+ratio plain / trimmed per network and batch, load averages) into ``--out``.
+
+    python experiments/depthwise_trim_benchmark.py --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch import nn  # noqa: E402
+
+from nas.models.builder import build_model  # noqa: E402
+from nas.models.depthwise import TrimmedDepthwiseConv2d  # noqa: E402
+from nas.search.space import load_space  # noqa: E402
+from nas.supernet.network import Supernet  # noqa: E402
+
+DEFAULT_OUT = REPO / "experiments" / "results" / "depthwise_trim"
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """The same network and weights with every trimmed conv back to ``nn.Conv2d``'s forward
+    (the subclass adds no state, so the instance's class can be swapped)."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(module, TrimmedDepthwiseConv2d):
+            module.__class__ = nn.Conv2d
+    return plain
+
+
+def step_ms(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+            target: torch.Tensor, steps: int) -> float:
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    started = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(images), target).backward()
+        optimizer.step()
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per arm and round")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--resolution", type=int, default=32)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    space = load_space("mobilenetv3_small")
+    probe = Supernet(space, num_classes=10)
+    specs = {"smallest": probe.smallest_spec(), "canonical": space.base, "largest": probe.largest_spec()}
+    rows = []
+    for name, spec in specs.items():
+        for batch in args.batch_sizes:
+            trimmed = build_model(spec, num_classes=10).to(memory_format=torch.channels_last).train()
+            plain = plain_copy(trimmed)
+            images = torch.randn(batch, 3, args.resolution, args.resolution).contiguous(
+                memory_format=torch.channels_last)
+            target = torch.randint(0, 10, (batch,))
+            with torch.no_grad():  # eval mode: dropout off, so both must agree
+                difference = (trimmed.eval()(images) - plain.eval()(images)).abs().max().item()
+            trimmed.train(), plain.train()
+            arms = {"plain": plain, "trimmed": trimmed}
+            optimizers = {arm: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for arm, m in arms.items()}
+            for arm, model in arms.items():  # warm-up: oneDNN primitive creation
+                step_ms(model, optimizers[arm], images, target, 3)
+            for round_index in range(args.rounds):
+                for arm, model in arms.items():
+                    ms = step_ms(model, optimizers[arm], images, target, args.steps)
+                    rows.append({"spec": name, "batch_size": batch, "arm": arm, "round": round_index,
+                                 "ms_per_step": ms, "load": os.getloadavg()[0],
+                                 "max_logit_difference": difference})
+            print(f"{name} batch {batch}: " + ", ".join(
+                f"{arm} {statistics.median(r['ms_per_step'] for r in rows if r['spec'] == name and r['batch_size'] == batch and r['arm'] == arm):.1f} ms"
+                for arm in arms) + f" (load {os.getloadavg()[0]:.2f})", flush=True)
+    frame = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / "runs.csv", index=False)
+    medians = frame.groupby(["spec", "batch_size", "arm"], sort=False)["ms_per_step"].median().unstack("arm")
+    # The speed-up is the median of the per-round ratios (each from side-by-side timings).
+    per_round = frame.pivot_table(index=["spec", "batch_size", "round"], columns="arm", values="ms_per_step")
+    speedups = (per_round["plain"] / per_round["trimmed"]).groupby(level=["spec", "batch_size"]).median()
+    summary = {
+        "setup": {"resolution": args.resolution, "threads": 1, "rounds": args.rounds,
+                  "steps_per_round": args.steps, "channels_last": True,
+                  "load_average": [round(float(frame["load"].min()), 2), round(float(frame["load"].max()), 2)]},
+        "results": [{"spec": spec, "batch_size": int(batch),
+                     "plain_ms_per_step": round(float(row["plain"]), 1),
+                     "trimmed_ms_per_step": round(float(row["trimmed"]), 1),
+                     "speedup": round(float(speedups[(spec, batch)]), 3),
+                     "max_logit_difference": float(frame[(frame.spec == spec) & (frame.batch_size == batch)]
+                                                   ["max_logit_difference"].iloc[0])}
+                    for (spec, batch), row in medians.iterrows()],
+    }
+    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
