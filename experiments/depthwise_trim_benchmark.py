@@ -5,7 +5,9 @@
 backward, update; channels-last, one thread, as the proxy trains) of the same network with
 the same weights both ways, in interleaved rounds (A B A B) so the shared machine's drifting
 load hits both alike, and checks that both compute the same logits. Networks: the
-repeatability benchmark's smallest, canonical and largest Small-space specs.
+repeatability benchmark's smallest, canonical and largest Small-space specs, and the Small
+supernet on its largest path (``nas.supernet.dynamic_ops`` convolves through
+``trimmed_depthwise_conv2d``; its plain arm swaps in ``F.conv2d``).
 
 Writes ``runs.csv`` (every round) and ``summary.yaml`` (median ms per step, the median per-round
 ratio plain / trimmed per network and batch, load averages) into ``--out``.
@@ -31,8 +33,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
+import torch.nn.functional as F  # noqa: E402
+
 from nas.models.builder import build_model  # noqa: E402
-from nas.models.depthwise import TrimmedDepthwiseConv2d  # noqa: E402
+from nas.models.depthwise import TrimmedDepthwiseConv2d, trimmed_depthwise_conv2d  # noqa: E402
+from nas.supernet import dynamic_ops  # noqa: E402
 from nas.search.space import load_space  # noqa: E402
 from nas.supernet.network import Supernet  # noqa: E402
 
@@ -49,6 +54,17 @@ def plain_copy(model: nn.Module) -> nn.Module:
     return plain
 
 
+def plain_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 stride: tuple[int, int], padding: tuple[int, int], groups: int) -> torch.Tensor:
+    """The whole-kernel convolution the supernet's plain arm uses instead."""
+    return F.conv2d(input, weight, bias, stride, padding, 1, groups)
+
+
+def supernet_conv(trimmed: bool) -> None:
+    """Point the supernet's depthwise op at the trimmed or the whole-kernel convolution."""
+    dynamic_ops.trimmed_depthwise_conv2d = trimmed_depthwise_conv2d if trimmed else plain_conv2d
+
+
 def step_ms(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
             target: torch.Tensor, steps: int) -> float:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -58,6 +74,12 @@ def step_ms(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Te
         loss_fn(model(images), target).backward()
         optimizer.step()
     return (time.perf_counter() - started) / steps * 1000
+
+
+def logits(model: nn.Module, images: torch.Tensor, trimmed: bool) -> torch.Tensor:
+    supernet_conv(trimmed)
+    with torch.no_grad():  # eval mode: dropout off, so both arms must agree
+        return model.eval()(images)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,23 +95,29 @@ def main(argv: list[str] | None = None) -> int:
     space = load_space("mobilenetv3_small")
     probe = Supernet(space, num_classes=10)
     specs = {"smallest": probe.smallest_spec(), "canonical": space.base, "largest": probe.largest_spec()}
+    probe.set_active(probe.largest_spec())
     rows = []
-    for name, spec in specs.items():
+    for name in [*specs, "supernet_largest"]:
         for batch in args.batch_sizes:
-            trimmed = build_model(spec, num_classes=10).to(memory_format=torch.channels_last).train()
-            plain = plain_copy(trimmed)
+            if name == "supernet_largest":
+                trimmed = probe.to(memory_format=torch.channels_last)
+                plain = trimmed  # the same module; supernet_conv switches its depthwise op
+            else:
+                trimmed = build_model(specs[name], num_classes=10).to(memory_format=torch.channels_last)
+                plain = plain_copy(trimmed)
             images = torch.randn(batch, 3, args.resolution, args.resolution).contiguous(
                 memory_format=torch.channels_last)
             target = torch.randint(0, 10, (batch,))
-            with torch.no_grad():  # eval mode: dropout off, so both must agree
-                difference = (trimmed.eval()(images) - plain.eval()(images)).abs().max().item()
+            difference = (logits(trimmed, images, True) - logits(plain, images, False)).abs().max().item()
             trimmed.train(), plain.train()
             arms = {"plain": plain, "trimmed": trimmed}
             optimizers = {arm: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for arm, m in arms.items()}
             for arm, model in arms.items():  # warm-up: oneDNN primitive creation
+                supernet_conv(arm == "trimmed")
                 step_ms(model, optimizers[arm], images, target, 3)
             for round_index in range(args.rounds):
                 for arm, model in arms.items():
+                    supernet_conv(arm == "trimmed")
                     ms = step_ms(model, optimizers[arm], images, target, args.steps)
                     rows.append({"spec": name, "batch_size": batch, "arm": arm, "round": round_index,
                                  "ms_per_step": ms, "load": os.getloadavg()[0],

@@ -8,7 +8,8 @@ thread (measured on the Small space's canonical and largest networks, 128-image 
 Convolving with the taps that reach the input gives the same outputs and the same gradients
 (the skipped taps' gradients are zero either way), only sooner. Graph capture (``jit.trace``,
 ONNX export, fvcore's FLOP count) sees the whole kernel, so an exported model serves every
-input size and FLOPs count the kernel the spec declares.
+input size and FLOPs count the kernel the spec declares. (A latency table measured through
+the builder at such small resolutions times the trimmed conv, as the network runs.)
 """
 
 from __future__ import annotations
@@ -32,6 +33,34 @@ def reached_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int
     return first, last
 
 
+def trimmed_depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             stride: tuple[int, int], padding: tuple[int, int],
+                             groups: int) -> torch.Tensor:
+    """``F.conv2d`` (zero padding, dilation 1) over only the kernel taps that reach the input;
+    the whole kernel under graph capture (module docstring)."""
+    (size_h, size_w), (kernel_h, kernel_w) = input.shape[-2:], weight.shape[-2:]
+    (stride_h, stride_w), (pad_h, pad_w) = stride, padding
+    first_h, last_h = reached_taps(size_h, kernel_h, stride_h, pad_h)
+    first_w, last_w = reached_taps(size_w, kernel_w, stride_w, pad_w)
+    if ((first_h, last_h, first_w, last_w) == (0, kernel_h - 1, 0, kernel_w - 1)
+            or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
+        return F.conv2d(input, weight, bias, stride, padding, 1, groups)
+    outputs_h = (size_h + 2 * pad_h - kernel_h) // stride_h + 1
+    outputs_w = (size_w + 2 * pad_w - kernel_w) // stride_w + 1
+    # The trimmed kernel starts ``first`` taps in, so ``first`` fewer padding positions
+    # precede the input; the far side needs only what the last output reads.
+    left_h, left_w = pad_h - first_h, pad_w - first_w
+    right_h = max(0, stride_h * (outputs_h - 1) - pad_h + last_h - (size_h - 1))
+    right_w = max(0, stride_w * (outputs_w - 1) - pad_w + last_w - (size_w - 1))
+    trimmed = weight[:, :, first_h:last_h + 1, first_w:last_w + 1]
+    if (left_h, left_w) == (right_h, right_w):
+        out = F.conv2d(input, trimmed, bias, stride, (left_h, left_w), 1, groups)
+    else:
+        padded = F.pad(input, (left_w, right_w, left_h, right_h))
+        out = F.conv2d(padded, trimmed, bias, stride, 0, 1, groups)
+    return out[..., :outputs_h, :outputs_w]
+
+
 class TrimmedDepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state_dict) that convolves a grouped kernel with
     only the taps that reach the input (module docstring)."""
@@ -39,29 +68,9 @@ class TrimmedDepthwiseConv2d(nn.Conv2d):
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
         if (self.groups == 1 or self.padding_mode != "zeros" or isinstance(self.padding, str)
-                or self.dilation != (1, 1) or torch.jit.is_tracing() or torch.jit.is_scripting()
-                or torch.onnx.is_in_onnx_export()):
+                or self.dilation != (1, 1)):
             return super()._conv_forward(input, weight, bias)
-        (size_h, size_w), (kernel_h, kernel_w) = input.shape[-2:], weight.shape[-2:]
-        (stride_h, stride_w), (pad_h, pad_w) = self.stride, self.padding
-        first_h, last_h = reached_taps(size_h, kernel_h, stride_h, pad_h)
-        first_w, last_w = reached_taps(size_w, kernel_w, stride_w, pad_w)
-        if (first_h, last_h, first_w, last_w) == (0, kernel_h - 1, 0, kernel_w - 1):
-            return super()._conv_forward(input, weight, bias)
-        outputs_h = (size_h + 2 * pad_h - kernel_h) // stride_h + 1
-        outputs_w = (size_w + 2 * pad_w - kernel_w) // stride_w + 1
-        # The trimmed kernel starts ``first`` taps in, so ``first`` fewer padding positions
-        # precede the input; the far side needs only what the last output reads.
-        left_h, left_w = pad_h - first_h, pad_w - first_w
-        right_h = max(0, stride_h * (outputs_h - 1) - pad_h + last_h - (size_h - 1))
-        right_w = max(0, stride_w * (outputs_w - 1) - pad_w + last_w - (size_w - 1))
-        trimmed = weight[:, :, first_h:last_h + 1, first_w:last_w + 1]
-        if (left_h, left_w) == (right_h, right_w):
-            out = F.conv2d(input, trimmed, bias, self.stride, (left_h, left_w), 1, self.groups)
-        else:
-            padded = F.pad(input, (left_w, right_w, left_h, right_h))
-            out = F.conv2d(padded, trimmed, bias, self.stride, 0, 1, self.groups)
-        return out[..., :outputs_h, :outputs_w]
+        return trimmed_depthwise_conv2d(input, weight, bias, self.stride, self.padding, self.groups)
 
 
 class DepthwiseConv2dNormActivation(ConvNormActivation):
@@ -75,4 +84,5 @@ class DepthwiseConv2dNormActivation(ConvNormActivation):
                          activation_layer, dilation, None, None, TrimmedDepthwiseConv2d)
 
 
-__all__ = ["DepthwiseConv2dNormActivation", "TrimmedDepthwiseConv2d", "reached_taps"]
+__all__ = ["DepthwiseConv2dNormActivation", "TrimmedDepthwiseConv2d", "reached_taps",
+           "trimmed_depthwise_conv2d"]

@@ -12,6 +12,7 @@ from torch import nn
 from nas.arch.spec import BlockSpec, squeeze_channels
 from nas.errors import NASError
 from nas.models.builder import BN_EPS, BN_MOMENTUM, Bneck
+from nas.models.depthwise import trimmed_depthwise_conv2d
 
 
 class SupernetError(NASError, ValueError):
@@ -107,8 +108,10 @@ class DynamicDepthwise(nn.Module):
 
     def forward(self, x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
         channels = x.shape[1]
-        return F.conv2d(x, self.weight_for(channels, kernel), stride=stride,
-                        padding=kernel // 2, groups=channels)
+        # Only the taps that reach small maps (nas.models.depthwise): the extracted network's
+        # depthwise conv computes the same way.
+        return trimmed_depthwise_conv2d(x, self.weight_for(channels, kernel), None, (stride, stride),
+                                        (kernel // 2, kernel // 2), channels)
 
 
 # The functional forms of nas.models.builder's activation modules (they have no weights).

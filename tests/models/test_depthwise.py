@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.models.depthwise import TrimmedDepthwiseConv2d, reached_taps
+from nas.models.depthwise import TrimmedDepthwiseConv2d, reached_taps, trimmed_depthwise_conv2d
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding,expected", [
@@ -59,3 +59,12 @@ def test_small_maps_are_trimmed_and_tracing_sees_the_whole_kernel(monkeypatch):
     kernels.clear()
     torch.jit.trace(conv, torch.randn(2, 4, 1, 1), check_trace=False)
     assert kernels == [(5, 5)]
+
+
+def test_the_function_the_supernet_uses_matches_too():
+    """nas.supernet.dynamic_ops.DynamicDepthwise convolves through the function directly."""
+    torch.manual_seed(1)
+    x, weight = torch.randn(2, 5, 2, 2), torch.randn(5, 1, 7, 7)
+    for stride in (1, 2):
+        got = trimmed_depthwise_conv2d(x, weight, None, (stride, stride), (3, 3), 5)
+        torch.testing.assert_close(got, F.conv2d(x, weight, None, stride, 3, 1, 5))

@@ -230,18 +230,26 @@ def test_two_machines_share_a_postgresql_study_through_a_kill(tmp_path: Path, ti
         return subprocess.Popen(_args(tmp_path / "b", tiny_table, *storage_args, "resume=true"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    machine_b = start_b()
-    worker_b = f"{socket.gethostname()}:{machine_b.pid}"
-    victim = None
-    while victim is None and time.time() < deadline + 120:
+    def evaluating(worker: str) -> list[int]:
+        """Trials of ``worker`` still RUNNING with their network chosen."""
         study = optuna.load_study(study_name=study_name, storage=storage)
-        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") == worker_b and "spec" in t.user_attrs:
-                victim = t.number  # machine B is evaluating this network
-        time.sleep(0.2)
-    assert victim is not None, "machine B never ran a trial"
-    machine_b.kill()  # SIGKILL: no handler runs; only the heartbeat can tell
-    machine_b.wait(timeout=60)
+        return [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                if t.user_attrs.get("worker") == worker and "spec" in t.user_attrs]
+
+    victim = None
+    for _ in range(3):  # a trial can finish between the look and the kill: kill B again
+        machine_b = start_b()
+        worker_b = f"{socket.gethostname()}:{machine_b.pid}"
+        while not evaluating(worker_b) and machine_b.poll() is None and time.time() < deadline + 120:
+            time.sleep(0.05)
+        machine_b.kill()  # SIGKILL: no handler runs; only the heartbeat can tell
+        machine_b.wait(timeout=60)
+        # Looked up after the kill (the heartbeat's grace period is far longer than this).
+        killed = evaluating(worker_b)
+        if killed:
+            victim = killed[0]
+            break
+    assert victim is not None, "machine B was never killed mid-trial"
     machine_b = start_b()
     for process in (machine_a, machine_b):
         out, _ = process.communicate(timeout=600)
