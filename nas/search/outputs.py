@@ -1,16 +1,20 @@
 """What a search leaves in its run folder: trials.csv, pareto.csv, pareto.png, bneck YAMLs.
 
-Written after every trial (:class:`TrialReporter`) and at the end, each file atomically, so
-a killed run leaves a consistent folder; ``pareto/`` holds exactly the current front.
+Written after every trial (:class:`TrialReporter`) and at the end, each file atomically and
+in an order that keeps ``pareto.csv``'s rows backed by their YAMLs in ``pareto/``, so a killed
+run leaves whole files and no dangling row (:func:`write_outputs`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pandas as pd
@@ -57,33 +61,49 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return frame
 
 
+@contextmanager
+def _folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir``'s outputs (released when the process dies)."""
+    with open(run_dir / ".outputs.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
-    """Write every output of a search into ``run_dir``; returns the paths by name."""
+    """Write every output of a search into ``run_dir``; returns the paths by name.
+
+    Workers on one machine share the folder, so the writes hold a lock; and they go in an
+    order that keeps every row of ``pareto.csv`` backed by its YAML at every moment: the
+    front's YAMLs first, then ``pareto.csv``, then the YAMLs no longer on the front are
+    removed. A run killed in between leaves at worst such a stale YAML, removed by the next
+    write (after every trial and at the end of a run, a resumed one too).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    frame = trials_frame(study)
     paths = {"trials": run_dir / "trials.csv", "pareto": run_dir / "pareto.csv",
              "plot": run_dir / "pareto.png", "configs": run_dir / "pareto"}
-    write_text_atomic(paths["trials"], frame.to_csv(index=False))
-    front = pareto_trials(study)
-    front_numbers = {t.number for t in front}
-    pareto = frame[frame["number"].isin(front_numbers)].sort_values("latency_ms")
-    write_text_atomic(paths["pareto"], pareto.to_csv(index=False))
-    paths["configs"].mkdir(exist_ok=True)
-    wanted = {}
-    for trial in front:
-        name = f"trial{trial.number:04d}"
-        wanted[f"{name}.yaml"] = from_string(trial.user_attrs["spec"]).replace(
-            name=f"{study.study_name}_{name}")
-    for path in paths["configs"].glob("trial*.yaml"):
-        if path.name not in wanted:  # no longer on the front
-            path.unlink(missing_ok=True)
-    for file_name, spec in wanted.items():
-        write_text_atomic(paths["configs"] / file_name, to_yaml(spec))
-    context = study.user_attrs.get("context", {})
-    title = study.study_name + "".join(f" | {k} {v}" for k, v in context.items()
-                                       if k != "budget_ms" and v is not None)
-    plot_front(frame, front_numbers, paths["plot"], title=title, budget_ms=context.get("budget_ms"),
-               evaluator=context.get("evaluator", "proxy"))
+    with _folder_lock(run_dir):
+        frame = trials_frame(study)
+        write_text_atomic(paths["trials"], frame.to_csv(index=False))
+        front = pareto_trials(study)
+        front_numbers = {t.number for t in front}
+        paths["configs"].mkdir(exist_ok=True)
+        wanted = {}
+        for trial in front:
+            name = f"trial{trial.number:04d}"
+            wanted[f"{name}.yaml"] = from_string(trial.user_attrs["spec"]).replace(
+                name=f"{study.study_name}_{name}")
+        for file_name, spec in wanted.items():
+            write_text_atomic(paths["configs"] / file_name, to_yaml(spec))
+        pareto = frame[frame["number"].isin(front_numbers)].sort_values("latency_ms")
+        write_text_atomic(paths["pareto"], pareto.to_csv(index=False))
+        for path in paths["configs"].glob("trial*.yaml"):
+            if path.name not in wanted:  # no longer on the front
+                path.unlink(missing_ok=True)
+        context = study.user_attrs.get("context", {})
+        title = study.study_name + "".join(f" | {k} {v}" for k, v in context.items()
+                                           if k != "budget_ms" and v is not None)
+        plot_front(frame, front_numbers, paths["plot"], title=title,
+                   budget_ms=context.get("budget_ms"), evaluator=context.get("evaluator", "proxy"))
     return paths
 
 

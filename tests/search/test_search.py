@@ -27,6 +27,7 @@ from nas.search.objective import (
     fail_reason,
     make_sampler,
     mnasnet_reward,
+    pareto_trials,
 )
 from nas.search.outputs import summary_table, write_outputs
 from nas.search.runner import (
@@ -166,6 +167,54 @@ def test_outputs_are_written(tmp_path: Path):
     stale.write_text(configs[0].read_text())
     write_outputs(study, tmp_path)
     assert not stale.exists() and len(list(paths["configs"].glob("*.yaml"))) == len(configs)
+
+
+def test_a_write_killed_at_any_point_leaves_no_dangling_pareto_row(tmp_path: Path, monkeypatch):
+    """Interrupt write_outputs before each of its file writes while the front changes: every
+    row of pareto.csv always has its YAML, and the next write removes any stale one."""
+    import shutil
+
+    import nas.search.outputs as outputs
+
+    settings = StudySettings(sampler="random")
+    space = load_space(SPACE)
+    study = _study(tmp_path, settings)
+    objective = Objective(space=space, evaluator=CountingEvaluator(), latency=expansion_latency,
+                          settings=settings)
+    study.optimize(objective, n_trials=2)
+    before = tmp_path / "before"
+    write_outputs(study, before)
+    study.optimize(objective, n_trials=10)
+    old_front = set(pd.read_csv(before / "pareto.csv")["number"])
+    assert {t.number for t in pareto_trials(study)} != old_front  # the front moves
+    real_write = outputs.write_text_atomic
+    for kill_at in range(1, 100):
+        run_dir = tmp_path / f"killed{kill_at}"
+        shutil.copytree(before, run_dir)
+        calls = {"n": 0}
+
+        def killed_write(path, text, calls=calls, kill_at=kill_at):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise KeyboardInterrupt  # the process dies here
+            real_write(path, text)
+
+        monkeypatch.setattr(outputs, "write_text_atomic", killed_write)
+        try:
+            write_outputs(study, run_dir)
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        monkeypatch.setattr(outputs, "write_text_atomic", real_write)
+        rows = set(pd.read_csv(run_dir / "pareto.csv")["number"])
+        yamls = {int(p.stem.removeprefix("trial")) for p in (run_dir / "pareto").glob("trial*.yaml")}
+        assert rows <= yamls, f"killed before write {kill_at}: rows {rows - yamls} have no YAML"
+        write_outputs(study, run_dir)  # the next write leaves exactly the front
+        yamls = {int(p.stem.removeprefix("trial")) for p in (run_dir / "pareto").glob("trial*.yaml")}
+        assert yamls == set(pd.read_csv(run_dir / "pareto.csv")["number"]) == {t.number for t in pareto_trials(study)}
+        if finished:
+            break
+    assert finished and kill_at > 3  # every write point was tried
 
 
 # ------------------------------------------------------------------ workers and recovery
