@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from nas.search.objective import (
     mnasnet_reward,
     pareto_trials,
 )
+import nas.search.outputs as outputs
 from nas.search.outputs import summary_table, write_outputs
 from nas.search.runner import (
     BudgetReached,
