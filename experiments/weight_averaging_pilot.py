@@ -1,0 +1,215 @@
+"""Pilot: does averaging the weights over the end of a run lower a protocol's seed noise?
+
+The reference protocol's per-network seed std is 0.69 top-1 points against a 0.5 target, and
+the val set's own sampling noise explains only 0.39 of it (``experiments/results/repeatability``):
+the rest is the training trajectory. Weight averaging is the usual cure for trajectory noise
+(an exponential moving average of the weights, as timm's ``ModelEmaV3`` and the MobileNetV3
+paper's TPU recipe keep one; or an equal average of the last part of training, SWA, Izmailov
+et al. 2018). Before the loop grows a field for it, this pilot measures it on one trajectory:
+each run trains a spec exactly as its protocol says and carries, beside it, several averaged
+copies (``torch.optim.swa_utils.AveragedModel``) updated after every optimiser step; at the end
+each copy's BatchNorm statistics are recalibrated on the same batches as the run's own and it
+is scored on the same val images. The comparison is paired: the plain weights and every
+average come from the same run, so a gain or a lower seed std is the averaging's, not a
+different draw's.
+
+Averages (their horizon a fraction of the run's steps, so one definition serves every length):
+
+* ``ema_f05``, ``ema_f15``, ``ema_f30``: exponential, time constant 5%, 15% and 30% of the steps;
+* ``swa_last25``: equal average of the weights after every step of the last 25%.
+
+Runs go to ``--runs`` (one JSON-lines file per protocol and seed; a finished run is never
+repeated, a killed one starts over); the summary (``summary.yaml``, ``summary.md``) gives per
+variant the pooled seed std, the seed-to-seed Kendall tau, the tau against the reference
+protocol's seed mean (``experiments/results/repeatability/networks.csv``) and the mean top-1
+gain over the plain weights::
+
+    python experiments/weight_averaging_pilot.py --protocol proxy --seeds 0 &
+    python experiments/weight_averaging_pilot.py --protocol proxy --seeds 1 &
+    wait; python experiments/weight_averaging_pilot.py --protocol proxy --summary-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
+
+from nas.arch.codecs import to_string  # noqa: E402
+from nas.cost.sampling import cpu_model  # noqa: E402
+from nas.models.bn import recalibrate_bn  # noqa: E402
+from nas.models.builder import build_model  # noqa: E402
+from nas.search.space import load_space  # noqa: E402
+from nas.training.data import make_loaders  # noqa: E402
+from nas.training.loop import epoch_batches  # noqa: E402
+from nas.training.protocols import load_protocol, with_fields  # noqa: E402
+from nas.training.scoring import evaluate_model  # noqa: E402
+from nas.training.train import train  # noqa: E402
+from repeatability_benchmark import log, read_rows  # noqa: E402
+from repeatability_stats import mean_of, pooled_std, tau  # noqa: E402
+from supernet_benchmark import params_of, pick_specs  # noqa: E402
+
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
+DEFAULT_OUT = REPO / "experiments" / "results" / "weight_averaging"
+REFERENCE_NETWORKS = REPO / "experiments" / "results" / "repeatability" / "networks.csv"
+
+EMA_FRACTIONS = {"ema_f05": 0.05, "ema_f15": 0.15, "ema_f30": 0.30}
+SWA_LAST = {"swa_last25": 0.25}
+VARIANTS = ["plain", *EMA_FRACTIONS, *SWA_LAST]
+
+
+class Averages:
+    """The averaged copies of one run, updated after each optimiser step."""
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        self.model = model
+        self.total_steps = total_steps
+        self.copies: dict[str, AveragedModel] = {}
+        for name, fraction in EMA_FRACTIONS.items():
+            decay = 1.0 - 1.0 / max(1.0, fraction * total_steps)
+            self.copies[name] = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.swa_start = {name: int(round((1.0 - f) * total_steps)) for name, f in SWA_LAST.items()}
+        for name in SWA_LAST:
+            self.copies[name] = AveragedModel(model)  # equal average (the SWA default)
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        for name, averaged in self.copies.items():
+            if name in self.swa_start and step <= self.swa_start[name]:
+                continue
+            averaged.update_parameters(self.model)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    protocol = load_protocol(args.protocol)
+    data: dict[str, Any] = {"root": str(args.root)}
+    train_fields: dict[str, Any] = {"device": "cpu", "progress": False}
+    if args.train_per_class is not None:  # shrinking knobs for smoke tests (another settings key)
+        data["train_per_class"] = args.train_per_class
+    if args.epochs is not None:
+        train_fields["epochs"] = args.epochs
+    protocol = with_fields(protocol, data=data, train=train_fields)
+    key = protocol.key()
+    specs = pick_specs(load_space("mobilenetv3_small"), args.specs, args.pool, args.spec_seed)
+    done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in read_rows(args.runs)}
+    for seed in args.seeds:
+        loaders = make_loaders(protocol.data, seed=seed)
+        cfg = with_fields(protocol, train={"seed": seed}).train
+        total_steps = cfg.steps or cfg.epochs * len(loaders.train)
+        for spec_name, spec in specs.items():
+            arch = to_string(spec)
+            if (args.protocol, key, arch, seed) in done:
+                continue
+            log(f"{args.protocol} {spec_name} seed {seed}: training with {len(VARIANTS) - 1} averages")
+            torch.manual_seed(seed)  # the initialisation train() would draw for the spec
+            model = build_model(spec, num_classes=loaders.num_classes)
+            model.to(memory_format=torch.channels_last)
+            averages = Averages(model, total_steps)
+            result = train(model, protocol.data, cfg, loaders=loaders, on_step=averages.on_step)
+            row: dict[str, Any] = {
+                "protocol": args.protocol, "settings_key": key, "spec": spec_name, "arch": arch,
+                "seed": seed, "params": params_of(spec, 10), "plain": result.top1,
+                "seconds": result.seconds, "host": platform.node(), "cpu": cpu_model(),
+                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            last_epoch = (total_steps - 1) // len(loaders.train)
+            for name, averaged in averages.copies.items():
+                scored = copy.deepcopy(averaged.module)
+                # The same recalibration batches as the run's own final evaluation.
+                recalibrate_bn(scored, epoch_batches(loaders.train, last_epoch, 0),
+                               cfg.bn_recalibration_batches, "cpu")
+                row[name] = evaluate_model(scored, loaders.val, "cpu")[0]
+            args.runs.mkdir(parents=True, exist_ok=True)
+            with open(args.runs / f"runs-{args.protocol}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            log(f"{args.protocol} {spec_name} seed {seed}: " + ", ".join(
+                f"{v} {row[v]:.4f}" for v in VARIANTS) + f" ({result.seconds:.0f} s)")
+
+
+def summarise(args: argparse.Namespace) -> dict[str, Any]:
+    rows = [r for r in read_rows(args.runs) if r["protocol"] == args.protocol]
+    if not rows:
+        raise SystemExit(f"weight_averaging_pilot: no finished {args.protocol} runs in {args.runs}")
+    runs = pd.DataFrame(rows).drop_duplicates(["settings_key", "arch", "seed"], keep="last")
+    networks = pd.read_csv(REFERENCE_NETWORKS)
+    reference = networks[networks.protocol == "reference"].set_index("spec")["top1_mean"]
+    summary: dict[str, Any] = {
+        "protocol": args.protocol, "runs": len(runs), "seeds": sorted(int(s) for s in runs.seed.unique()),
+        "specs": int(runs.spec.nunique()), "host": platform.node(), "cpu": cpu_model(),
+        "reference": str(REFERENCE_NETWORKS.relative_to(REPO)), "variants": {},
+    }
+    for variant in VARIANTS:
+        table = runs.pivot_table(index="spec", columns="seed", values=variant)
+        pairs = {f"{a}-{b}": tau(table[a], table[b])
+                 for a, b in itertools.combinations(table.columns, 2)}
+        per_seed = [tau(table[s], reference) for s in table.columns]
+        summary["variants"][variant] = {
+            "seed_std_points_pooled": pooled_std(runs.rename(columns={variant: "top1"})),
+            "seed_to_seed_tau_mean": mean_of(list(pairs.values())),
+            "tau_vs_reference_mean_per_seed_mean": mean_of(per_seed),
+            "tau_seed_mean_vs_reference_mean": (round(t, 3) if (t := tau(table.mean(axis=1), reference))
+                                                is not None else None),
+            "top1_mean": round(float(runs[variant].mean()) * 100, 2),
+            "gain_over_plain_points": round(float((runs[variant] - runs["plain"]).mean()) * 100, 2),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs.sort_values(["spec", "seed"]).to_csv(args.out / f"runs-{args.protocol}.csv", index=False)
+    (args.out / f"summary-{args.protocol}.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    lines = [f"# Weight averaging on the `{args.protocol}` protocol ({len(runs)} runs, seeds "
+             f"{summary['seeds']}, {summary['specs']} specs)", "",
+             "| weights | pooled seed std (pts, 90% interval) | seed-to-seed tau | tau vs reference "
+             "mean (per seed, mean) | tau of the seed mean vs reference mean | top-1 mean | gain (pts) |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, e in summary["variants"].items():
+        p = e["seed_std_points_pooled"] or {}
+        lines.append(f"| {variant} | {p.get('std')} ({p.get('interval_90')}) | {e['seed_to_seed_tau_mean']} | "
+                     f"{e['tau_vs_reference_mean_per_seed_mean']} | {e['tau_seed_mean_vs_reference_mean']} | "
+                     f"{e['top1_mean']} | {e['gain_over_plain_points']} |")
+    (args.out / f"summary-{args.protocol}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    log(f"summary written to {args.out}")
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", default="proxy", help="a nas/conf/protocol name")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--runs", type=Path, default=DEFAULT_OUT / "runs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--specs", type=int, default=8)
+    parser.add_argument("--pool", type=int, default=200)
+    parser.add_argument("--spec-seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary-only", action="store_true", help="no training: summarise")
+    parser.add_argument("--train-per-class", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.summary_only:
+        run_all(args)
+    summarise(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
