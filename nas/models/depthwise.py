@@ -22,14 +22,26 @@ from torch import nn
 from torchvision.ops.misc import ConvNormActivation
 
 
-def reached_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
-    """The first and last kernel tap that reads an input position (not padding) for some
-    output position, along one dimension of ``size`` input positions (dilation 1)."""
+def _axis_plan(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int, int]:
+    """Along one dimension of ``size`` input positions (dilation 1): the first and last kernel
+    tap that reads an input position for some output, the output count, and the padding the
+    trimmed kernel needs before and after the input."""
     outputs = (size + 2 * padding - kernel) // stride + 1
     # Output i reads input stride * i - padding + t with tap t: the last output reaches
     # furthest to the left of the kernel, the first one furthest to the right.
     first = max(0, padding - stride * (outputs - 1))
     last = min(kernel - 1, size - 1 + padding)
+    # The trimmed kernel starts ``first`` taps in, so ``first`` fewer padding positions
+    # precede the input; the far side needs only what the last output reads.
+    before = padding - first
+    after = max(0, stride * (outputs - 1) - padding + last - (size - 1))
+    return first, last, outputs, before, after
+
+
+def reached_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
+    """The first and last kernel tap that reads an input position (not padding) for some
+    output position, along one dimension of ``size`` input positions (dilation 1)."""
+    first, last, *_ = _axis_plan(size, kernel, stride, padding)
     return first, last
 
 
@@ -39,19 +51,11 @@ def trimmed_depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: to
     """``F.conv2d`` (zero padding, dilation 1) over only the kernel taps that reach the input;
     the whole kernel under graph capture (module docstring)."""
     (size_h, size_w), (kernel_h, kernel_w) = input.shape[-2:], weight.shape[-2:]
-    (stride_h, stride_w), (pad_h, pad_w) = stride, padding
-    first_h, last_h = reached_taps(size_h, kernel_h, stride_h, pad_h)
-    first_w, last_w = reached_taps(size_w, kernel_w, stride_w, pad_w)
+    first_h, last_h, outputs_h, left_h, right_h = _axis_plan(size_h, kernel_h, stride[0], padding[0])
+    first_w, last_w, outputs_w, left_w, right_w = _axis_plan(size_w, kernel_w, stride[1], padding[1])
     if ((first_h, last_h, first_w, last_w) == (0, kernel_h - 1, 0, kernel_w - 1)
             or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
         return F.conv2d(input, weight, bias, stride, padding, 1, groups)
-    outputs_h = (size_h + 2 * pad_h - kernel_h) // stride_h + 1
-    outputs_w = (size_w + 2 * pad_w - kernel_w) // stride_w + 1
-    # The trimmed kernel starts ``first`` taps in, so ``first`` fewer padding positions
-    # precede the input; the far side needs only what the last output reads.
-    left_h, left_w = pad_h - first_h, pad_w - first_w
-    right_h = max(0, stride_h * (outputs_h - 1) - pad_h + last_h - (size_h - 1))
-    right_w = max(0, stride_w * (outputs_w - 1) - pad_w + last_w - (size_w - 1))
     trimmed = weight[:, :, first_h:last_h + 1, first_w:last_w + 1]
     if (left_h, left_w) == (right_h, right_w):
         out = F.conv2d(input, trimmed, bias, stride, (left_h, left_w), 1, groups)
