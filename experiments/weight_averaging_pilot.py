@@ -19,7 +19,8 @@ Averages (their horizon a fraction of the run's steps, so one definition serves 
 * ``swa_last25``: equal average of the weights after every step of the last 25%.
 
 Runs go to ``--runs`` (one JSON-lines file per protocol and seed; a finished run is never
-repeated, a killed one starts over); the summary (``summary.yaml``, ``summary.md``) gives per
+repeated; a run in progress checkpoints, with its averages, every ``--checkpoint-every``
+steps into ``--work`` and a killed one resumes there); the summary (``summary.yaml``, ``summary.md``) gives per
 variant the pooled seed std, the seed-to-seed Kendall tau, the tau against the reference
 protocol's seed mean (``experiments/results/repeatability/networks.csv``) and the mean top-1
 gain over the plain weights::
@@ -33,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,14 +61,16 @@ from nas.search.space import load_space  # noqa: E402
 from nas.training.data import make_loaders  # noqa: E402
 from nas.training.loop import epoch_batches  # noqa: E402
 from nas.training.protocols import load_protocol, with_fields  # noqa: E402
+from nas.training.checkpoint import read_checkpoint, save_atomic  # noqa: E402
 from nas.training.scoring import evaluate_model  # noqa: E402
-from nas.training.train import train  # noqa: E402
+from nas.training.train import CHECKPOINT_FORMAT, CHECKPOINT_NAME, train  # noqa: E402
 from repeatability_benchmark import log, read_rows  # noqa: E402
 from repeatability_stats import mean_of, pooled_std, tau  # noqa: E402
 from supernet_benchmark import params_of, pick_specs  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
 DEFAULT_OUT = REPO / "experiments" / "results" / "weight_averaging"
+DEFAULT_WORK = REPO / "outputs" / "weight_averaging_pilot"
 REFERENCE_NETWORKS = REPO / "experiments" / "results" / "repeatability" / "networks.csv"
 
 EMA_FRACTIONS = {"ema_f05": 0.05, "ema_f15": 0.15, "ema_f30": 0.30}
@@ -93,6 +98,44 @@ class Averages:
                 continue
             averaged.update_parameters(self.model)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {name: averaged.state_dict() for name, averaged in self.copies.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, averaged in self.copies.items():
+            averaged.load_state_dict(state[name])
+
+
+class ResumableAverages(Averages):
+    """:class:`Averages` saved beside the run's own checkpoint (``train``'s ``last.pt``).
+
+    The loop checkpoints every ``checkpoint_every`` steps and at each epoch end; the averages
+    are saved at the same steps, tagged with the step. A resumed run continues only when both
+    files hold the same step (a kill between the two writes starts that run over).
+    """
+
+    def __init__(self, model: nn.Module, total_steps: int, folder: Path, every: int,
+                 steps_per_epoch: int) -> None:
+        super().__init__(model, total_steps)
+        self.file = folder / "averages.pt"
+        self.every, self.steps_per_epoch = every, steps_per_epoch
+
+    def resume(self, run_checkpoint: Path) -> bool:
+        """Load the saved averages when they match ``run_checkpoint``'s step; else False."""
+        if not run_checkpoint.is_file() or not self.file.is_file():
+            return False
+        step = read_checkpoint(run_checkpoint, CHECKPOINT_FORMAT)["progress"]["step"]
+        saved = torch.load(self.file, map_location="cpu", weights_only=True)
+        if saved["step"] != step:
+            return False
+        self.load_state_dict(saved["copies"])
+        return True
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        super().on_step(step, metrics)
+        if step % self.every == 0 or step % self.steps_per_epoch == 0 or step == self.total_steps:
+            save_atomic({"step": step, "copies": self.state_dict()}, self.file)
+
 
 def run_all(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
@@ -113,17 +156,25 @@ def run_all(args: argparse.Namespace) -> None:
         total_steps = cfg.steps or cfg.epochs * len(loaders.train)
         for spec_name, spec in specs.items():
             arch = to_string(spec)
-            if (args.protocol, key, arch, seed) in done:
+            if (args.protocol, key, arch, seed) in done or (args.only and spec_name not in args.only):
                 continue
             log(f"{args.protocol} {spec_name} seed {seed}: training with {len(VARIANTS) - 1} averages")
             torch.manual_seed(seed)  # the initialisation train() would draw for the spec
             model = build_model(spec, num_classes=loaders.num_classes)
             model.to(memory_format=torch.channels_last)
-            averages = Averages(model, total_steps)
-            result = train(model, protocol.data, cfg, loaders=loaders, on_step=averages.on_step)
+            folder = args.work / f"{args.protocol}-{spec_name}-seed{seed}"
+            averages = ResumableAverages(model, total_steps, folder, args.checkpoint_every,
+                                         len(loaders.train))
+            if folder.exists() and not averages.resume(folder / CHECKPOINT_NAME):
+                log(f"{args.protocol} {spec_name} seed {seed}: checkpoint and averages disagree; "
+                    "starting this run over")
+                shutil.rmtree(folder)
+            run_cfg = dataclasses.replace(cfg, checkpoint_dir=str(folder), checkpoint_every=args.checkpoint_every)
+            result = train(model, protocol.data, run_cfg, loaders=loaders, on_step=averages.on_step,
+                           resume=True)
             row: dict[str, Any] = {
                 "protocol": args.protocol, "settings_key": key, "spec": spec_name, "arch": arch,
-                "seed": seed, "params": params_of(spec, 10), "plain": result.top1,
+                "seed": seed, "params": params_of(spec, 10), "plain": result.top1, "plain_loss": result.loss,
                 "seconds": result.seconds, "host": platform.node(), "cpu": cpu_model(),
                 "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
@@ -133,12 +184,13 @@ def run_all(args: argparse.Namespace) -> None:
                 # The same recalibration batches as the run's own final evaluation.
                 recalibrate_bn(scored, epoch_batches(loaders.train, last_epoch, 0),
                                cfg.bn_recalibration_batches, "cpu")
-                row[name] = evaluate_model(scored, loaders.val, "cpu")[0]
+                row[name], _, row[f"{name}_loss"] = evaluate_model(scored, loaders.val, "cpu")
             args.runs.mkdir(parents=True, exist_ok=True)
             with open(args.runs / f"runs-{args.protocol}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             log(f"{args.protocol} {spec_name} seed {seed}: " + ", ".join(
                 f"{v} {row[v]:.4f}" for v in VARIANTS) + f" ({result.seconds:.0f} s)")
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,6 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--runs", type=Path, default=DEFAULT_OUT / "runs")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoints of runs in progress")
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--only", nargs="+", default=None, metavar="SPEC", help="train only these specs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--specs", type=int, default=8)
     parser.add_argument("--pool", type=int, default=200)
