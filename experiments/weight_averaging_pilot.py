@@ -62,7 +62,7 @@ from nas.training.data import make_loaders  # noqa: E402
 from nas.training.loop import epoch_batches  # noqa: E402
 from nas.training.protocols import load_protocol, with_fields  # noqa: E402
 from nas.training.checkpoint import read_checkpoint, save_atomic  # noqa: E402
-from nas.training.scoring import evaluate_model  # noqa: E402
+from nas.training.scoring import decode_correct, encode_correct, predict  # noqa: E402
 from nas.training.train import CHECKPOINT_FORMAT, CHECKPOINT_NAME, train  # noqa: E402
 from repeatability_benchmark import log, read_rows  # noqa: E402
 from repeatability_stats import mean_of, pooled_std, tau  # noqa: E402
@@ -174,23 +174,41 @@ def run_all(args: argparse.Namespace) -> None:
                            resume=True)
             row: dict[str, Any] = {
                 "protocol": args.protocol, "settings_key": key, "spec": spec_name, "arch": arch,
-                "seed": seed, "params": params_of(spec, 10), "plain": result.top1, "plain_loss": result.loss,
-                "seconds": result.seconds, "host": platform.node(), "cpu": cpu_model(),
+                "seed": seed, "params": params_of(spec, 10), "seconds": result.seconds, "host": platform.node(), "cpu": cpu_model(),
                 "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
             last_epoch = (total_steps - 1) // len(loaders.train)
+            candidates = {"plain": result.model}
             for name, averaged in averages.copies.items():
-                scored = copy.deepcopy(averaged.module)
+                candidates[name] = copy.deepcopy(averaged.module)
                 # The same recalibration batches as the run's own final evaluation.
-                recalibrate_bn(scored, epoch_batches(loaders.train, last_epoch, 0),
+                recalibrate_bn(candidates[name], epoch_batches(loaders.train, last_epoch, 0),
                                cfg.bn_recalibration_batches, "cpu")
-                row[name], _, row[f"{name}_loss"] = evaluate_model(scored, loaders.val, "cpu")
+            for name, candidate in candidates.items():
+                scored = predict(candidate, loaders.val, "cpu")
+                row[name], row[f"{name}_loss"] = scored.top1(), scored.loss()
+                row[f"{name}_correct"] = encode_correct(scored.correct())
+            row["val_images"] = len(scored.target)
+            if row["plain"] != result.top1:  # the same weights and images: anything else is a bug
+                raise RuntimeError(f"re-scoring gave top-1 {row['plain']} against the run's {result.top1}")
             args.runs.mkdir(parents=True, exist_ok=True)
             with open(args.runs / f"runs-{args.protocol}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             log(f"{args.protocol} {spec_name} seed {seed}: " + ", ".join(
                 f"{v} {row[v]:.4f}" for v in VARIANTS) + f" ({result.seconds:.0f} s)")
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def flipping_images(runs: pd.DataFrame, variant: str) -> float | None:
+    """Median over networks of the val images right under one seed and wrong under another
+    (mean over seed pairs): how far apart the seeds' networks are, image by image."""
+    per_network = []
+    for _, group in runs.groupby("spec"):
+        correct = [decode_correct(text, int(n)) for text, n in zip(group[f"{variant}_correct"], group["val_images"])]
+        pairs = [int((a != b).sum()) for a, b in itertools.combinations(correct, 2)]
+        if pairs:
+            per_network.append(sum(pairs) / len(pairs))
+    return round(float(pd.Series(per_network).median()), 1) if per_network else None
 
 
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
@@ -216,22 +234,26 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
             "tau_vs_reference_mean_per_seed_mean": mean_of(per_seed),
             "tau_seed_mean_vs_reference_mean": (round(t, 3) if (t := tau(table.mean(axis=1), reference))
                                                 is not None else None),
+            "val_images_flipping_between_seeds_median": flipping_images(runs, variant),
             "top1_mean": round(float(runs[variant].mean()) * 100, 2),
             "gain_over_plain_points": round(float((runs[variant] - runs["plain"]).mean()) * 100, 2),
         }
     args.out.mkdir(parents=True, exist_ok=True)
-    runs.sort_values(["spec", "seed"]).to_csv(args.out / f"runs-{args.protocol}.csv", index=False)
+    runs.sort_values(["spec", "seed"]).drop(columns=[f"{v}_correct" for v in VARIANTS]).to_csv(
+        args.out / f"runs-{args.protocol}.csv", index=False)
     (args.out / f"summary-{args.protocol}.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     lines = [f"# Weight averaging on the `{args.protocol}` protocol ({len(runs)} runs, seeds "
              f"{summary['seeds']}, {summary['specs']} specs)", "",
              "| weights | pooled seed std (pts, 90% interval) | seed-to-seed tau | tau vs reference "
-             "mean (per seed, mean) | tau of the seed mean vs reference mean | top-1 mean | gain (pts) |",
-             "|---|---|---|---|---|---|---|"]
+             "mean (per seed, mean) | tau of the seed mean vs reference mean | val images flipping "
+             "between seeds (median) | top-1 mean | gain (pts) |",
+             "|---|---|---|---|---|---|---|---|"]
     for variant, e in summary["variants"].items():
         p = e["seed_std_points_pooled"] or {}
         lines.append(f"| {variant} | {p.get('std')} ({p.get('interval_90')}) | {e['seed_to_seed_tau_mean']} | "
                      f"{e['tau_vs_reference_mean_per_seed_mean']} | {e['tau_seed_mean_vs_reference_mean']} | "
-                     f"{e['top1_mean']} | {e['gain_over_plain_points']} |")
+                     f"{e['val_images_flipping_between_seeds_median']} | {e['top1_mean']} | "
+                     f"{e['gain_over_plain_points']} |")
     (args.out / f"summary-{args.protocol}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     log(f"summary written to {args.out}")
     return summary

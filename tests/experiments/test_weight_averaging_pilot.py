@@ -33,6 +33,7 @@ def test_pilot_scores_every_average_caches_runs_and_summarises(tmp_path: Path) -
     assert summary["runs"] == 6 and list(summary["variants"]) == variants
     assert summary["variants"]["plain"]["gain_over_plain_points"] == 0.0
     assert summary["variants"]["ema_f15"]["seed_std_points_pooled"]["degrees_of_freedom"] == 3
+    assert 0 <= summary["variants"]["swa_last25"]["val_images_flipping_between_seeds_median"] <= 30
     assert not any((tmp_path / "work").iterdir())  # finished runs leave no checkpoints
 
 
