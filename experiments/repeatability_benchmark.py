@@ -279,8 +279,11 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
             "load_average_median": round(float(runs[runs.protocol == name]["load_start"].median()), 2),
         }
         if reference is not None and name != "reference":
+            per_seed = {str(s): tau(part[s], reference) for s in seeds}
             entry["tau_vs_reference_mean_per_seed"] = {
-                str(s): (round(t, 3) if (t := tau(part[s], reference)) is not None else None) for s in seeds}
+                s: (round(t, 3) if t is not None else None) for s, t in per_seed.items()}
+            # What one search candidate's score (one proxy run) is worth, on average over seeds.
+            entry["tau_vs_reference_mean_per_seed_mean"] = mean_of(list(per_seed.values()))
             mean_tau = tau(part.mean(axis=1), reference)
             entry["tau_seed_mean_vs_reference_mean"] = round(mean_tau, 3) if mean_tau is not None else None
             entry["tau_seed_mean_vs_reference_mean_interval_90"] = tau_interval(part.mean(axis=1), reference)
