@@ -36,7 +36,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -314,28 +314,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--protocols", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="training seeds (default 0 1)")
+    add_run_arguments(parser)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--rescore", action="store_true",
+                        help="train again the recorded runs that lack per-image records (checks "
+                             "that each repeat reproduces its recorded top-1)")
+    parser.add_argument("--val-samples", type=int, default=None)  # a smoke-test knob too
+    return parser.parse_args(argv)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which specs, threads, checkpoints, summary only, and the smoke tests' shrinking knobs
+    (they change the settings key: separate results); shared with the weight-averaging pilot."""
     parser.add_argument("--only", nargs="+", default=None, metavar="SPEC", help="train only these specs")
     parser.add_argument("--specs", type=int, default=8)
     parser.add_argument("--pool", type=int, default=200)
     parser.add_argument("--spec-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--progress", action="store_true")
     parser.add_argument("--summary-only", action="store_true", help="no training: summarise")
-    parser.add_argument("--rescore", action="store_true",
-                        help="train again the recorded runs that lack per-image records (checks "
-                             "that each repeat reproduces its recorded top-1)")
-    # Shrinking knobs for smoke tests (they change the settings key: separate results).
     parser.add_argument("--train-per-class", type=int, default=None)
-    parser.add_argument("--val-samples", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run_then_summarise(parse_args(argv), run_all, summarise)
+
+
+def run_then_summarise(args: argparse.Namespace, run: Callable[[argparse.Namespace], None],
+                       summarise: Callable[[argparse.Namespace], Any]) -> int:
+    """Train what is missing (unless ``--summary-only``), then write the summary."""
     if not args.summary_only:
-        run_all(args)
+        run(args)
     summarise(args)
     return 0
 

@@ -64,7 +64,7 @@ from nas.training.protocols import load_protocol, with_fields  # noqa: E402
 from nas.training.checkpoint import read_checkpoint, save_atomic  # noqa: E402
 from nas.training.scoring import decode_correct, encode_correct, predict  # noqa: E402
 from nas.training.train import CHECKPOINT_FORMAT, CHECKPOINT_NAME, train  # noqa: E402
-from repeatability_benchmark import log, read_rows  # noqa: E402
+from repeatability_benchmark import add_run_arguments, log, read_rows, run_then_summarise  # noqa: E402
 from repeatability_stats import mean_of, pooled_std, tau  # noqa: E402
 from supernet_benchmark import params_of, pick_specs  # noqa: E402
 
@@ -267,25 +267,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--runs", type=Path, default=DEFAULT_OUT / "runs")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoints of runs in progress")
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--only", nargs="+", default=None, metavar="SPEC", help="train only these specs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--specs", type=int, default=8)
-    parser.add_argument("--pool", type=int, default=200)
-    parser.add_argument("--spec-seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--summary-only", action="store_true", help="no training: summarise")
-    parser.add_argument("--train-per-class", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None)
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.summary_only:
-        run_all(args)
-    summarise(args)
-    return 0
+    return run_then_summarise(parse_args(argv), run_all, summarise)
 
 
 if __name__ == "__main__":
