@@ -28,6 +28,11 @@ gain over the plain weights::
     python experiments/weight_averaging_pilot.py --protocol proxy --seeds 0 &
     python experiments/weight_averaging_pilot.py --protocol proxy --seeds 1 &
     wait; python experiments/weight_averaging_pilot.py --protocol proxy --summary-only
+
+``--epochs`` lengthens a protocol (labelled ``<protocol>-e<epochs>``: its own runs and
+summary), e.g. whether the reference's seed noise shrinks at twice its schedule::
+
+    python experiments/weight_averaging_pilot.py --protocol reference --epochs 40 --only smallest
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from nas.models.builder import build_model  # noqa: E402
 from nas.search.space import load_space  # noqa: E402
 from nas.training.data import make_loaders  # noqa: E402
 from nas.training.loop import epoch_batches  # noqa: E402
-from nas.training.protocols import load_protocol, with_fields  # noqa: E402
+from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402
 from nas.training.checkpoint import read_checkpoint, save_atomic  # noqa: E402
 from nas.training.scoring import decode_correct, encode_correct, predict  # noqa: E402
 from nas.training.train import CHECKPOINT_FORMAT, CHECKPOINT_NAME, train  # noqa: E402
@@ -137,16 +142,25 @@ class ResumableAverages(Averages):
             save_atomic({"step": step, "copies": self.state_dict()}, self.file)
 
 
-def run_all(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    protocol = load_protocol(args.protocol)
+def pilot_protocol(args: argparse.Namespace) -> tuple[str, Protocol]:
+    """The protocol trained, and its label: the protocol's name, with ``-e<epochs>`` and
+    ``-c<per class>`` when ``--epochs`` or ``--train-per-class`` change it (e.g. the reference
+    at a longer schedule, ``reference-e40``)."""
     data: dict[str, Any] = {"root": str(args.root)}
     train_fields: dict[str, Any] = {"device": "cpu", "progress": False}
-    if args.train_per_class is not None:  # shrinking knobs for smoke tests (another settings key)
-        data["train_per_class"] = args.train_per_class
+    label = args.protocol
     if args.epochs is not None:
         train_fields["epochs"] = args.epochs
-    protocol = with_fields(protocol, data=data, train=train_fields)
+        label += f"-e{args.epochs}"
+    if args.train_per_class is not None:
+        data["train_per_class"] = args.train_per_class
+        label += f"-c{args.train_per_class}"
+    return label, with_fields(load_protocol(args.protocol), data=data, train=train_fields)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    label, protocol = pilot_protocol(args)
     key = protocol.key()
     specs = pick_specs(load_space("mobilenetv3_small"), args.specs, args.pool, args.spec_seed)
     done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in read_rows(args.runs)}
@@ -156,24 +170,24 @@ def run_all(args: argparse.Namespace) -> None:
         total_steps = cfg.steps or cfg.epochs * len(loaders.train)
         for spec_name, spec in specs.items():
             arch = to_string(spec)
-            if (args.protocol, key, arch, seed) in done or (args.only and spec_name not in args.only):
+            if (label, key, arch, seed) in done or (args.only and spec_name not in args.only):
                 continue
-            log(f"{args.protocol} {spec_name} seed {seed}: training with {len(VARIANTS) - 1} averages")
+            log(f"{label} {spec_name} seed {seed}: training with {len(VARIANTS) - 1} averages")
             torch.manual_seed(seed)  # the initialisation train() would draw for the spec
             model = build_model(spec, num_classes=loaders.num_classes)
             model.to(memory_format=torch.channels_last)
-            folder = args.work / f"{args.protocol}-{spec_name}-seed{seed}"
+            folder = args.work / f"{label}-{spec_name}-seed{seed}"
             averages = ResumableAverages(model, total_steps, folder, args.checkpoint_every,
                                          len(loaders.train))
             if folder.exists() and not averages.resume(folder / CHECKPOINT_NAME):
-                log(f"{args.protocol} {spec_name} seed {seed}: checkpoint and averages disagree; "
+                log(f"{label} {spec_name} seed {seed}: checkpoint and averages disagree; "
                     "starting this run over")
                 shutil.rmtree(folder)
             run_cfg = dataclasses.replace(cfg, checkpoint_dir=str(folder), checkpoint_every=args.checkpoint_every)
             result = train(model, protocol.data, run_cfg, loaders=loaders, on_step=averages.on_step,
                            resume=True)
             row: dict[str, Any] = {
-                "protocol": args.protocol, "settings_key": key, "spec": spec_name, "arch": arch,
+                "protocol": label, "settings_key": key, "spec": spec_name, "arch": arch,
                 "seed": seed, "params": params_of(spec, 10), "seconds": result.seconds, "host": platform.node(), "cpu": cpu_model(),
                 "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
@@ -192,9 +206,9 @@ def run_all(args: argparse.Namespace) -> None:
             if row["plain"] != result.top1:  # the same weights and images: anything else is a bug
                 raise RuntimeError(f"re-scoring gave top-1 {row['plain']} against the run's {result.top1}")
             args.runs.mkdir(parents=True, exist_ok=True)
-            with open(args.runs / f"runs-{args.protocol}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
+            with open(args.runs / f"runs-{label}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            log(f"{args.protocol} {spec_name} seed {seed}: " + ", ".join(
+            log(f"{label} {spec_name} seed {seed}: " + ", ".join(
                 f"{v} {row[v]:.4f}" for v in VARIANTS) + f" ({result.seconds:.0f} s)")
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -212,14 +226,17 @@ def flipping_images(runs: pd.DataFrame, variant: str) -> float | None:
 
 
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
-    rows = [r for r in read_rows(args.runs) if r["protocol"] == args.protocol]
+    label, protocol = pilot_protocol(args)
+    key = protocol.key()
+    rows = [r for r in read_rows(args.runs) if r["protocol"] == label and r["settings_key"] == key]
     if not rows:
-        raise SystemExit(f"weight_averaging_pilot: no finished {args.protocol} runs in {args.runs}")
-    runs = pd.DataFrame(rows).drop_duplicates(["settings_key", "arch", "seed"], keep="last")
+        raise SystemExit(f"weight_averaging_pilot: no finished {label} runs (settings {key}) in {args.runs}")
+    runs = pd.DataFrame(rows).drop_duplicates(["arch", "seed"], keep="last")
     networks = pd.read_csv(REFERENCE_NETWORKS)
     reference = networks[networks.protocol == "reference"].set_index("spec")["top1_mean"]
     summary: dict[str, Any] = {
-        "protocol": args.protocol, "runs": len(runs), "seeds": sorted(int(s) for s in runs.seed.unique()),
+        "protocol": label, "settings": protocol.settings(), "runs": len(runs),
+        "seeds": sorted(int(s) for s in runs.seed.unique()),
         "specs": int(runs.spec.nunique()), "host": platform.node(), "cpu": cpu_model(),
         "reference": str(REFERENCE_NETWORKS.relative_to(REPO)), "variants": {},
     }
@@ -240,9 +257,9 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
         }
     args.out.mkdir(parents=True, exist_ok=True)
     runs.sort_values(["spec", "seed"]).drop(columns=[f"{v}_correct" for v in VARIANTS]).to_csv(
-        args.out / f"runs-{args.protocol}.csv", index=False)
-    (args.out / f"summary-{args.protocol}.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-    lines = [f"# Weight averaging on the `{args.protocol}` protocol ({len(runs)} runs, seeds "
+        args.out / f"runs-{label}.csv", index=False)
+    (args.out / f"summary-{label}.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    lines = [f"# Weight averaging on the `{label}` protocol ({len(runs)} runs, seeds "
              f"{summary['seeds']}, {summary['specs']} specs)", "",
              "| weights | pooled seed std (pts, 90% interval) | seed-to-seed tau | tau vs reference "
              "mean (per seed, mean) | tau of the seed mean vs reference mean | val images flipping "
@@ -254,7 +271,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                      f"{e['tau_vs_reference_mean_per_seed_mean']} | {e['tau_seed_mean_vs_reference_mean']} | "
                      f"{e['val_images_flipping_between_seeds_median']} | {e['top1_mean']} | "
                      f"{e['gain_over_plain_points']} |")
-    (args.out / f"summary-{args.protocol}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (args.out / f"summary-{label}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     log(f"summary written to {args.out}")
     return summary
 

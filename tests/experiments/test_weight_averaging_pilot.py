@@ -29,7 +29,7 @@ def test_pilot_scores_every_average_caches_runs_and_summarises(tmp_path: Path) -
     assert all(0.0 <= row[v] <= 1.0 for row in rows for v in variants)
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "training" not in again.stdout  # all cached: nothing retrained
-    summary = yaml.safe_load((tmp_path / "out" / "summary-proxy.yaml").read_text())
+    summary = yaml.safe_load((tmp_path / "out" / "summary-proxy-e2-c4.yaml").read_text())
     assert summary["runs"] == 6 and list(summary["variants"]) == variants
     assert summary["variants"]["plain"]["gain_over_plain_points"] == 0.0
     assert summary["variants"]["ema_f15"]["seed_std_points_pooled"]["degrees_of_freedom"] == 3
@@ -72,15 +72,15 @@ def test_a_run_resumed_mid_way_scores_as_the_uninterrupted_run(tmp_path: Path, m
                 pilot.run_all(pilot.parse_args(interrupted))
             except Stop:
                 pass
-        saved = torch.load(tmp_path / "w2" / "proxy-smallest-seed0" / "averages.pt", weights_only=True)
+        saved = torch.load(tmp_path / "w2" / "proxy-e20-c8-smallest-seed0" / "averages.pt", weights_only=True)
         assert saved["step"] == 9
         capsys.readouterr()
         pilot.run_all(pilot.parse_args(interrupted))
         assert "starting this run over" not in capsys.readouterr().out  # resumed, not restarted
     finally:
         torch.set_num_threads(threads)
-    whole = json.loads((tmp_path / "whole" / "runs-proxy-seed0.jsonl").read_text())
-    resumed = json.loads((tmp_path / "parts" / "runs-proxy-seed0.jsonl").read_text())
+    whole = json.loads((tmp_path / "whole" / "runs-proxy-e20-c8-seed0.jsonl").read_text())
+    resumed = json.loads((tmp_path / "parts" / "runs-proxy-e20-c8-seed0.jsonl").read_text())
     figures = [key for v in pilot.VARIANTS for key in (v, f"{v}_loss")]
     assert [whole[k] for k in figures] == [resumed[k] for k in figures]
     # 20 steps: ema_f05's time constant is one step (the last weights); the others average.
