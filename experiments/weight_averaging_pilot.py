@@ -83,36 +83,9 @@ SWA_LAST = {"swa_last25": 0.25}
 VARIANTS = ["plain", *EMA_FRACTIONS, *SWA_LAST]
 
 
-class Averages:
-    """The averaged copies of one run, updated after each optimiser step."""
-
-    def __init__(self, model: nn.Module, total_steps: int) -> None:
-        self.model = model
-        self.total_steps = total_steps
-        self.copies: dict[str, AveragedModel] = {}
-        for name, fraction in EMA_FRACTIONS.items():
-            decay = 1.0 - 1.0 / max(1.0, fraction * total_steps)
-            self.copies[name] = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-        self.swa_start = {name: int(round((1.0 - f) * total_steps)) for name, f in SWA_LAST.items()}
-        for name in SWA_LAST:
-            self.copies[name] = AveragedModel(model)  # equal average (the SWA default)
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        for name, averaged in self.copies.items():
-            if name in self.swa_start and step <= self.swa_start[name]:
-                continue
-            averaged.update_parameters(self.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {name: averaged.state_dict() for name, averaged in self.copies.items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, averaged in self.copies.items():
-            averaged.load_state_dict(state[name])
-
-
-class ResumableAverages(Averages):
-    """:class:`Averages` saved beside the run's own checkpoint (``train``'s ``last.pt``).
+class ResumableAverages:
+    """The averaged copies of one run, updated after each optimiser step and saved beside the
+    run's own checkpoint (``train``'s ``last.pt``).
 
     The loop checkpoints every ``checkpoint_every`` steps and at each epoch end; the averages
     are saved at the same steps, tagged with the step. A resumed run continues only when both
@@ -121,9 +94,16 @@ class ResumableAverages(Averages):
 
     def __init__(self, model: nn.Module, total_steps: int, folder: Path, every: int,
                  steps_per_epoch: int) -> None:
-        super().__init__(model, total_steps)
+        self.model, self.total_steps = model, total_steps
         self.file = folder / "averages.pt"
         self.every, self.steps_per_epoch = every, steps_per_epoch
+        self.copies: dict[str, AveragedModel] = {}
+        for name, fraction in EMA_FRACTIONS.items():
+            decay = 1.0 - 1.0 / max(1.0, fraction * total_steps)
+            self.copies[name] = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.swa_start = {name: int(round((1.0 - f) * total_steps)) for name, f in SWA_LAST.items()}
+        for name in SWA_LAST:
+            self.copies[name] = AveragedModel(model)  # equal average (the SWA default)
 
     def resume(self, run_checkpoint: Path) -> bool:
         """Load the saved averages when they match ``run_checkpoint``'s step; else False."""
@@ -133,13 +113,17 @@ class ResumableAverages(Averages):
         saved = torch.load(self.file, map_location="cpu", weights_only=True)
         if saved["step"] != step:
             return False
-        self.load_state_dict(saved["copies"])
+        for name, averaged in self.copies.items():
+            averaged.load_state_dict(saved["copies"][name])
         return True
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        super().on_step(step, metrics)
+        for name, averaged in self.copies.items():
+            if name not in self.swa_start or step > self.swa_start[name]:
+                averaged.update_parameters(self.model)
         if step % self.every == 0 or step % self.steps_per_epoch == 0 or step == self.total_steps:
-            save_atomic({"step": step, "copies": self.state_dict()}, self.file)
+            copies = {name: averaged.state_dict() for name, averaged in self.copies.items()}
+            save_atomic({"step": step, "copies": copies}, self.file)
 
 
 def pilot_protocol(args: argparse.Namespace) -> tuple[str, Protocol]:
@@ -188,7 +172,8 @@ def run_all(args: argparse.Namespace) -> None:
                            resume=True)
             row: dict[str, Any] = {
                 "protocol": label, "settings_key": key, "spec": spec_name, "arch": arch,
-                "seed": seed, "params": params_of(spec, 10), "seconds": result.seconds, "host": platform.node(), "cpu": cpu_model(),
+                "seed": seed, "params": params_of(spec, 10), "seconds": result.seconds,
+                "host": platform.node(), "cpu": cpu_model(),
                 "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
             last_epoch = (total_steps - 1) // len(loaders.train)
