@@ -9,6 +9,7 @@ long loops (the training step, the trial boundaries) call :func:`raise_if_interr
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from types import FrameType
@@ -21,8 +22,23 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+class _DropInterruptTracebacks(logging.Filter):
+    """Optuna logs every trial that raised, with its traceback, KeyboardInterrupt included:
+    a Ctrl-C printed some 150 lines of it before the run's own one-line exit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info
+        return not (exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt))
+
+
 def install_sigint_handler() -> None:
-    """Record Ctrl-C as well as raising it; a SIGINT the caller ignores stays ignored."""
+    """Record Ctrl-C as well as raising it; a SIGINT the caller ignores stays ignored.
+
+    Also keeps Optuna from printing a traceback for the trial a Ctrl-C stopped (the trial is
+    marked failed with the reason "interrupted (Ctrl-C)" and retried on resume)."""
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _DropInterruptTracebacks) for f in optimize_log.filters):
+        optimize_log.addFilter(_DropInterruptTracebacks())
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:

@@ -22,9 +22,11 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nas._io import write_text_atomic
+from nas._io import OutOfSpaceError, write_text_atomic
 from nas.arch.spec import NetworkSpec
 from nas.errors import NASError
+from nas.search.credentials import hide_passwords, redact, reveal, scrub_folder
+from nas.search.fingerprint import check_or_store, study_fingerprint
 from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
 from nas.search.outputs import TrialReporter, summary_table, write_outputs
 from nas.search.runner import (
@@ -36,7 +38,7 @@ from nas.search.runner import (
     run_parallel,
 )
 from nas.search.space import SearchSpace, space_from_dict
-from nas.search.storage import JournalError, StorageSettings, open_storage
+from nas.search.storage import JournalError, StorageSettings, StorageUnreachableError, open_storage
 
 log = logging.getLogger("nas-search")
 
@@ -45,7 +47,7 @@ class SearchError(NASError, RuntimeError):
     """The run cannot start (bad config, uncovered table, ...); the message says why."""
 
 
-class SearchInterrupted(Exception):
+class SearchInterrupted(NASError):
     """Ctrl-C stopped the run after its outputs were written (exit status 130)."""
 
 
@@ -97,14 +99,14 @@ def load_table(cfg: dict[str, Any]):
     return table
 
 
-def check_table_host(cfg: dict[str, Any]) -> None:
+def check_table_host(cfg: dict[str, Any], table) -> None:
     """Say once, in one line, when the table was measured on another CPU or runtime version
     (an error with ``latency.strict=true``)."""
     from nas.cost.table_files import HostMismatchWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", HostMismatchWarning)
-        load_table(cfg).check_host(strict=cfg["latency"]["strict"])
+        table.check_host(strict=cfg["latency"]["strict"])
     for warning in caught:
         if issubclass(warning.category, HostMismatchWarning):
             print(f"nas-search: warning: {warning.message}", file=sys.stderr)
@@ -286,13 +288,16 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
     settings = settings_of(cfg)
     choose_table(cfg, space, run_dir)
     ensure_table_covers(cfg, space, run_dir)
-    check_table_host(cfg)
-    storage_settings = StorageSettings(run_dir=str(run_dir), url=cfg["storage"],
+    table = load_table(cfg)
+    check_table_host(cfg, table)
+    storage_settings = StorageSettings(run_dir=str(run_dir), url=reveal(cfg["storage"]),
                                        heartbeat_interval=cfg["heartbeat_interval"],
                                        grace_period=3 * cfg["heartbeat_interval"])
     storage = open_storage(storage_settings)
     study = load_or_create_study(storage, study_name=cfg["study_name"], directions=settings.directions,
                                  sampler=make_sampler(settings), resume=cfg["resume"])
+    # Before anything of this start reaches the study: refuse settings that differ from it.
+    check_or_store(study, study_fingerprint(cfg, table, space))
     with warnings.catch_warnings():  # experimental in Optuna, but shown by optuna-dashboard
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["top1", "latency_ms"] if settings.mode == "pareto" else ["reward"])
@@ -315,7 +320,8 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
             job = WorkerJob(storage=storage_settings, study_name=cfg["study_name"],
                             factory=build_objective, factory_args=(cfg, str(run_dir)),
                             budget=cfg["trials"], sampler_factory=build_sampler, sampler_args=cfg,
-                            seed=cfg["seed"], on_trial_end=TrialReporter(run_dir, cfg["trials"]))
+                            seed=cfg["seed"], created_study=not cfg["resume"],
+                            on_trial_end=TrialReporter(run_dir, cfg["trials"]))
             run_parallel(job, cfg["n_workers"])
     except KeyboardInterrupt:
         interrupted = True
@@ -333,19 +339,30 @@ def run(cfg: dict[str, Any], run_dir: Path) -> optuna.Study:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def _hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # A password that came from a config file rather than the command line (which main()
+    # has cleaned) was written by Hydra before this point: take it out again.
+    scrub_folder(run_dir / ".hydra")
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     try:
         run(plain, run_dir)
     except SearchInterrupted:
         raise SystemExit(130) from None  # the shell's code for Ctrl-C; outputs are written
-    except (WorkerError, JournalError) as err:
+    except (WorkerError, JournalError, StorageUnreachableError, OutOfSpaceError) as err:
         print(f"nas-search: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except (SearchError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         # Configuration problems end with one line and exit code 2, not a traceback.
         print(f"nas-search: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        if not type(err).__module__.startswith("sqlalchemy"):
+            raise
+        # The study database went away mid-run (opening it is checked in open_storage).
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__]
+        print(f"nas-search: error: the study database failed mid-run: {redact(reason[0])}; finished "
+              "trials are kept: resume with resume=true when it is back", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def main() -> None:
@@ -353,6 +370,8 @@ def main() -> None:
     from nas.cli.hydra_app import run_hydra_app
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Hydra writes the command line into the run folder and its logs: no password reaches it.
+    sys.argv = hide_passwords(sys.argv)
     run_hydra_app("nas-search", _hydra_main)
 
 

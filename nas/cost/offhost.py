@@ -118,8 +118,12 @@ def import_runner_csv(csv_path: str | Path, out_dir: str | Path | None = None) -
         raise LatencyTableError(f"{csv_path}: no such file")
     try:
         runner, rows = ort_runner.read_result_csv(csv_path)
+    except UnicodeDecodeError as err:
+        raise LatencyTableError(f"{csv_path}: not a text file (undecodable byte at offset "
+                                f"{err.start}); expected the CSV that ort_runner.py writes") from None
     except (ValueError, json.JSONDecodeError) as err:
-        raise LatencyTableError(str(err)) from None
+        message = str(err)
+        raise LatencyTableError(message if str(csv_path) in message else f"{csv_path}: {message}") from None
     if runner.get("format") != ort_runner.RUNNER_FORMAT:
         raise LatencyTableError(f"{csv_path}: written by runner format {runner.get('format')!r}, "
                                 f"this code imports {ort_runner.RUNNER_FORMAT}")

@@ -112,6 +112,10 @@ class Objective:
         self.reward_exponent = settings.reward_exponent
         if self.reward_exponent is None:
             self.reward_exponent = DEFAULT_REWARD_EXPONENT.get(space.name, -0.07)
+        # Which trial already scored this network (its result is reused); the study runner
+        # replaces it with one that also waits for a network being scored by another worker.
+        self.find_original: Callable[[optuna.Trial, str], FrozenTrial | None] = (
+            lambda trial, spec: evaluated_trial(trial.study, spec))
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         started = time.perf_counter()
@@ -124,7 +128,7 @@ class Objective:
             if self.settings.budget_ms is not None:
                 # Feasible when <= 0 (Optuna's convention); samplers prefer feasible trials.
                 trial.set_constraint("latency_budget", latency_ms - self.settings.budget_ms)
-            original = evaluated_trial(trial.study, to_string(spec))
+            original = self.find_original(trial, to_string(spec))
             if original is not None:
                 # A repeat of a network the study has already scored (a resumed sampler or
                 # another worker proposed it): answered with that trial's result, costs no
@@ -208,7 +212,7 @@ def retried_number(trial: FrozenTrial) -> int | None:
     """The failed trial that ``trial`` retries, when Optuna's heartbeat callback enqueued it."""
     with warnings.catch_warnings():  # experimental in Optuna since 2.8, unchanged since
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def fail_reason(trial: FrozenTrial, study_attrs: dict[str, Any]) -> str | None:
@@ -222,12 +226,20 @@ def fail_reason(trial: FrozenTrial, study_attrs: dict[str, Any]) -> str | None:
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that count towards the budget: complete and not a repeat of another.
+    """Trials that count towards the budget: complete networks, each counted once.
 
     Failed, killed and interrupted trials do not count (they are retried), nor do repeats.
     """
-    return sum("duplicate_of" not in t.user_attrs
-               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    specs = set()
+    unnamed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "duplicate_of" in t.user_attrs:
+            continue
+        if "spec" in t.user_attrs:
+            specs.add(t.user_attrs["spec"])
+        else:
+            unnamed += 1
+    return len(specs) + unnamed
 
 
 def feasible(trial: FrozenTrial) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import textwrap
 import time
 from contextlib import contextmanager
@@ -18,9 +17,9 @@ from typing import Iterator
 
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from nas._io import temporary_sibling, write_text_atomic
+from nas._io import write_atomic, write_text_atomic, writing
 from nas.arch.codecs import from_string, to_yaml
 from nas.search.objective import counted_trials, fail_reason, pareto_trials, retried_number
 
@@ -64,7 +63,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 @contextmanager
 def _folder_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir``'s outputs (released when the process dies)."""
-    with open(run_dir / ".outputs.lock", "w") as handle:
+    path = run_dir / ".outputs.lock"
+    with writing(path, "the run folder's lock file"):
+        handle = open(path, "w")
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -83,7 +85,7 @@ def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
              "plot": run_dir / "pareto.png", "configs": run_dir / "pareto"}
     with _folder_lock(run_dir):
         frame = trials_frame(study)
-        write_text_atomic(paths["trials"], frame.to_csv(index=False))
+        write_text_atomic(paths["trials"], frame.to_csv(index=False), what="the trial table")
         front = pareto_trials(study)
         front_numbers = {t.number for t in front}
         paths["configs"].mkdir(exist_ok=True)
@@ -93,9 +95,10 @@ def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
             wanted[f"{name}.yaml"] = from_string(trial.user_attrs["spec"]).replace(
                 name=f"{study.study_name}_{name}")
         for file_name, spec in wanted.items():
-            write_text_atomic(paths["configs"] / file_name, to_yaml(spec))
+            write_text_atomic(paths["configs"] / file_name, to_yaml(spec),
+                              what="a Pareto network's bneck config")
         pareto = frame[frame["number"].isin(front_numbers)].sort_values("latency_ms")
-        write_text_atomic(paths["pareto"], pareto.to_csv(index=False))
+        write_text_atomic(paths["pareto"], pareto.to_csv(index=False), what="the Pareto front")
         for path in paths["configs"].glob("trial*.yaml"):
             if path.name not in wanted:  # no longer on the front
                 path.unlink(missing_ok=True)
@@ -131,10 +134,10 @@ class TrialReporter:
             return ""
         return f", ETA {(now - since) / (done - done_then) * (self.budget - done):.0f} s"
 
-    def __call__(self, study: optuna.Study) -> None:
+    def __call__(self, study: optuna.Study, last: FrozenTrial) -> None:
+        """``last`` is the trial this worker just finished (not the study's latest: with
+        several workers that may be another worker's)."""
         write_outputs(study, self.run_dir)
-        last = max(study.get_trials(deepcopy=False, states=(
-            TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)), key=lambda t: t.datetime_complete)
         attrs = last.user_attrs
         done = counted_trials(study)
         elapsed = time.monotonic() - self.started
@@ -180,10 +183,11 @@ def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str,
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = temporary_sibling(path)
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"),
+                     what="the plot of the Pareto front")
+    finally:
+        plt.close(fig)
 
 
 def summary_table(study: optuna.Study) -> str:

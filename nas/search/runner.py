@@ -17,10 +17,17 @@ still waiting gives way (PRUNED, unevaluated) to a retry of an earlier trial, so
 retried network finds its room; only a trial admitted in the moment between the failure and
 the retry's enqueueing can take that room, and the retry then ends PRUNED.
 
-**Fresh seeds per start.** A worker's sampler is seeded from the configured seed, the
-worker's index, the number of trials the study held when it started, and (after the first
-start) its host and pid: a resumed or added worker does not replay the sequence of an
-earlier one. A fresh single-worker run keeps the configured seed, so it is repeatable."""
+**Fresh seeds per start.** Only the first worker of the process that created the study uses
+the configured seed, so a fresh single-worker run is repeatable. Every other worker start (a
+second worker, a resume, another machine joining) seeds its sampler from the configured seed,
+its index, host and pid and fresh entropy from the OS: two workers that join an empty study
+at the same moment do not replay one sequence.
+
+**No network evaluated twice.** Two samplers can still propose the same network. A trial
+records its network first, then :func:`claim_network` waits until every running trial
+numbered before it has recorded its own; a network that one of them is evaluating is waited
+for and its result reused (a repeat: not counted), so the lowest-numbered trial evaluates it
+and nobody else does, on any storage."""
 
 from __future__ import annotations
 
@@ -42,8 +49,8 @@ from optuna.trial import TrialState
 
 from nas.errors import NASError
 from nas.interrupts import install_sigint_handler, raise_if_interrupted
-from nas.search.objective import counted_trials, retried_number
-from nas.search.storage import StorageSettings, open_storage
+from nas.search.objective import counted_trials, evaluated_trial, retried_number
+from nas.search.storage import StorageSettings, open_storage, repaired_trials
 
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,7 @@ def recover_dead_workers(study: optuna.Study, *, heartbeat: bool = False,
         return []
     host = socket.gethostname()
     failed = []
+    lost: dict[int, str] | None = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
         worker_host, _, pid = worker.rpartition(":")
@@ -84,13 +92,24 @@ def recover_dead_workers(study: optuna.Study, *, heartbeat: bool = False,
             study.tell(trial.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # someone else finished it in the meantime
+        if lost is None:
+            lost = _repaired_trials(study)
         # Read back by nas.search.objective.fail_reason (no public call annotates the trial).
-        study.set_user_attr(f"fail_reason:{trial.number}", f"worker {worker} died mid-trial")
+        study.set_user_attr(f"fail_reason:{trial.number}",
+                            lost.get(trial.number, f"worker {worker} died mid-trial"))
         failed.append(trial.number)
         requeued = _enqueue_retry(study, trial, max_retry)
         log.warning("trial %d: worker %s died mid-trial; marked FAIL%s", trial.number, worker,
                     " and re-enqueued" if requeued else "")
     return failed
+
+
+def _repaired_trials(study: optuna.Study) -> dict[int, str]:
+    """Trials whose record a journal repair dropped (a journal storage only)."""
+    storage = study._storage  # no public accessor; the journal's path is on its backend
+    backend = getattr(storage, "_backend", None)
+    path = getattr(backend, "_path", None)
+    return repaired_trials(path) if isinstance(path, Path) else {}
 
 
 def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int) -> bool:
@@ -125,11 +144,12 @@ def requeue_failed(study: optuna.Study, *, max_retry: int = 1) -> list[int]:
     return queued
 
 
-def worker_seed(seed: int, worker_index: int, trials_at_start: int) -> int:
+def worker_seed(seed: int, worker_index: int, *, created_study: bool) -> int:
     """The sampler seed of one worker start (see the module docstring)."""
-    if worker_index == 0 and trials_at_start == 0:
+    if created_study and worker_index == 0:
         return seed
-    parts = [seed, worker_index, trials_at_start, os.getpid(), zlib.crc32(socket.gethostname().encode())]
+    parts = [seed, worker_index, os.getpid(), zlib.crc32(socket.gethostname().encode()),
+             int.from_bytes(os.urandom(8), "little")]
     return int(np.random.SeedSequence(parts).generate_state(1)[0] % (2**31 - 1))
 
 
@@ -164,7 +184,8 @@ class WorkerJob:
     sampler_factory: Callable[[Any, int], optuna.samplers.BaseSampler]
     sampler_args: Any
     seed: int = 0
-    on_trial_end: Callable[[optuna.Study], None] | None = None
+    created_study: bool = False  # this process created the study (its worker 0 keeps the seed)
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
     poll_seconds: float = 2.0
     max_repeats: int = 100
 
@@ -219,12 +240,38 @@ def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
         ahead = [t for t in trials if t.state == TrialState.RUNNING and t.number < trial.number]
         if done + len(ahead) < job.budget:
             return
-        # A trial ahead may belong to a dead worker: let recovery fail it.
-        heartbeat = job.storage.url is not None
-        recover_dead_workers(study, heartbeat=heartbeat, max_retry=job.storage.max_retry)
-        if heartbeat:
-            optuna.storages.fail_stale_trials(study)
-        time.sleep(job.poll_seconds)
+        _wait_a_moment(study, job)
+
+
+def _wait_a_moment(study: optuna.Study, job: WorkerJob) -> None:
+    """Sleep one poll; a trial waited for may belong to a dead worker: let recovery fail it."""
+    raise_if_interrupted()
+    heartbeat = job.storage.url is not None
+    recover_dead_workers(study, heartbeat=heartbeat, max_retry=job.storage.max_retry)
+    if heartbeat:
+        optuna.storages.fail_stale_trials(study)
+    time.sleep(job.poll_seconds)
+
+
+def claim_network(study: optuna.Study, trial: optuna.Trial, spec: str,
+                  job: WorkerJob) -> optuna.trial.FrozenTrial | None:
+    """The trial whose result ``trial`` (which has recorded ``spec``) reuses, or None when
+    ``trial`` is the one to evaluate ``spec`` (module docstring).
+
+    Waits while a running trial numbered before ``trial`` has not yet chosen its network (it
+    may choose this one) or is evaluating this one; then answers with the first complete
+    trial of ``spec``, if any. Trial numbers order the claims, so on every storage exactly
+    one trial evaluates a network and the others wait for it.
+    """
+    while True:
+        original = evaluated_trial(study, spec)
+        if original is not None:
+            return original
+        before = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                  if t.number < trial.number]
+        if not any("spec" not in t.user_attrs or t.user_attrs["spec"] == spec for t in before):
+            return None
+        _wait_a_moment(study, job)
 
 
 def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
@@ -238,13 +285,15 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
     # Enqueued (WAITING) trials, such as the canonical seed, do not make a study "started".
     started = probe.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING))
-    seed = worker_seed(job.seed, worker_index, len(started))
+    seed = worker_seed(job.seed, worker_index, created_study=job.created_study and not started)
     log.info("worker %d: sampler seed %d", worker_index, seed)
     study = optuna.load_study(study_name=job.study_name, storage=storage,
                               sampler=job.sampler_factory(job.sampler_args, seed))
     recover_dead_workers(study, heartbeat=job.storage.url is not None,
                          max_retry=job.storage.max_retry)
     objective = job.factory(job.factory_args)
+    # The objective asks the runner whether its network is already scored or being scored.
+    objective.find_original = lambda trial, spec: claim_network(study, trial, spec, job)
     before = counted_trials(study)
     repeats = {"run": 0}
 
@@ -267,7 +316,7 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
         raise_if_interrupted()
         repeats["run"] = repeats["run"] + 1 if "duplicate_of" in trial.user_attrs else 0
         if job.on_trial_end is not None:
-            job.on_trial_end(study)
+            job.on_trial_end(study, trial)
         if counted_trials(study) >= job.budget:
             study.stop()
         elif repeats["run"] >= job.max_repeats:

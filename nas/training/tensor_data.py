@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas._io import default_cache_dir
+from nas._io import default_cache_dir, writing
 from nas.errors import NASError
 
 CACHE_FORMAT = 1
@@ -191,15 +191,28 @@ def load_tensor_folder(root: str | Path, *, cache_dir: str | Path | None = None,
     folder = Path(cache_dir or default_cache_dir()) / "tensors" / f"{root.resolve().name}-{key}"
     cached = _load_cache(folder)
     if cached is not None:
+        _check_one_size(cached, root)
         return cached
     if verbose:
         total = sum(len(f) for s in splits.values() for f in s.values())
         print(f"nas: decoding {total} images of {root} once into {folder}", flush=True)
     data = {split: _decode_split(splits[split]) for split in SPLITS}
+    _check_one_size(data, root)
     if folder.exists():  # a stale or unreadable cache under the same key
         shutil.rmtree(folder)
-    _save_cache(folder, data, root.resolve())
+    with writing(folder, "the decoded-image cache (nothing is left half-written)"):
+        _save_cache(folder, data, root.resolve())
     return data
+
+
+def _check_one_size(data: dict[str, TensorSplit], root: Path) -> None:
+    """Train and val at one size: a network trained on one size and scored on another would
+    be scored on images it was not trained for, silently."""
+    sizes = {split: tuple(part.images.shape[-2:]) for split, part in data.items()}
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{root / split} {w}x{h}" for split, (h, w) in sizes.items())
+        raise TensorDataError(f"{root}: the splits hold images of different sizes ({shown}); "
+                              "train and val must be one size")
 
 
 def balanced_subset(split: TensorSplit, per_class: int, seed: int, where: str) -> TensorSplit:

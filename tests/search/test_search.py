@@ -195,11 +195,11 @@ def test_a_write_killed_at_any_point_leaves_no_dangling_pareto_row(tmp_path: Pat
         shutil.copytree(before, run_dir)
         calls = {"n": 0}
 
-        def killed_write(path, text, calls=calls, kill_at=kill_at):
+        def killed_write(path, text, calls=calls, kill_at=kill_at, **kwargs):
             calls["n"] += 1
             if calls["n"] == kill_at:
                 raise KeyboardInterrupt  # the process dies here
-            real_write(path, text)
+            real_write(path, text, **kwargs)
 
         monkeypatch.setattr(outputs, "write_text_atomic", killed_write)
         try:
@@ -232,9 +232,11 @@ def stand_in_sampler(args: int, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def test_worker_seeds_differ_per_start_but_a_fresh_run_keeps_its_seed():
-    assert worker_seed(7, 0, 0) == 7  # fresh single-worker run: repeatable
-    seeds = {worker_seed(7, 0, 5), worker_seed(7, 1, 0), worker_seed(7, 1, 5), worker_seed(7, 0, 9)}
-    assert len(seeds) == 4 and 7 not in seeds
+    assert worker_seed(7, 0, created_study=True) == 7  # fresh single-worker run: repeatable
+    # Every other start draws fresh entropy, even two starts of one process on an empty study.
+    seeds = {worker_seed(7, 0, created_study=False) for _ in range(4)}
+    seeds |= {worker_seed(7, 1, created_study=True), worker_seed(7, 1, created_study=False)}
+    assert len(seeds) == 6 and 7 not in seeds
 
 
 def test_two_worker_processes_share_one_journal(tmp_path: Path):
