@@ -62,3 +62,47 @@ def write_image_folder(root: Path, counts: dict[str, int], *, classes: int = 3, 
                 pixels = np.clip(rng.normal(60 + 60 * (c % 3), 30, size=(size, size, 3)), 0, 255)
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+class SmallDisk:
+    """A small tmpfs file system of its own, filled and freed on demand (a real ENOSPC)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / ".filler"
+
+    def fill(self) -> None:
+        """Write a filler file until the file system is full (to the last byte)."""
+        import errno
+
+        with open(self._filler, "ab", buffering=0) as handle:
+            for size in (1 << 16, 1 << 12, 1 << 8, 1):
+                while True:
+                    try:
+                        handle.write(b"\0" * size)
+                    except OSError as err:
+                        assert err.errno == errno.ENOSPC
+                        break
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)
+
+    def temporary_files(self) -> list[Path]:
+        return [p for p in self.path.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 4 MiB tmpfs under ``tmp_path`` (needs root, as on the CI machine: skipped otherwise)."""
+    import subprocess
+
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the full-disk test: {mounted.stderr.strip()}")
+    try:
+        yield SmallDisk(mount_point)
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from nas._io import append_line
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 
@@ -42,9 +43,7 @@ class Results:
         return self.records.get((kind, arch, seed))
 
     def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record), what="the ablation study's results")
         self.records[self._key(record)] = record
         return record
 

@@ -1,5 +1,6 @@
 """Running a Hydra app as a console command: composition errors and malformed config files
-end with one line ``<prog>: error: ...`` and exit status 2, not Hydra's traceback."""
+end with one line ``<prog>: error: ...`` and exit status 2, a full disk with one line and
+status 1, not Hydra's traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 from typing import Callable
 
+from nas._io import OutOfSpaceError, is_out_of_space
 from nas.interrupts import install_sigint_handler
 
 
@@ -31,6 +33,14 @@ def run_hydra_app(prog: str, hydra_main: Callable[[], None]) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"{prog}: error: {first}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as err:
+        if not is_out_of_space(err):
+            raise
+        # Hydra itself writes the run folder's .hydra/ before the job starts.
+        if not isinstance(err, OutOfSpaceError):
+            err = OutOfSpaceError(err.filename or "the run folder", "the run's configuration (.hydra/)")
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 __all__ = ["run_hydra_app"]

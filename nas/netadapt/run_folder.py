@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from nas._io import append_line, write_atomic
 from nas.arch.codecs import from_yaml, save_spec, to_string
 from nas.arch.spec import NetworkSpec
 from nas.training.checkpoint import cpu_state, save_atomic, write_text_atomic
@@ -98,8 +99,8 @@ class RunFolder:
     def save_proposal(self, step: int, index: int, row: dict[str, Any], model: nn.Module) -> None:
         d = self.step_dir(step)
         save_atomic(cpu_state(model), d / f"proposal{index:02d}.pth")
-        with open(d / "proposals.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, default=str) + "\n")
+        append_line(d / "proposals.jsonl", json.dumps(row, default=str),
+                    what="NetAdapt's proposal records")
 
     def proposal_weights(self, step: int, index: int) -> dict[str, torch.Tensor]:
         return torch.load(self.step_dir(step) / f"proposal{index:02d}.pth", map_location="cpu",
@@ -166,7 +167,8 @@ def plot_trajectory(history: Sequence[dict[str, Any]], path: Path, *, target_ms:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), what="NetAdapt's plot")
+    finally:
+        plt.close(fig)
     return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generator
@@ -236,7 +237,9 @@ class HeartbeatRetry(RetryHeartbeatStaleTrialCallback):
     (Optuna fails the trial without one)."""
 
     def __init__(self, *, max_retry: int, grace_period: int) -> None:
-        super().__init__(max_retry=max_retry)
+        with warnings.catch_warnings():  # experimental since Optuna 2.8, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retry)
         self.grace_period = grace_period
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -9,7 +9,6 @@ silently continued.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas._io import temporary_sibling, write_text_atomic
+from nas._io import write_atomic, write_text_atomic
 from nas.errors import NASError
 
 
@@ -27,11 +26,9 @@ class CheckpointError(NASError, RuntimeError):
 
 # ---------------------------------------------------------------------------- atomic writes
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary sibling, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary sibling, then rename: a kill never leaves half a file, a
+    full disk no temporary file and one line naming the checkpoint."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp), what="a checkpoint")
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from nas._io import append_line
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 from nas.training.data import Loaders, make_loaders
@@ -117,11 +118,10 @@ class ProxyTrainingEvaluator:
 
     # ------------------------------------------------------------------ disk cache
     def _append(self, key: str, result: EvalResult) -> None:
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        assert self.cache_path is not None
         line = json.dumps({"key": key, "top1": result.top1, "top5": result.top5,
                            "details": result.details}, default=str)
-        with open(self.cache_path, "a", encoding="utf-8") as handle:  # type: ignore[arg-type]
-            handle.write(line + "\n")
+        append_line(self.cache_path, line, what="the proxy evaluator's result cache")
 
     @staticmethod
     def _read_cache(path: Path) -> dict[str, EvalResult]:

@@ -143,6 +143,7 @@ def test_ctrl_c_stops_cleanly_with_outputs(tmp_path: Path, tiny_table: Path):
     except subprocess.TimeoutExpired:
         pytest.fail(f"nas-search ignored Ctrl-C for 120 s:\n{_stacks_of(process, log)}")
     assert "interrupted" in log.read_text()
+    assert "Traceback" not in log.read_text()  # Optuna's traceback of the stopped trial too
     assert process.returncode == 130  # the shell's code for an interrupted command
     trials = pd.read_csv(run_dir / "trials.csv")
     assert (trials["state"] == "COMPLETE").sum() >= 2
@@ -363,3 +364,74 @@ def test_a_resumed_auto_run_keeps_the_table_it_chose(tmp_path: Path, tiny_table:
     choose_table(cfg, load_space(SPACES / "space" / "tiny.yaml"), tmp_path)
     assert cfg["latency"]["table"] == str(tiny_table)
     assert "resumed" in capsys.readouterr().out
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path: Path, tiny_table: Path):
+    run_dir = tmp_path / "run"
+    first = _run(_args(run_dir, tiny_table, "trials=1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    other_table = tmp_path / "other_table"  # the same keys, measured 2x slower
+    other_table.mkdir()
+    (other_table / "provenance.json").write_text((tiny_table / "provenance.json").read_text())
+    frame = pd.read_csv(tiny_table / "table.csv")
+    frame["ms"] = frame["ms"] * 2
+    frame.to_csv(other_table / "table.csv", index=False)
+    refused = _run([a.replace(f"latency.table={tiny_table}", f"latency.table={other_table}")
+                    for a in _args(run_dir, tiny_table, "trials=2", "resume=true",
+                                   "evaluator.train.epochs=2")])
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    error = [line for line in refused.stderr.splitlines() if line.startswith("nas-search: error:")]
+    assert len(error) == 1 and "Traceback" not in refused.stderr
+    assert "evaluator.train.epochs: the study has 1, this start 2" in error[0]
+    assert "latency.table.figures: the study has sha256:" in error[0]
+    assert len(pd.read_csv(run_dir / "trials.csv")) == 1  # nothing mixed in
+    allowed = _run(_args(run_dir, tiny_table, "trials=2", "resume=true", "n_workers=1", "threads=1"))
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="no PostgreSQL: set NAS_TEST_POSTGRES_URL "
+                                             "(.ci/run starts a throw-away cluster)")
+def test_a_password_in_the_storage_url_reaches_neither_disk_nor_output(tmp_path: Path, tiny_table: Path):
+    password = "Pw-never-on-disk-31337"
+    # The CI cluster trusts local connections, so any password is accepted (and ignored).
+    url = POSTGRES_URL.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+    run_dir = tmp_path / "run"
+    result = _run(_args(run_dir, tiny_table, "trials=1", f"storage={url}",
+                        f"study_name=secret_{os.getpid()}_{int(time.time())}"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert password not in result.stdout + result.stderr
+    written = [p for p in run_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert written == []
+    assert "postgres:***@" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    unreachable = _run(_args(tmp_path / "down", tiny_table, "trials=1",
+                             f"storage=postgresql://ann:{password}@127.0.0.1:9/studies"))
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.strip().splitlines()[-1].startswith(
+        "nas-search: error: storage: cannot use the postgresql database 'studies' at 127.0.0.1:9")
+    assert password not in unreachable.stdout + unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    assert not [p for p in (tmp_path / "down").rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_resume_counts_exactly(
+        small_disk, tmp_path: Path, tiny_table: Path):
+    from nas.search.storage import check_journal
+
+    run_dir = small_disk.path / "run"
+    first = _run(_args(run_dir, tiny_table, "trials=2"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    small_disk.fill()
+    for _ in range(2):  # a resume on the still-full disk: the same one line, nothing torn
+        stopped = _run(_args(run_dir, tiny_table, "trials=4", "resume=true"))
+        assert stopped.returncode == 1, stopped.stderr[-3000:]
+        assert "Traceback" not in stopped.stderr, stopped.stderr[-6000:]
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert last.startswith("nas-search: error: no space left on the device of "), last
+        assert small_disk.temporary_files() == []
+        check_journal(run_dir / JOURNAL_NAME)
+    small_disk.free()
+    resumed = _run(_args(run_dir, tiny_table, "trials=4", "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    counted = trials[(trials["state"] == "COMPLETE") & trials["duplicate_of"].isna()]
+    assert len(counted) == 4 and counted["spec"].is_unique
