@@ -23,6 +23,9 @@ def run_hydra_app(prog: str, hydra_main: Callable[[], None]) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         hydra_main()
+    except KeyboardInterrupt:  # before the job started (composing, writing .hydra/)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except yaml.YAMLError as err:  # a config file (e.g. a custom space) that is not YAML
         mark = getattr(err, "problem_mark", None)
         where = f"{mark.name}:{mark.line + 1}" if mark is not None else "a config file"

@@ -18,7 +18,7 @@ import pytest
 from nas.arch.codecs import from_string, load_spec
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
-from nas.search.objective import retried_number
+from nas.search.objective import fail_reason, retried_number
 from nas.search.space import load_space
 from nas.search.storage import JOURNAL_NAME
 
@@ -275,6 +275,7 @@ def test_two_machines_share_a_postgresql_study_through_a_kill(tmp_path: Path, ti
     specs = [t.user_attrs["spec"] for t in counted]
     assert len(set(specs)) == 6  # no network evaluated twice
     assert trials[victim].state == optuna.trial.TrialState.FAIL  # failed by the heartbeat
+    assert "stopped its heartbeat" in fail_reason(trials[victim], study.user_attrs)
     retries = [t for t in trials
                if retried_number(t) == victim or t.user_attrs.get("retry_of") == victim]
     assert len(retries) == 1  # retried once, with the killed trial's network
