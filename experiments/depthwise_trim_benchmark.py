@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
 from nas.models.depthwise import TrimmedDepthwiseConv2d, trimmed_depthwise_conv2d  # noqa: E402
 from nas.supernet import dynamic_ops  # noqa: E402
-from nas.search.space import load_space  # noqa: E402
+from nas.arch.space import load_space  # noqa: E402
 from nas.supernet.network import Supernet  # noqa: E402
 
 DEFAULT_OUT = REPO / "experiments" / "results" / "depthwise_trim"

@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 
 from nas.cost.lut import LatencyTable  # noqa: E402
 from nas.cost.validate import error_metrics, validate  # noqa: E402
-from nas.search.space import load_space  # noqa: E402
+from nas.arch.space import load_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "experiments" / "results" / "latency"

@@ -64,7 +64,7 @@ from nas.netadapt.finetune import FineTuner  # noqa: E402
 from nas.netadapt.latency import TableLatency  # noqa: E402
 from nas.netadapt.loop import netadapt  # noqa: E402
 from nas.netadapt.selection import scale_width, width_for_latency  # noqa: E402
-from nas.search.space import load_space  # noqa: E402
+from nas.arch.space import load_space  # noqa: E402
 from nas.training.protocols import load_protocol  # noqa: E402
 from nas.training.train import train  # noqa: E402
 from netadapt_benchmark import Stages, add_netadapt_arguments, measured_now, trained_once  # noqa: E402

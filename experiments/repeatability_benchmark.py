@@ -47,7 +47,7 @@ import yaml  # noqa: E402
 
 from nas.arch.codecs import to_string  # noqa: E402
 from nas.cost.sampling import cpu_model  # noqa: E402
-from nas.search.space import load_space  # noqa: E402
+from nas.arch.space import load_space  # noqa: E402
 from nas.training.checkpoint import CheckpointError  # noqa: E402
 from nas.training.data import make_loaders  # noqa: E402
 from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     from nas.cost.host_table import host_table
     from nas.cost.lut import LatencyTable
     from nas.cost.table_files import resolve_table_dir
-    from nas.search.space import load_space
+    from nas.arch.space import load_space
     from nas.supernet.evaluator import SupernetEvaluator
     from nas.supernet.train import load_supernet
     from nas.training.protocols import load_protocol

@@ -47,7 +47,7 @@ import yaml  # noqa: E402
 from nas.arch.codecs import to_string  # noqa: E402
 from nas.arch.spec import NetworkSpec  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
-from nas.search.space import SearchSpace, load_space  # noqa: E402
+from nas.arch.space import SearchSpace, load_space  # noqa: E402
 from nas.supernet.evaluator import SupernetEvaluator  # noqa: E402
 from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet  # noqa: E402
 from nas.training.data import make_loaders  # noqa: E402

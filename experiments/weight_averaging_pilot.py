@@ -62,7 +62,7 @@ from nas.arch.codecs import to_string  # noqa: E402
 from nas.cost.sampling import cpu_model  # noqa: E402
 from nas.models.bn import recalibrate_bn  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
-from nas.search.space import load_space  # noqa: E402
+from nas.arch.space import load_space  # noqa: E402
 from nas.training.data import make_loaders  # noqa: E402
 from nas.training.loop import epoch_batches  # noqa: E402
 from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402

@@ -26,8 +26,8 @@ _PUBLIC = {
     "build_model": "nas.models.builder",
     "profile_spec": "nas.cost.profile",
     "LatencyTable": "nas.cost.lut",
-    "load_space": "nas.search.space",
-    "SearchSpace": "nas.search.space",
+    "load_space": "nas.arch.space",
+    "SearchSpace": "nas.arch.space",
     "run_search": "nas.api",
     "run_netadapt": "nas.api",
 }

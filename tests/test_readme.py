@@ -32,7 +32,7 @@ def test_the_custom_space_example_loads_and_runs_a_search(tmp_path: Path) -> Non
     import yaml
 
     import nas
-    from nas.search.space import space_from_dict
+    from nas.arch.space import space_from_dict
 
     spaces = [text for text in _blocks("yaml") if text.startswith(SPACE_MARK)]
     assert len(spaces) == 1, "the README shows one worked search space"

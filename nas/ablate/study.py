@@ -111,7 +111,7 @@ def table_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
     from nas.cost.host_table import AUTO, host_table
     from nas.cost.lut import LatencyTable
     from nas.cost.table_files import resolve_table_dir
-    from nas.search.space import load_space
+    from nas.arch.space import load_space
 
     _check_table_source(study, results)
     todo = {n: s for n, s in specs.items() if results.get("table", to_string(s)) is None}

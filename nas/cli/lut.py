@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from nas.arch.spec import SpecError
-from nas.search.space import SpaceError
+from nas.arch.space import SpaceError
 
 
 
@@ -51,7 +51,7 @@ def _harness(args: argparse.Namespace, base=None):
 def _spaces(names: list[str], resolution: int | None):
     import dataclasses
 
-    from nas.search.space import load_space
+    from nas.arch.space import load_space
 
     spaces = []
     for name in names:

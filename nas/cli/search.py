@@ -37,7 +37,7 @@ from nas.search.runner import (
     requeue_failed,
     run_parallel,
 )
-from nas.search.space import SearchSpace, space_from_dict
+from nas.arch.space import SearchSpace, space_from_dict
 from nas.search.storage import JournalError, StorageSettings, StorageUnreachableError, open_storage
 
 log = logging.getLogger("nas-search")

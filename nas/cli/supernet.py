@@ -98,7 +98,7 @@ def _train(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
-    from nas.search.space import load_space
+    from nas.arch.space import load_space
     from nas.supernet.evaluator import SupernetEvaluator
     from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet
     from nas.training.data import make_loaders
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; configuration errors end with one line and exit code 2."""
     from nas.arch.spec import SpecError
-    from nas.search.space import SpaceError
+    from nas.arch.space import SpaceError
     from nas.supernet.dynamic_ops import SupernetError
     from nas.supernet.train import SupernetCheckpointError
 

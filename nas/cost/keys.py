@@ -42,7 +42,7 @@ from nas.arch.spec import (
 from nas.errors import NASError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nas.search.space import SearchSpace
+    from nas.arch.space import SearchSpace
 
 OPS = ("stem", "bneck", "lastconv", "pool", "head")
 KEY_COLUMNS = ["op", "in_res", "in_ch", "exp", "out", "kernel", "stride", "se", "act", "dilation"]
@@ -243,7 +243,7 @@ SpecsOrSpace = Union["SearchSpace", NetworkSpec, Iterable[Union["SearchSpace", N
 
 def keys_for(items: SpecsOrSpace) -> list[str]:
     """Unique keys (first-seen order) for a space, a spec, or an iterable mixing both."""
-    from nas.search.space import SearchSpace
+    from nas.arch.space import SearchSpace
 
     if isinstance(items, (NetworkSpec, SearchSpace)):
         items = [items]

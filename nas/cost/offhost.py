@@ -52,7 +52,7 @@ def export_ops(
 
     from nas.cost.harness import HarnessConfig
     from nas.cost.timing import export_for_ort
-    from nas.search.space import SearchSpace
+    from nas.arch.space import SearchSpace
 
     out_dir = Path(out_dir)
     items = [specs_or_space] if not isinstance(specs_or_space, (list, tuple)) else list(specs_or_space)

@@ -232,7 +232,7 @@ def statistic_text(statistic: str, method: str) -> str:
 
 
 def resolution_of(items: list[Any]) -> int:
-    from nas.search.space import SearchSpace
+    from nas.arch.space import SearchSpace
 
     found = set()
     for item in items:
@@ -246,7 +246,7 @@ def resolution_of(items: list[Any]) -> int:
 
 
 def as_list(items: Any) -> list[Any]:
-    from nas.search.space import SearchSpace
+    from nas.arch.space import SearchSpace
 
     if isinstance(items, (NetworkSpec, SearchSpace, str)):
         return [items]

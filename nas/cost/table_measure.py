@@ -33,7 +33,7 @@ class TableMeasuring:
               callback: Callable[[int, int, str], None] | None = None) -> list[str]:
         """Measure the keys ``specs_or_space`` needs that the table lacks (resumable)."""
         items = as_list(specs_or_space)
-        from nas.search.space import SearchSpace
+        from nas.arch.space import SearchSpace
 
         for item in items:
             if isinstance(item, SearchSpace):
@@ -105,7 +105,7 @@ class TableMeasuring:
     def _units(self, keys: list[str], hosts: Iterable[Any], method: str, passes: int,
                seed: int) -> list[tuple[str, Any]]:
         """The work list: ``(unit id, payload)``; ids are stable so a rerun can skip them."""
-        from nas.search.space import SearchSpace
+        from nas.arch.space import SearchSpace
 
         if method == "isolated":
             rng = random.Random(seed)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
     from nas.cost.lut import LatencyTable
-    from nas.search.space import SearchSpace
+    from nas.arch.space import SearchSpace
 
 FINGERPRINT_ATTR = "fingerprint"
 

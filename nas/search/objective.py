@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 from nas.errors import NASError
-from nas.search.space import SearchSpace
+from nas.arch.space import SearchSpace
 from nas.training.evaluator import Evaluator
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "random")

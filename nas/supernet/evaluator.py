@@ -32,7 +32,7 @@ from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 from nas.config import ConfigError, check_int, config_from_dict
 from nas.models.bn import recalibrate_bn
-from nas.search.space import SearchSpace, space_from_dict
+from nas.arch.space import SearchSpace, space_from_dict
 from nas.supernet.network import Supernet
 from nas.supernet.train import (
     SupernetCheckpointError,

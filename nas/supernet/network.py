@@ -1,4 +1,4 @@
-"""A weight-sharing supernet for a :class:`~nas.search.space.SearchSpace` (Once-for-All / BigNAS).
+"""A weight-sharing supernet for a :class:`~nas.arch.space.SearchSpace` (Once-for-All / BigNAS).
 
 One network holds the weights of every spec the space can produce; :meth:`Supernet.set_active`
 picks a spec and the forward pass runs exactly that sub-network:
@@ -39,7 +39,7 @@ from torch import nn
 
 from nas.arch.spec import DEFAULT_OPTIONS, BlockSpec, NetworkSpec
 from nas.models.builder import Bneck, MobileNetV3Net, build_model, init_weights
-from nas.search.space import SearchSpace, SpaceError
+from nas.arch.space import SearchSpace, SpaceError
 from nas.supernet.dynamic_ops import DynamicBneck, PermuteHook, SupernetError
 
 

@@ -35,7 +35,7 @@ from nas.arch.codecs import spec_from_dict, spec_to_dict
 from nas.arch.spec import NetworkSpec
 from nas.config import Config, ConfigError, check_choice, check_int, check_number
 from nas.errors import NASError
-from nas.search.space import SearchSpace, StageSpace
+from nas.arch.space import SearchSpace, StageSpace
 from nas.supernet.dynamic_ops import IMPORTANCE_NORMS
 from nas.supernet.network import Supernet
 from nas.training.checkpoint import read_checkpoint as _read_checkpoint

@@ -18,7 +18,7 @@ from nas.arch.codecs import (
 )
 from nas.arch.convert import from_timm, from_torchvision, to_timm, to_torchvision
 from nas.arch.spec import SpecError
-from nas.search.space import load_space
+from nas.arch.space import load_space
 
 # timm's own arch_def for mobilenetv3_large_100 (timm/models/mobilenetv3.py).
 TIMM_LARGE = [

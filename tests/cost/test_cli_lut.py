@@ -14,7 +14,7 @@ from nas.cli.lut import main
 from nas.cost.harness import HarnessConfig
 from nas.cost.keys import keys_for_space
 from nas.cost.lut import LatencyTable
-from nas.search.space import load_space
+from nas.arch.space import load_space
 
 FAST = HarnessConfig(warmup=1, warmup_time=0.0, repeats=3, min_run_time=0.0, max_run_time=0.05,
                      passes=2)

@@ -13,7 +13,7 @@ from nas.cost import host_table as host_table_module
 from nas.cost.harness import HarnessConfig
 from nas.cost.host_table import SHIPPED_FOR_RUNTIME, host_table
 from nas.cost.lut import LatencyTable
-from nas.search.space import load_space
+from nas.arch.space import load_space
 
 SPACE = load_space(Path(__file__).resolve().parents[1] / "data" / "spaces" / "space" / "tiny.yaml")
 # A quick harness for a 64x64 space; host_table keeps it and sets 3 passes.

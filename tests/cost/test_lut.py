@@ -29,7 +29,7 @@ from nas.cost.table_files import (
     MissingKeysError,
     SchemaVersionError,
 )
-from nas.search.space import SearchSpace, StageSpace, load_space
+from nas.arch.space import SearchSpace, StageSpace, load_space
 
 FAST = HarnessConfig(warmup=1, warmup_time=0.0, repeats=3, min_run_time=0.0, max_run_time=0.05,
                      passes=2)
@@ -297,7 +297,7 @@ def test_shipped_tables_cover_the_default_spaces_and_carry_their_validation(fold
     import yaml
 
     from nas.cost.table_files import resolve_table_dir
-    from nas.search.space import load_space
+    from nas.arch.space import load_space
 
     path = resolve_table_dir(folder)
     table = LatencyTable.load(path)

@@ -13,7 +13,7 @@ import yaml
 from nas.ablate.results import Results, protocol_key, trained_arch
 from nas.ablate.study import study_from_dict
 from nas.arch.codecs import load_spec, to_string
-from nas.search.space import load_space
+from nas.arch.space import load_space
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 import front_vs_canonical  # noqa: E402

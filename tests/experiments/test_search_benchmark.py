@@ -11,7 +11,7 @@ import yaml
 
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
-from nas.search.space import load_space
+from nas.arch.space import load_space
 from nas.supernet.train import SupernetTrainConfig, checkpoint_file, new_supernet, train_supernet
 from nas.training.data_config import DataConfig
 

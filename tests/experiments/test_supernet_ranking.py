@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from nas.arch.codecs import to_string
-from nas.search.space import load_space
+from nas.arch.space import load_space
 from nas.supernet.train import SupernetTrainConfig, checkpoint_file, new_supernet, train_supernet
 from nas.training.data_config import DataConfig
 

@@ -19,7 +19,7 @@ from nas.arch.codecs import from_string, load_spec
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
 from nas.search.objective import fail_reason, retried_number
-from nas.search.space import load_space
+from nas.arch.space import load_space
 from nas.search.storage import JOURNAL_NAME
 
 SPACES = Path(__file__).resolve().parents[1] / "data" / "spaces"

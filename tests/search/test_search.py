@@ -44,7 +44,7 @@ from nas.search.runner import (
     worker_seed,
 )
 from nas.search.runner import _gate as gate
-from nas.search.space import load_space
+from nas.arch.space import load_space
 from nas.search.storage import StorageSettings, open_storage
 from nas.training.evaluator import EvalResult
 

@@ -11,7 +11,7 @@ import torch
 from nas.arch.codecs import load_spec
 from nas.cli.supernet import main
 from nas.models.builder import MobileNetV3Net, build_model
-from nas.search.space import load_space
+from nas.arch.space import load_space
 
 TINY = ["--set", "data.resolution=32", "--set", "data.train_samples=32",
         "--set", "data.val_samples=16", "--set", "data.batch_size=16", "--set", "data.num_classes=4",

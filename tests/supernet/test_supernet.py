@@ -12,7 +12,7 @@ from torch import nn
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.models.bn import recalibrate_bn
 from nas.models.builder import MobileNetV3Net
-from nas.search.space import SearchSpace, StageSpace, load_space
+from nas.arch.space import SearchSpace, StageSpace, load_space
 from nas.supernet.dynamic_ops import DynamicDepthwise
 from nas.supernet.dynamic_ops import SupernetError
 from nas.supernet.network import Supernet

@@ -12,7 +12,7 @@ import torch
 
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.config import ConfigError
-from nas.search.space import SearchSpace, StageSpace, load_space
+from nas.arch.space import SearchSpace, StageSpace, load_space
 from test_supernet import tiny_space  # the same two-stage space
 from nas.supernet.evaluator import (
     SupernetEvaluator,

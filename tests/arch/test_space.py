@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from nas.arch.codecs import load_spec
-from nas.search.space import SPACES_DIR, SpaceError, load_space, space_from_dict
+from nas.arch.space import SPACES_DIR, SpaceError, load_space, space_from_dict
 
 SPACES = ["mobilenetv3_large", "mobilenetv3_small"]
 
