@@ -24,11 +24,15 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 class _DropInterruptTracebacks(logging.Filter):
     """Optuna logs every trial that raised, with its traceback, KeyboardInterrupt included:
-    a Ctrl-C printed some 150 lines of it before the run's own one-line exit."""
+    a Ctrl-C printed some 150 lines of it before the run's own one-line exit. A full disk
+    stops the run too and is reported in one line by the command."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from nas._io import OutOfSpaceError
+
         exc = record.exc_info
-        return not (exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt))
+        return not (exc and exc[0] is not None
+                    and issubclass(exc[0], (KeyboardInterrupt, OutOfSpaceError)))
 
 
 def install_sigint_handler() -> None:

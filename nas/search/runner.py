@@ -47,6 +47,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from nas._io import OutOfSpaceError
 from nas.errors import NASError
 from nas.interrupts import install_sigint_handler, raise_if_interrupted
 from nas.search.objective import counted_trials, evaluated_trial, retried_number
@@ -296,6 +297,7 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
     objective.find_original = lambda trial, spec: claim_network(study, trial, spec, job)
     before = counted_trials(study)
     repeats = {"run": 0}
+    fatal: list[OutOfSpaceError] = []  # a full disk met inside a trial
 
     def gated(trial: optuna.Trial) -> Any:
         raise_if_interrupted()
@@ -310,9 +312,17 @@ def run_worker(job: WorkerJob, worker_index: int = 0) -> int:
         except GiveWay as err:  # unevaluated and not counted; this worker takes the retry next
             trial.set_user_attr("fail_reason", f"not run: {err}")
             raise optuna.TrialPruned(str(err)) from None
-        return objective(trial)
+        try:
+            return objective(trial)
+        except OutOfSpaceError as err:
+            # The trial fails (retried on resume) and the worker stops after it: every later
+            # write would fail too. Optuna catches the error; the callback re-raises it.
+            fatal.append(err)
+            raise
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if fatal:
+            raise fatal[0]
         raise_if_interrupted()
         repeats["run"] = repeats["run"] + 1 if "duplicate_of" in trial.user_attrs else 0
         if job.on_trial_end is not None:
