@@ -2,7 +2,8 @@
 
 One module for every resumable run (stand-alone and proxy training, supernet training,
 NetAdapt's run folder). A checkpoint is a ``torch.save``'d dict with a ``format`` string,
-an ``arch`` description and the ``settings`` that determine the result; a resume with
+an ``arch`` description, the ``settings`` that determine the result and the training loop's
+``progress`` (:func:`steps_done` reads it); a resume with
 another architecture or other settings is refused with the differing fields named, never
 silently continued.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -82,6 +83,16 @@ def read_checkpoint(path: str | Path, fmt: str | int, *, what: str = "checkpoint
     return ckpt
 
 
+def steps_done(ckpt: Mapping[str, Any]) -> int:
+    """The optimiser steps a run had taken when its checkpoint was written.
+
+    ``ckpt``: a checkpoint read with :func:`read_checkpoint`, or a record that keeps its
+    ``progress`` (:func:`nas.supernet.train.load_supernet` returns one). The training loop
+    (:mod:`nas.training.loop`) writes the progress; this keeps its layout in one place.
+    """
+    return int(ckpt["progress"]["step"])
+
+
 def settings_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``part.key: checkpoint X vs now Y`` for every setting that differs."""
     return [f"{part}.{key}: checkpoint {saved.get(part, {}).get(key)!r} vs now {value!r}"
@@ -106,5 +117,5 @@ def check_matches(ckpt: dict[str, Any], path: str | Path, *, arch: Any, settings
 
 __all__ = [
     "CheckpointError", "check_matches", "cpu_state", "read_checkpoint", "rng_state",
-    "save_atomic", "set_rng_state", "settings_diff", "write_text_atomic",
+    "save_atomic", "set_rng_state", "settings_diff", "steps_done", "write_text_atomic",
 ]

@@ -33,7 +33,7 @@ from nas.config import ConfigError
 from nas.errors import NASError
 from nas.models.bn import recalibrate_bn
 from nas.models.builder import build_model
-from nas.training.checkpoint import CheckpointError
+from nas.training.checkpoint import CheckpointError, read_checkpoint, steps_done
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.distributed import DataParallel
@@ -194,6 +194,20 @@ def _arch_of(model: nn.Module) -> str:
 def checkpoint_path(train_cfg: TrainConfig) -> Path | None:
     """Where :func:`train` keeps its checkpoint (None when checkpoints are off)."""
     return Path(train_cfg.checkpoint_dir) / CHECKPOINT_NAME if train_cfg.checkpoint_dir else None
+
+
+def checkpoint_steps(checkpoint_dir: str | Path) -> int | None:
+    """The optimiser steps of the checkpoint :func:`train` keeps in ``checkpoint_dir``, or None
+    when there is none yet.
+
+    For state a caller keeps beside a run (averaged weights, say): it may resume with the run
+    only when both were saved at the same step. A file of another format raises
+    :class:`CheckpointError`.
+    """
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    return steps_done(read_checkpoint(path, CHECKPOINT_FORMAT))
 
 
 def check_resolution(model: nn.Module, resolution: int) -> None:

@@ -32,6 +32,7 @@ from nas.supernet.train import (
     space_to_dict,
     train_supernet,
 )
+from nas.training.checkpoint import steps_done
 from nas.training.data import make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.evaluator import EvalResult, Evaluator
@@ -91,6 +92,7 @@ def test_training_runs_and_checkpoints(tmp_path: Path) -> None:
     assert ckpt["finished"] and ckpt["progress"]["step"] == 3
     loaded, record = load_supernet(tmp_path / "supernet.pt")
     assert loaded.space == tiny_space() and record["settings"]["train"]["steps"] == 3
+    assert steps_done(record) == steps_done(ckpt) == 3  # the record keeps the checkpoint's progress
     state = result.supernet.state_dict()
     assert all(torch.equal(v.cpu(), loaded.state_dict()[k]) for k, v in state.items())
 

@@ -17,6 +17,7 @@ from nas.training.train import (
     CheckpointError,
     NonFiniteLossError,
     WeightsError,
+    checkpoint_steps,
     load_weights,
     lr_factor,
     train,
@@ -154,6 +155,22 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     train(TINY, DATA, cfg)
     with pytest.raises(CheckpointError, match=r"train.lr: checkpoint 0.05 vs now 0.1"):
         train(TINY, DATA, _cfg(steps=2, lr=0.1, checkpoint_dir=str(tmp_path)), resume=True)
+
+
+def test_checkpoint_steps_reads_the_step_a_run_was_saved_at(tmp_path):
+    assert checkpoint_steps(tmp_path) is None  # no run there yet
+    interrupted = _cfg(steps=8, checkpoint_every=3, checkpoint_dir=str(tmp_path))
+
+    def stop_at_step_4(step: int, loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, DATA, interrupted, on_step=stop_at_step_4)
+    assert checkpoint_steps(tmp_path) == 3  # the last checkpoint before the interruption
+    torch.save({"format": "something else"}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        checkpoint_steps(tmp_path)
 
 
 # ---------------------------------------------------------------------------- evaluation, weights
