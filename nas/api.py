@@ -1,8 +1,10 @@
-"""The search and NetAdapt runs from Python, configured exactly as their commands are.
+"""The search and NetAdapt runs from Python.
 
-``run_search(run_dir, overrides=["trials=20"])`` composes the same Hydra configuration as
-``nas-search trials=20`` (``nas/conf/search.yaml`` and its groups) and runs it in
-``run_dir``; likewise :func:`run_netadapt` for ``nas-netadapt``.
+``run_search(run_dir, trials=20, sampler="random")`` runs the search configured by
+``nas/conf/search.yaml`` with those settings changed; a :class:`~nas.search.config.SearchConfig`
+can be passed whole instead, and Hydra-style ``overrides`` (``["space=mobilenetv3_large",
+"data=synthetic"]``, the same strings as on the ``nas-search`` command line) choose config
+groups. Likewise :func:`run_netadapt` for ``nas-netadapt``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
     from nas.netadapt.loop import NetAdaptResult
+    from nas.search.config import SearchConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -30,15 +33,34 @@ def compose_config(config_name: str, overrides: Sequence[str] = ()) -> dict[str,
     return plain
 
 
-def run_search(run_dir: str | Path, *, overrides: Sequence[str] = ()) -> optuna.Study:
-    """Run (or with ``resume=true`` continue) a search in ``run_dir``; returns the study."""
-    from nas.cli.search import run
+def search_config(*, overrides: Sequence[str] = (), **settings: Any) -> SearchConfig:
+    """The search's configuration: the defaults, ``overrides``, then ``settings`` (top-level
+    fields of :class:`~nas.search.config.SearchConfig`; a mapping for ``latency``, ``data`` or
+    ``evaluator`` is merged into that section)."""
+    from nas.search.config import SearchConfig
 
-    return run(compose_config("search", overrides), Path(run_dir))
+    plain = compose_config("search", overrides)
+    for name, value in settings.items():
+        if isinstance(value, dict) and isinstance(plain.get(name), dict):
+            value = {**plain[name], **value}
+        plain[name] = value
+    return SearchConfig.from_dict(plain)
+
+
+def run_search(run_dir: str | Path, config: SearchConfig | None = None, *,
+               overrides: Sequence[str] = (), **settings: Any) -> optuna.Study:
+    """Run (or with ``resume=True`` continue) a search in ``run_dir``; returns the study."""
+    from nas.search.pipeline import SearchRun
+
+    if config is None:
+        config = search_config(overrides=overrides, **settings)
+    elif overrides or settings:
+        raise TypeError("run_search: pass a config, or overrides and settings, not both")
+    return SearchRun(config, Path(run_dir)).run()
 
 
 def run_netadapt(run_dir: str | Path, *, overrides: Sequence[str] = ()) -> NetAdaptResult:
     """Run (or with ``resume=true`` continue) a NetAdapt refinement in ``run_dir``."""
-    from nas.cli.netadapt import run
+    from nas.netadapt.pipeline import run_netadapt_config
 
-    return run(compose_config("netadapt", overrides), Path(run_dir))
+    return run_netadapt_config(compose_config("netadapt", overrides), Path(run_dir))

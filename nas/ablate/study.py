@@ -20,6 +20,7 @@ from nas.ablate.results import Results, e2e_key, protocol_key, trained_arch
 from nas.ablate.variants import AblationError, Variant, variant_from_dict
 from nas.arch.codecs import save_spec, to_string
 from nas.arch.spec import NetworkSpec
+from nas.cost.policy import LatencyPolicy
 from nas.config import Config, check_int, config_from_dict
 from nas.cost.sampling import loadavg
 
@@ -28,17 +29,25 @@ log = logging.getLogger("nas-ablate")
 
 @dataclass(frozen=True)
 class LatencySettings(Config):
-    """Where latency comes from: a table (``auto``: this host's, as ``nas-search`` chooses
-    it) extended with the variants' missing keys in the run folder, and ``rounds``
-    interleaved end-to-end rounds with the table's harness (0: no end-to-end figure)."""
+    """Where latency comes from: the latency policy's table (``auto``: this host's for
+    ``space``, as ``nas-search`` chooses it), extended with the variants' missing keys in
+    the run folder, and ``rounds`` interleaved end-to-end rounds with the table's harness
+    (0: no end-to-end figure)."""
 
     table: str = "auto"
     space: str = "mobilenetv3_large"   # the space whose table ``auto`` finds or builds
     runtime: str = "torch-cpu"
+    strict: bool = False
     rounds: int = 10
 
     def __post_init__(self) -> None:
         check_int("latency", "rounds", self.rounds, minimum=0)
+        self.policy()  # table, runtime and strict are checked by the policy
+
+    def policy(self) -> LatencyPolicy:
+        """The latency policy of an ablation: variants' missing keys are always measured."""
+        return LatencyPolicy(table=self.table, runtime=self.runtime, resolution=None,
+                             measure_missing=True, strict=self.strict)
 
 
 @dataclass(frozen=True)
@@ -106,42 +115,29 @@ def measure_costs(specs: dict[str, NetworkSpec], results: Results) -> None:
 
 def table_latency(study: Study, specs: dict[str, NetworkSpec], results: Results, run_dir: Path,
                   progress: bool) -> None:
-    """Each variant's lookup-table latency; keys the table lacks are measured into a copy of
-    it in the run folder (the configured table is never written)."""
-    from nas.cost.host_table import AUTO, host_table
-    from nas.cost.lut import LatencyTable
-    from nas.cost.table_files import resolve_table_dir
+    """Each variant's lookup-table latency, with the table the latency policy names
+    (:mod:`nas.cost.policy`; ``auto``: this host's for ``latency.space``); keys the table
+    lacks are measured into its copy in the run folder (the source is never written)."""
     from nas.arch.space import load_space
+    from nas.cost.policy import resolve_table
 
     _check_table_source(study, results)
     todo = {n: s for n, s in specs.items() if results.get("table", to_string(s)) is None}
     if not todo:
         return
-    copy = run_dir / "latency_table"
-    if (copy / "table.csv").is_file():
-        table = LatencyTable.load(copy)
-    else:
-        settings = study.latency
-        if settings.table == AUTO:
-            space = load_space(settings.space)
-            choice = host_table(space, runtime=settings.runtime, resolution=space.base.resolution,
-                                progress=progress)
-            source, why = choice.path, choice.reason
-        else:
-            source, why = resolve_table_dir(settings.table), "pinned"
-        log.info("latency table %s (%s)", source, why)
-        table = LatencyTable.load(source)
-        table.save(copy)
+    resolved = resolve_table(study.latency.policy(), [], run_dir, resume=True,
+                             space=load_space(study.latency.space), progress=progress)
+    log.info("latency table %s (%s)", resolved.source, resolved.reason)
+    for line in resolved.warnings:
+        log.warning("%s", line)
     for name, spec in todo.items():
-        if spec.resolution != table.resolution:  # the table keys one deployment input
+        if spec.resolution != resolved.table.resolution:  # the table keys one deployment input
             results.add({"kind": "table", "arch": to_string(spec), "ms": None,
-                         "why": f"table is for {table.resolution} px"})
+                         "why": f"table is for {resolved.table.resolution} px"})
             continue
-        missing = table.missing_keys(spec)
-        if missing:
-            log.info("%s: measuring %d key(s) the table lacks", name, len(missing))
-            table.build(spec, progress=progress, save_to=copy)
-        results.add({"kind": "table", "arch": to_string(spec), "ms": table.predict(spec)})
+        if resolved.cover(spec, progress=progress):
+            log.info("%s: measured the key(s) the table lacked", name)
+        results.add({"kind": "table", "arch": to_string(spec), "ms": resolved.table.predict(spec)})
 
 
 def _check_table_source(study: Study, results: Results) -> None:
@@ -161,14 +157,18 @@ def _check_table_source(study: Study, results: Results) -> None:
 def end_to_end_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
                        run_dir: Path, progress: bool) -> None:
     """All variants in the same interleaved rounds (so their ratios share the machine's state)."""
+    from nas.arch.space import load_space
     from nas.cost.calibrate import measure_end_to_end
-    from nas.cost.lut import LatencyTable
+    from nas.cost.policy import resolve_table
 
     rounds = study.latency.rounds
     key = e2e_key(specs, rounds)
     if rounds == 0 or results.get("e2e", key) is not None:
         return
-    harness = LatencyTable.load(run_dir / "latency_table").harness_config()
+    # The harness of the table the variants were predicted with (the policy's choice is
+    # recorded in the run folder, so this is the same table).
+    harness = resolve_table(study.latency.policy(), [], run_dir, resume=True,
+                            space=load_space(study.latency.space), progress=progress).table.harness_config()
     distinct = {to_string(s): s for s in specs.values()}
     figures = measure_end_to_end(list(distinct.values()), harness, rounds=rounds,
                                  progress=progress, desc="end to end")

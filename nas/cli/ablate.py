@@ -7,7 +7,8 @@
 
 The studies live in ``nas/conf/ablation/``. The run folder receives ``ablation.csv``,
 ``ablation.md`` (ours and the paper's figures side by side), ``ablation.png``, the variants'
-bneck YAMLs under ``specs/``, the run's copy of the latency table and ``results.jsonl``
+bneck YAMLs under ``specs/``, the run's copy of the latency table (when keys were measured)
+and ``results.jsonl``
 (every figure as it is measured: a study started again in the same folder goes on where it
 stopped). Bad input ends with one line ``nas-ablate: error: ...`` and exit status 2.
 """

@@ -274,14 +274,12 @@ class LatencyTable(TableMeasuring):
         self._cal = (float(cal["a"]), float(cal["b"])) if cal else None
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, spec: NetworkSpec, *, calibrated: bool = True, measure_missing: bool = False,
-                harness: HarnessConfig | None = None, save_to: str | Path | None = None) -> float:
+    def predict(self, spec: NetworkSpec, *, calibrated: bool = True) -> float:
         """Predicted milliseconds of ``spec``: the sum of its stem, blocks and head entries.
 
-        With a calibration in the provenance (and ``calibrated``), ``a * sum + b``.
-        Missing keys raise :class:`MissingKeysError` naming them, unless
-        ``measure_missing`` is set: then they are measured now (with ``harness``, or the
-        harness recorded in the table), added, and saved to ``save_to`` if given.
+        With a calibration in the provenance (and ``calibrated``), ``a * sum + b``. Missing
+        keys raise :class:`MissingKeysError` naming them: a prediction never measures (the
+        table's builder half does: :meth:`build`, :meth:`measure`).
         """
         if spec.resolution != self._provenance["resolution"]:
             self.check_compatible(resolution=spec.resolution)
@@ -293,11 +291,8 @@ class LatencyTable(TableMeasuring):
                 total += ms[key]
         except KeyError:
             missing = [k for k in dict.fromkeys(keys) if k not in ms]
-            if not measure_missing:
-                raise MissingKeysError(missing, "pass measure_missing=True to measure them, or "
-                                       "extend the table with 'nas-lut build'") from None
-            self.measure(missing, harness, progress=False, save_to=save_to, hosts=[spec])
-            total = sum(ms[key] for key in keys)
+            raise MissingKeysError(missing, "measure them with the table's build() or "
+                                   "'nas-lut build', or latency.measure_missing=true") from None
         if calibrated and self._cal is not None:
             a, b = self._cal
             return a * total + b

@@ -15,7 +15,8 @@ Yang et al., "NetAdapt: Platform-Aware Neural Network Adaptation for Mobile Appl
    Each proposal takes the *largest* channel count (a multiple of ``divisor``) that meets
    its cut, as NetAdapt picks the largest filter count meeting a step's budget from its
    per-layer lookup tables (Sec. 3.2.1). Keys the table lacks are measured on demand
-   (:meth:`nas.cost.lut.LatencyTable.predict` with ``measure_missing``).
+   (:class:`nas.netadapt.latency.TableLatency` with ``measure_missing``) into the run's
+   copy of the table (the latency policy, :mod:`nas.cost.policy`).
 3. Each proposal inherits the previous weights, keeping the filters with the largest L2
    norm (:mod:`nas.models.prune`), is fine-tuned for ``T`` steps ("short-term", the paper's
    T = 10000) and evaluated on a held-out split.

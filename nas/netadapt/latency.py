@@ -28,8 +28,8 @@ class TableLatency:
     own) in the network that needs them, and saved to ``save_to`` at once, so a resumed
     run predicts what the interrupted one predicted. Two ways to measure:
 
-    * ``mode="table"``: the table's own on-demand measurement
-      (:meth:`~nas.cost.lut.LatencyTable.predict` with ``measure_missing``);
+    * ``mode="table"``: the table's own measurement (:meth:`~nas.cost.lut.LatencyTable.measure`,
+      timed in the network that needs the keys);
     * ``mode="anchored"``: the same in-context timing
       (:func:`nas.cost.timing.measure_in_context`, ``harness.passes`` passes), but each new
       key is scaled by the median ratio *table figure / figure measured now* of the keys of
@@ -53,12 +53,13 @@ class TableLatency:
 
     def __call__(self, spec: NetworkSpec) -> float:
         before = len(self.table)
-        if self.mode == "anchored" and self.measure_missing:
-            missing = self.table.missing_keys(spec)
-            if missing:
-                self._measure_anchored(spec, missing)
-        ms = self.table.predict(spec, measure_missing=self.measure_missing, harness=self.harness,
-                                save_to=self.save_to)
+        missing = self.table.missing_keys(spec) if self.measure_missing else []
+        if missing and self.mode == "anchored":
+            self._measure_anchored(spec, missing)
+        elif missing:
+            self.table.measure(missing, self.harness, progress=False, save_to=self.save_to,
+                               hosts=[spec])
+        ms = self.table.predict(spec)
         self.measured += len(self.table) - before
         return float(ms)
 

@@ -87,9 +87,9 @@ def test_export_run_import_round_trip(tmp_path, exporter):
     loaded.check_compatible(runtime="onnxruntime", resolution=32)
     # End-to-end checks of the table export networks the way its ops were exported.
     assert loaded.harness_config().onnx_exporter == exporter
-    # An imported table never measures here behind the caller's back.
+    # An imported table is not extended here without an explicit harness (that would mix devices).
     with pytest.raises(LatencyTableError, match="imported"):
-        loaded.predict(spec.replace(num_classes=11), measure_missing=True)
+        loaded.build([spec.replace(num_classes=11)], progress=False)
 
 
 def test_import_rejects_a_csv_without_runner_provenance(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from nas.arch.codecs import from_yaml, load_spec, save_spec, to_string
-from nas.cli.netadapt import NetAdaptCliError, best_of_search
+from nas.netadapt.pipeline import NetAdaptRunError, best_of_search
 from test_netadapt import TINY, formula_table
 
 
@@ -86,20 +86,20 @@ def test_search_run_gives_its_most_accurate_member(tmp_path):
         {"number": 9, "accuracy": None, "latency_ms": 4.0, "spec": to_string(small)},
     ]).to_csv(run / "pareto.csv", index=False)
     assert best_of_search(run) == best
-    with pytest.raises(NetAdaptCliError, match="no such file"):
+    with pytest.raises(NetAdaptRunError, match="no such file"):
         best_of_search(tmp_path / "nothing")
 
 
 def test_search_run_on_other_data_is_named(tmp_path, caplog):
     import logging
 
-    from nas.cli.netadapt import warn_on_other_data
+    from nas.netadapt.pipeline import warn_on_other_data
 
     run = tmp_path / "search"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(
         "data: {name: cifar10, root: ../shared/datasets/cifar10, resolution: 32, num_classes: 10}\n")
-    with caplog.at_level(logging.WARNING, logger="nas-netadapt"):
+    with caplog.at_level(logging.WARNING, logger="nas.netadapt.pipeline"):
         warn_on_other_data(run, {"name": "cifar10", "root": "../shared/datasets/cifar10",
                                  "resolution": 32, "num_classes": 10})
         assert not caplog.records

@@ -83,7 +83,7 @@ def test_missing_latency_keys_stop_the_run_or_get_measured(tmp_path: Path, tiny_
     LatencyTable(full.provenance, kept).save(tmp_path / "partial")
     result = _run(_args(tmp_path / "run1", tmp_path / "partial", "trials=1"))
     assert result.returncode == 2
-    assert "lacks 5 key(s)" in result.stderr and "measure_missing=true" in result.stderr
+    assert "no entry for 5 key(s)" in result.stderr and "measure_missing=true" in result.stderr
     measured = _run(_args(tmp_path / "run2", tmp_path / "partial", "trials=1",
                           "latency.measure_missing=true"))
     assert measured.returncode == 0, measured.stderr[-3000:]
@@ -355,16 +355,15 @@ def test_a_fresh_one_worker_run_is_repeatable(tmp_path: Path, tiny_table: Path):
     assert specs[0] == specs[1]  # the configured seed, not a per-start one
 
 
-def test_a_resumed_auto_run_keeps_the_table_it_chose(tmp_path: Path, tiny_table: Path, capsys):
+def test_a_resumed_auto_run_keeps_the_table_it_chose(tmp_path: Path, tiny_table: Path):
     """latency.table=auto is resolved once per run: a resumed study is scored with the same
     table even when the cache has been rebuilt since."""
-    from nas.cli.search import TABLE_CHOICE, choose_table
+    from nas.cost.policy import CHOICE_FILE, LatencyPolicy, choose_source
 
-    (tmp_path / TABLE_CHOICE).write_text(f"{tiny_table}\n")
-    cfg = {"latency": {"table": "auto", "runtime": "torch-cpu", "resolution": 64}, "resume": True}
-    choose_table(cfg, load_space(SPACES / "space" / "tiny.yaml"), tmp_path)
-    assert cfg["latency"]["table"] == str(tiny_table)
-    assert "resumed" in capsys.readouterr().out
+    (tmp_path / CHOICE_FILE).write_text(f"{tiny_table}\n")
+    source, reason = choose_source(LatencyPolicy(table="auto", resolution=64),
+                                   load_space(SPACES / "space" / "tiny.yaml"), tmp_path, resume=True)
+    assert source == tiny_table and "resumed" in reason
 
 
 def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path: Path, tiny_table: Path):

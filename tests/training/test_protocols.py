@@ -66,11 +66,12 @@ def test_nas_train_options_given_explicitly_override_the_protocol(tmp_path: Path
 
 
 def test_the_search_can_score_candidates_with_a_protocol(tmp_path: Path) -> None:
-    from nas.cli.search import build_evaluator
+    from nas.search.config import SearchConfig
+    from nas.search.pipeline import build_evaluator
 
-    cfg = {"data": {"name": "synthetic"},
-           "evaluator": {"kind": "proxy", "cache": False, "protocol": "proxy",
-                         "train": {"epochs": 2, "device": "cpu", "progress": False}}}
+    cfg = SearchConfig(space={"name": "unused"}, data={"name": "synthetic"},
+                       evaluator={"kind": "proxy", "cache": False, "protocol": "proxy",
+                                  "train": {"epochs": 2, "device": "cpu", "progress": False}})
     evaluator = build_evaluator(cfg, tmp_path)
     proxy = load_protocol("proxy")
     assert evaluator.data_cfg == proxy.data  # the protocol's data replaces the data group

@@ -1,0 +1,215 @@
+"""A search run as a library object: the main job, whoever calls it.
+
+:class:`SearchRun` does, in order: read the space; apply the latency policy once (choose,
+load, extend and check the table: :func:`nas.cost.policy.resolve_table`); open or create the
+study and refuse settings that differ from it (:mod:`nas.search.fingerprint`); retry what a
+previous start left failed; run the workers (:mod:`nas.search.runner`), each rebuilding its
+objective from the config and the table it is handed; write the outputs
+(:mod:`nas.search.outputs`). ``nas-search`` composes a :class:`~nas.search.config.SearchConfig`
+with Hydra and prints; :func:`nas.run_search` and the experiments build one in Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+
+from nas.arch.space import SearchSpace, space_from_dict
+from nas.cost.policy import resolve_table
+from nas.errors import NASError
+from nas.search.config import SearchConfig
+from nas.search.credentials import reveal
+from nas.search.fingerprint import check_or_store, study_fingerprint
+from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
+from nas.search.outputs import TrialReporter, write_outputs
+from nas.search.runner import WorkerJob, load_or_create_study, recover_dead_workers, requeue_failed, run_parallel
+from nas.search.storage import StorageSettings, open_storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nas.arch.spec import NetworkSpec
+    from nas.cost.lut import LatencyTable
+
+log = logging.getLogger(__name__)
+
+
+class SearchError(NASError, RuntimeError):
+    """The run cannot start (bad config, missing data, ...); the message says why."""
+
+
+class SearchInterrupted(NASError):
+    """Ctrl-C stopped the run after its outputs were written (``study`` holds what finished)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        super().__init__("interrupted; the outputs of the finished trials are written")
+        self.study = study
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What a worker process needs to rebuild the objective (picklable: sent, not saved)."""
+
+    config: SearchConfig
+    run_dir: str
+    table: LatencyTable
+    space_origin: str
+
+
+def build_evaluator(config: SearchConfig, run_dir: Path):
+    """The evaluator named by ``evaluator.kind`` (proxy training or the supernet)."""
+    from nas.training.data_config import DataConfig
+
+    kind = config.evaluator.get("kind")
+    data_cfg = DataConfig.from_dict(config.data)
+    if kind == "proxy":
+        from nas.training.proxy import ProxyTrainingEvaluator
+        from nas.training.train_config import TrainConfig
+
+        train_cfg = TrainConfig.from_dict(config.evaluator.get("train"))
+        if config.evaluator.get("protocol"):
+            from nas.training.protocols import load_protocol
+
+            # A named protocol replaces the data group and the train section (device and
+            # display settings stay the evaluator's).
+            protocol = load_protocol(config.evaluator["protocol"], train={
+                "device": train_cfg.device, "progress": train_cfg.progress})
+            data_cfg, train_cfg = protocol.data, protocol.train
+        cache = run_dir / "proxy_cache.jsonl" if config.evaluator.get("cache", True) else None
+        return ProxyTrainingEvaluator(data_cfg, train_cfg, cache_path=cache)
+    if kind == "supernet":
+        from nas.supernet.evaluator import supernet_evaluator_from_config
+
+        return supernet_evaluator_from_config(config.to_dict(), data_cfg, run_dir)
+    raise SearchError(f"evaluator.kind must be 'proxy' or 'supernet', got {kind!r}")
+
+
+def build_objective(args: WorkerArgs) -> Objective:
+    """Worker-side factory: the objective of one worker process."""
+    import torch
+
+    # Oversubscribed intra-op threads are catastrophic on a small shared CPU (a 2-core
+    # machine under load trained 30x slower with 2 threads than with 1), so each worker
+    # uses a fixed, configured number.
+    torch.set_num_threads(args.config.threads)
+    cost = None
+    if args.config.profile_costs:
+        from nas.cost.profile import profile_spec
+
+        def cost(spec: NetworkSpec) -> tuple[int, int]:
+            prof = profile_spec(spec)
+            return prof.madds, prof.params
+
+    return Objective(space=space_from_dict(args.config.space, args.space_origin),
+                     evaluator=build_evaluator(args.config, Path(args.run_dir)),
+                     latency=args.table.predict, settings=args.config.study_settings, cost=cost)
+
+
+def build_sampler(config: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler with this worker start's seed (:func:`~nas.search.runner.worker_seed`)."""
+    settings = config.study_settings
+    return make_sampler(StudySettings(**{**settings.__dict__, "seed": seed}))
+
+
+class SearchRun:
+    """Run (or resume) the study ``config`` describes, with outputs in ``run_dir``.
+
+    Args:
+        config: the run's settings.
+        run_dir: the run folder (journal, outputs, the table's run copy).
+        space_origin: the file the space came from, named in its errors.
+        report: receives one-line notes (the table chosen, host warnings); default: logging.
+    """
+
+    def __init__(self, config: SearchConfig, run_dir: str | Path, *, space_origin: str | None = None,
+                 report: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.space_origin = space_origin or f"space '{config.space.get('name', '?')}'"
+        self.report = report or log.info
+
+    def _check_data_root(self) -> None:
+        root = self.config.data_root()
+        if root is not None and not root.is_dir():
+            raise SearchError(
+                f"data.root {self.config.data['root']} ({root.resolve()}): no such directory "
+                f"(data={self.config.data.get('name')}; the default, CIFAR-10, is "
+                "../shared/datasets/cifar10 beside the checkout): run from the checkout, set "
+                "data.root=<the folder>, or run offline with data=synthetic evaluator=proxy")
+
+    def _storage_settings(self) -> StorageSettings:
+        interval = self.config.heartbeat_interval
+        return StorageSettings(run_dir=str(self.run_dir), url=reveal(self.config.storage),
+                               heartbeat_interval=interval, grace_period=3 * interval)
+
+    def _open_study(self, space: SearchSpace, table: LatencyTable) -> optuna.Study:
+        config, settings = self.config, self.config.study_settings
+        study = load_or_create_study(open_storage(self._storage_settings()), study_name=config.study_name,
+                                     directions=settings.directions, sampler=make_sampler(settings),
+                                     resume=config.resume)
+        # Before anything of this start reaches the study: refuse settings that differ from it.
+        check_or_store(study, study_fingerprint(config.to_dict(), table, space))
+        with warnings.catch_warnings():  # experimental in Optuna, but shown by optuna-dashboard
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["top1", "latency_ms"] if settings.mode == "pareto" else ["reward"])
+        protocol = config.evaluator.get("protocol")
+        study.set_user_attr("context", {  # named in the plot's title and kept with the study
+            "space": space.name, "data": f"protocol {protocol}" if protocol else config.data.get("name"),
+            "evaluator": config.evaluator.get("kind"), "table": table.path.name if table.path else None,
+            "budget_ms": config.budget_ms})
+        return study
+
+    def run(self) -> optuna.Study:
+        """Run until the study holds ``config.trials`` counted trials; returns the study.
+
+        Raises :class:`SearchInterrupted` (outputs written) on Ctrl-C.
+        """
+        config = self.config
+        space = space_from_dict(config.space, self.space_origin)
+        self._check_data_root()
+        resolved = resolve_table(config.latency, space, self.run_dir, resume=config.resume)
+        self.report(f"latency table {resolved.source}: {resolved.reason}")
+        for line in resolved.warnings:
+            self.report(f"warning: {line}")
+        study = self._open_study(space, resolved.table)
+        recover_dead_workers(study, heartbeat=config.storage is not None)
+        retried = requeue_failed(study)
+        if retried:
+            log.info("retrying failed, killed or interrupted trial(s) %s first", retried)
+        enqueue_canonical(study, space)
+        done = counted_trials(study)
+        log.info("study %s: %d of %d trial(s) complete, %d worker(s) here; run folder %s",
+                 config.study_name, done, config.trials, config.n_workers, self.run_dir)
+        interrupted = False
+        try:
+            if done < config.trials:
+                job = WorkerJob(storage=self._storage_settings(), study_name=config.study_name,
+                                factory=build_objective,
+                                factory_args=WorkerArgs(config, str(self.run_dir), resolved.table,
+                                                        self.space_origin),
+                                budget=config.trials, sampler_factory=build_sampler, sampler_args=config,
+                                seed=config.seed, created_study=not config.resume,
+                                on_trial_end=TrialReporter(self.run_dir, config.trials))
+                run_parallel(job, config.n_workers)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: writing the outputs of the finished trials")
+        finally:
+            study = optuna.load_study(study_name=config.study_name,
+                                      storage=open_storage(self._storage_settings()))
+            self.outputs = write_outputs(study, self.run_dir)
+        if interrupted:
+            raise SearchInterrupted(study)
+        return study
+
+
+def run_search(config: SearchConfig, run_dir: str | Path, **kwargs: Any) -> optuna.Study:
+    """:class:`SearchRun` ``(config, run_dir, **kwargs).run()``."""
+    return SearchRun(config, run_dir, **kwargs).run()
+
+
+__all__ = ["SearchError", "SearchInterrupted", "SearchRun", "WorkerArgs", "build_evaluator",
+           "build_objective", "build_sampler", "run_search"]
