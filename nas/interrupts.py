@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
+from typing import Any
 
 _interrupted = threading.Event()
 
@@ -35,6 +37,14 @@ class _DropInterruptTracebacks(logging.Filter):
                     and issubclass(exc[0], (KeyboardInterrupt, OutOfSpaceError)))
 
 
+def _quiet_unraisable(unraisable: Any) -> None:
+    """An interrupt raised inside a finalizer is recorded (``_interrupted``) and raised again
+    at the next check: Python's "Exception ignored in ..." traceback for it is noise."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted.is_set():
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def install_sigint_handler() -> None:
     """Record Ctrl-C as well as raising it; a SIGINT the caller ignores stays ignored.
 
@@ -49,6 +59,7 @@ def install_sigint_handler() -> None:
         return
     _interrupted.clear()
     signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = _quiet_unraisable
 
 
 def raise_if_interrupted() -> None:

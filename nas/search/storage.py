@@ -264,19 +264,26 @@ def describe_database(url: str) -> str:
         f" as user {parsed.username!r}" if parsed.username else "")
 
 
+def _rdb_storage(settings: StorageSettings) -> RDBStorage:
+    assert settings.url is not None
+    return RDBStorage(
+        settings.url,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        heartbeat_stale_trial_callback=HeartbeatRetry(max_retry=settings.max_retry,
+                                                      grace_period=settings.grace_period),
+    )
+
+
 def open_rdb(settings: StorageSettings) -> RDBStorage:
     """The RDB storage, or one line naming host, port and database when it cannot be used."""
     import sqlalchemy.exc
 
     assert settings.url is not None
     try:
-        return RDBStorage(
-            settings.url,
-            heartbeat_interval=settings.heartbeat_interval,
-            grace_period=settings.grace_period,
-            heartbeat_stale_trial_callback=HeartbeatRetry(max_retry=settings.max_retry,
-                                                          grace_period=settings.grace_period),
-        )
+        with warnings.catch_warnings():  # heartbeats are experimental in Optuna since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _rdb_storage(settings)
     except sqlalchemy.exc.ArgumentError:
         raise StorageUnreachableError(f"storage: {redact(settings.url)} is not a database URL "
                                       "(dialect://user@host:port/database)") from None
