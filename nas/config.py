@@ -31,32 +31,52 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
     return cls(**data)
 
 
-def check_choice(owner: str, name: str, value: object, allowed: Sequence[object]) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is one of ``allowed``."""
+def _label(owner: str, name: str, label: str | None) -> str:
+    return label if label is not None else (f"{owner}.{name}" if owner else name)
+
+
+def check_choice(owner: str, name: str, value: object, allowed: Sequence[object], *,
+                 label: str | None = None, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` unless ``value`` is one of ``allowed``.
+
+    Every check names the setting as ``owner.name``, or as ``label`` when given (a spec's
+    "bneck row 2: field 'stride'"), and raises :class:`ConfigError` or the caller's own
+    :class:`~nas.errors.NASError` subclass."""
     if isinstance(value, bool) or value not in allowed:
-        raise ConfigError(f"{owner}.{name} must be one of {list(allowed)}, got {value!r}")
+        raise error(f"{_label(owner, name, label)} must be one of {list(allowed)}, got {value!r}")
 
 
-def check_int(owner: str, name: str, value: object, *, minimum: int, optional: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is an integer >= ``minimum`` (or None)."""
+def check_int(owner: str, name: str, value: object, *, minimum: int, maximum: int | None = None,
+              optional: bool = False, label: str | None = None,
+              error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` unless ``value`` is an integer in [``minimum``, ``maximum``] (or None
+    when ``optional``)."""
     if optional and value is None:
         return
+    what = _label(owner, name, label)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "an integer or null" if optional else "an integer"
-        raise ConfigError(f"{owner}.{name} must be {kind} >= {minimum}, got {value!r}")
+        raise error(f"{what} must be {kind} >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise error(f"{what} must be <= {maximum}, got {value}")
 
 
 def check_number(owner: str, name: str, value: object, *, low: float, high: float = math.inf,
-                 low_open: bool = False, optional: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a finite number in the given range."""
+                 low_open: bool = False, high_open: bool = False, optional: bool = False,
+                 label: str | None = None, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` unless ``value`` is a finite number in the given range (or None when
+    ``optional``)."""
     if optional and value is None:
         return
     ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and value <= high)
+          and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
     if not ok:
         bracket = "(" if low_open else "["
-        upper = "inf)" if high == math.inf else f"{high}]"
-        raise ConfigError(f"{owner}.{name} must be a number in {bracket}{low}, {upper}, got {value!r}")
+        upper = "inf)" if high == math.inf else f"{high}{')' if high_open else ']'}"
+        null = " or null" if optional else ""
+        raise error(f"{_label(owner, name, label)} must be a number in {bracket}{low}, {upper}{null}, "
+                    f"got {value!r}")
 
 
 class Config:

@@ -27,6 +27,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
+from nas.config import check_choice, check_int
 from nas.errors import NASError
 
 # RE: ReLU; HS: h-swish (paper Sec. 5.2, eq. 2); R6: ReLU6 (MobileNetV2); SW: swish, the soft
@@ -80,19 +81,12 @@ MAX_BLOCKS = 200
 
 def _check_int(name: str, value: object, *, row: int | None, minimum: int = 1,
                maximum: int = MAX_CHANNELS) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{_where(row)}field '{name}' must be an integer, got {value!r}")
-    if value < minimum:
-        raise SpecError(f"{_where(row)}field '{name}' must be >= {minimum}, got {value}")
-    if value > maximum:
-        raise SpecError(f"{_where(row)}field '{name}' must be <= {maximum}, got {value}")
+    check_int("", name, value, minimum=minimum, maximum=maximum, label=f"{_where(row)}field '{name}'",
+              error=SpecError)
 
 
 def _check_choice(name: str, value: object, allowed: tuple, *, row: int | None) -> None:
-    if isinstance(value, bool) or value not in allowed:
-        raise SpecError(
-            f"{_where(row)}field '{name}' must be one of {list(allowed)}, got {value!r}"
-        )
+    check_choice("", name, value, allowed, label=f"{_where(row)}field '{name}'", error=SpecError)
 
 
 @dataclass(frozen=True)

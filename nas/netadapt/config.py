@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nas.config import Config
+from nas.config import Config, check_choice, check_int, check_number
 from nas.errors import NASError
 
 
@@ -56,29 +55,25 @@ class NetAdaptConfig(Config):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
+        owner, error = "netadapt", NetAdaptError
         if (self.target_ms is None) == (self.target_fraction is None):
             raise NetAdaptError("give exactly one of target_ms and target_fraction")
-        if self.target_ms is not None and not (_number(self.target_ms) and self.target_ms > 0):
-            raise NetAdaptError(f"target_ms must be a positive number, got {self.target_ms!r}")
-        if self.target_fraction is not None and not (
-                _number(self.target_fraction) and 0 < self.target_fraction < 1):
-            raise NetAdaptError(f"target_fraction must be in (0, 1), got {self.target_fraction!r}")
-        if not (_number(self.delta_fraction) and 0 < self.delta_fraction < 1):
-            raise NetAdaptError(f"delta_fraction must be in (0, 1), got {self.delta_fraction!r}")
+        check_number(owner, "target_ms", self.target_ms, low=0, low_open=True, optional=True, error=error)
+        check_number(owner, "target_fraction", self.target_fraction, low=0, high=1, low_open=True,
+                     high_open=True, optional=True, error=error)
+        check_number(owner, "delta_fraction", self.delta_fraction, low=0, high=1, low_open=True,
+                     high_open=True, error=error)
         for name in ("divisor", "min_channels"):
-            if not _int(getattr(self, name), 1):
-                raise NetAdaptError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+            check_int(owner, name, getattr(self, name), minimum=1, error=error)
         if not self.kinds or any(k not in KINDS for k in self.kinds):
-            raise NetAdaptError(f"kinds must be a non-empty subset of {list(KINDS)}, got {list(self.kinds)}")
-        check_choice("rule", self.rule, RULES)
-        check_choice("preselect", self.preselect, PRESELECT)
-        check_choice("long_term_init", self.long_term_init, LONG_TERM_INITS)
-        if self.max_proposals is not None and not _int(self.max_proposals, 1):
-            raise NetAdaptError(f"max_proposals must be an integer >= 1 or null, got {self.max_proposals!r}")
-        if self.max_steps is not None and not _int(self.max_steps, 0):
-            raise NetAdaptError(f"max_steps must be an integer >= 0 or null, got {self.max_steps!r}")
-        if not _int(self.seed, 0):
-            raise NetAdaptError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise NetAdaptError(f"netadapt.kinds must be a non-empty subset of {list(KINDS)}, "
+                                f"got {list(self.kinds)}")
+        check_choice(owner, "rule", self.rule, RULES, error=error)
+        check_choice(owner, "preselect", self.preselect, PRESELECT, error=error)
+        check_choice(owner, "long_term_init", self.long_term_init, LONG_TERM_INITS, error=error)
+        check_int(owner, "max_proposals", self.max_proposals, minimum=1, optional=True, error=error)
+        check_int(owner, "max_steps", self.max_steps, minimum=0, optional=True, error=error)
+        check_int(owner, "seed", self.seed, minimum=0, error=error)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -92,16 +87,3 @@ class NetAdaptConfig(Config):
             raise NetAdaptError(f"target {target:.4g} ms is not below the start latency "
                                 f"{start_ms:.4g} ms: nothing to adapt")
         return float(target)
-
-
-def _number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _int(value: object, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
-
-
-def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise NetAdaptError(f"{name} must be one of {list(allowed)}, got {value!r}")

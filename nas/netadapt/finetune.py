@@ -9,7 +9,8 @@ from typing import Any
 from torch import nn
 
 from nas.models.bn import recalibrate_bn
-from nas.netadapt.config import NetAdaptError, SELECTIONS, check_choice
+from nas.config import check_choice
+from nas.netadapt.config import NetAdaptError, SELECTIONS
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.scoring import evaluate_model
@@ -32,7 +33,7 @@ class FineTuner:
 
     def __init__(self, data_cfg: DataConfig, short_term: TrainConfig, long_term: TrainConfig | None, *,
                  selection: str = "holdout") -> None:
-        check_choice("selection", selection, SELECTIONS)
+        check_choice("", "selection", selection, SELECTIONS, error=NetAdaptError)
         if short_term.steps is None:
             raise NetAdaptError("short_term needs 'steps' (NetAdapt's T)")
         self.data_cfg = data_cfg

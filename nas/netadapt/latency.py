@@ -7,7 +7,8 @@ from typing import Any, Protocol
 
 from nas._io import now_iso
 from nas.arch.spec import NetworkSpec
-from nas.netadapt.config import check_choice
+from nas.config import check_choice
+from nas.netadapt.config import NetAdaptError
 
 
 # ---------------------------------------------------------------------------- latency
@@ -43,7 +44,7 @@ class TableLatency:
 
     def __init__(self, table: Any, *, measure_missing: bool = False, harness: Any = None,
                  save_to: str | Path | None = None, mode: str = "table") -> None:
-        check_choice("mode", mode, MEASURE_MODES)
+        check_choice("latency", "measure", mode, MEASURE_MODES, error=NetAdaptError)
         self.table = table
         self.measure_missing = measure_missing
         self.harness = harness

@@ -89,7 +89,6 @@ def shrink_group(spec: NetworkSpec, group: ResidualGroup, channels: int) -> Netw
     spec = spec.resolved()
     if group.consumer is None and spec.last_stage != "efficient":
         return None
-    ins = in_channels(spec)
     expands = has_expand_conv(spec)
     blocks = list(spec.blocks)
     stem = spec.stem_channels
