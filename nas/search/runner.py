@@ -154,6 +154,14 @@ def worker_seed(seed: int, worker_index: int, *, created_study: bool) -> int:
     return int(np.random.SeedSequence(parts).generate_state(1)[0] % (2**31 - 1))
 
 
+class StudyNotFoundError(NASError, FileNotFoundError):
+    """``resume`` of a study the storage does not hold."""
+
+
+class StudyExistsError(NASError, FileExistsError):
+    """A new study under a name the storage already holds."""
+
+
 def load_or_create_study(
     storage: BaseStorage, *, study_name: str, directions: list[str], sampler: optuna.samplers.BaseSampler,
     resume: bool,
@@ -161,10 +169,10 @@ def load_or_create_study(
     """Create the study, or load it when ``resume`` (a missing study is then an error)."""
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if resume and study_name not in names:
-        raise FileNotFoundError(f"resume: no study named {study_name!r} in the storage "
+        raise StudyNotFoundError(f"resume: no study named {study_name!r} in the storage "
                                 f"(found {names or 'none'})")
     if not resume and study_name in names:
-        raise FileExistsError(f"study {study_name!r} already exists in the storage; "
+        raise StudyExistsError(f"study {study_name!r} already exists in the storage; "
                               "set resume=true to continue it or choose another study_name")
     return optuna.create_study(storage=storage, study_name=study_name, directions=directions,
                                sampler=sampler, load_if_exists=resume)

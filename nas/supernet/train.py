@@ -346,7 +346,7 @@ def train_supernet(
                           f"{loaders.num_classes} (DataConfig.num_classes / the dataset's folders)")
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
-        raise ValueError("the training loader yields no batches (dataset smaller than one batch?)")
+        raise ConfigError("the training loader yields no batches (dataset smaller than one batch?)")
     optim_cfg = cfg.optim_config()
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
 

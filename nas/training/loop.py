@@ -173,7 +173,7 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     autocast = autocast_for(device, options.precision)  # refuses fp16 off CUDA first
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError("the training loader yields no batches (dataset smaller than one batch?)")
+        raise ConfigError("the training loader yields no batches (dataset smaller than one batch?)")
     total = options.total_steps
     num_epochs = math.ceil(total / steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=options.precision == "fp16")

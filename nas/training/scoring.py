@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas.config import ConfigError
 from nas.training.loop import NonFiniteLossError
 
 
@@ -85,7 +86,7 @@ def predict(model: nn.Module, loader: Any, device: torch.device | str, *, flip: 
     finally:
         model.train(was_training)
     if not targets:
-        raise ValueError("evaluation loader yielded no images")
+        raise ConfigError("the evaluation loader yielded no images (an empty val split?)")
     return Predictions(torch.cat(outputs), torch.cat(targets).long())
 
 

@@ -271,7 +271,7 @@ def train(
         model = spec_or_model
         out = _output_features(model)
         if out is not None and out != num_classes:
-            raise ValueError(f"the model has {out} outputs but the dataset has {num_classes} classes")
+            raise ConfigError(f"the model has {out} outputs but the dataset has {num_classes} classes")
     check_resolution(model, data_cfg.resolution)
     model.to(device)
     if train_cfg.channels_last:
@@ -282,7 +282,7 @@ def train(
 
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
-        raise ValueError("the training loader yields no batches (dataset smaller than one batch?)")
+        raise ConfigError("the training loader yields no batches (dataset smaller than one batch?)")
     total_steps = train_cfg.steps or train_cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch, total_steps)
