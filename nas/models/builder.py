@@ -9,7 +9,8 @@ rounding to 8), and stem/head activations, the last conv width and the last stag
 
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,12 @@ from nas.models.depthwise import DepthwiseConv2dNormActivation
 # models/mobilenetv3.py, following the paper's TF reference).
 BN_EPS = 0.001
 BN_MOMENTUM = 0.01
-norm_layer = partial(nn.BatchNorm2d, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def mobilenet_batch_norm(channels: int, *, cls: type[nn.BatchNorm2d] = nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """A BatchNorm layer with MobileNetV3's settings; ``cls`` lets a subclass (the supernet's
+    elastic BatchNorm) share them."""
+    return cls(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 class DecomposedHardswish(nn.Module):
     """h-swish as separate ops, ``x * relu6(x + 3) / 6`` (paper eq. 2): the same function as
@@ -55,6 +61,31 @@ def activation_layer(name: str, hswish: str = "fused") -> type[nn.Module]:
     return _ACTIVATION_LAYERS[name]
 
 
+def squeeze_excitation(channels: int, squeeze: int, gate: str) -> nn.Module:
+    """torchvision's ``SqueezeExcitation`` with the spec's gate (hard sigmoid in the paper)."""
+    return SqueezeExcitation(channels, squeeze, scale_activation=_SE_GATES[gate])
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The layer factories a network is built from, injectable as torchvision's ``norm_layer``
+    and timm's ``se_layer``/``act_layer`` are: replace one to build the same architecture
+    with another normalisation, activation or SE implementation.
+
+    Attributes:
+        norm: ``norm(channels) -> module`` after every convolution.
+        activation: ``activation(name, hswish) -> module class`` for ``RE``/``HS``/...
+        se: ``se(channels, squeeze_channels, gate) -> module``.
+    """
+
+    norm: Callable[[int], nn.Module] = mobilenet_batch_norm
+    activation: Callable[[str, str], type[nn.Module]] = activation_layer
+    se: Callable[[int, int, str], nn.Module] = squeeze_excitation
+
+
+DEFAULT_LAYERS = Layers()
+
+
 class Bneck(nn.Module):
     """The MobileNetV3 bottleneck (paper Fig. 4), torchvision's ``InvertedResidual`` layout.
 
@@ -64,9 +95,10 @@ class Bneck(nn.Module):
     """
 
     def __init__(self, in_channels: int, block: BlockSpec,
-                 options: OpOptions = DEFAULT_OPTIONS) -> None:
+                 options: OpOptions = DEFAULT_OPTIONS, *, factories: Layers = DEFAULT_LAYERS) -> None:
         super().__init__()
-        act = activation_layer(block.activation, options.hswish)
+        norm_layer = factories.norm
+        act = factories.activation(block.activation, options.hswish)
         layers: list[nn.Module] = []
         if block.expansion != in_channels:
             layers.append(
@@ -81,11 +113,9 @@ class Bneck(nn.Module):
                                           norm_layer=norm_layer, activation_layer=act)
         )
         if block.se:
-            layers.append(
-                SqueezeExcitation(block.expansion,
-                                  squeeze_channels(block.expansion, options.se_ratio),
-                                  scale_activation=_SE_GATES[options.se_gate])
-            )
+            layers.append(factories.se(block.expansion,
+                                       squeeze_channels(block.expansion, options.se_ratio),
+                                       options.se_gate))
         layers.append(
             Conv2dNormActivation(block.expansion, block.out, kernel_size=1,
                                  norm_layer=norm_layer, activation_layer=None)
@@ -136,20 +166,21 @@ class Bneck(nn.Module):
 class MobileNetV3Net(nn.Module):
     """A network built from a spec: ``features`` / ``avgpool`` / ``classifier`` as in torchvision."""
 
-    def __init__(self, spec: NetworkSpec) -> None:
+    def __init__(self, spec: NetworkSpec, *, factories: Layers = DEFAULT_LAYERS) -> None:
         super().__init__()
         self.spec = spec
         resolved = spec.resolved()
         options = resolved.options
+        norm_layer = factories.norm
         layers: list[nn.Module] = [
             Conv2dNormActivation(3, resolved.stem_channels, kernel_size=3, stride=2,
                                  norm_layer=norm_layer,
-                                 activation_layer=activation_layer(resolved.stem_activation,
-                                                                   options.hswish))
+                                 activation_layer=factories.activation(resolved.stem_activation,
+                                                                       options.hswish))
         ]
         for ctx in resolved.contexts():
-            layers.append(Bneck(ctx.in_channels, ctx.block, options))
-        head_act = activation_layer(resolved.head_activation, options.hswish)
+            layers.append(Bneck(ctx.in_channels, ctx.block, options, factories=factories))
+        head_act = factories.activation(resolved.head_activation, options.hswish)
         last_out = resolved.blocks[-1].out
         if resolved.last_stage == "original":
             # Paper Fig. 5 (top), the MobileNetV2-style stage: expand, 3x3 depthwise,
@@ -157,7 +188,7 @@ class MobileNetV3Net(nn.Module):
             project = original_stage_projection(resolved)
             layers.append(Bneck(last_out, BlockSpec(
                 kernel=3, expansion=resolved.last_conv, out=project, se=False,
-                activation=resolved.head_activation, stride=1), options))
+                activation=resolved.head_activation, stride=1), options, factories=factories))
             layers.append(Conv2dNormActivation(project, resolved.head_features, kernel_size=1,
                                                norm_layer=norm_layer, activation_layer=head_act))
             classifier: list[nn.Module] = [nn.Dropout(p=resolved.dropout, inplace=True),
@@ -207,8 +238,9 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(spec: NetworkSpec, *, num_classes: int | None = None) -> MobileNetV3Net:
-    """Build ``spec`` (optionally with another class count) into a module."""
+def build_model(spec: NetworkSpec, *, num_classes: int | None = None,
+                factories: Layers = DEFAULT_LAYERS) -> MobileNetV3Net:
+    """Build ``spec`` (optionally with another class count) into a module, from ``factories``."""
     if num_classes is not None and num_classes != spec.num_classes:
         spec = spec.replace(num_classes=num_classes)
-    return MobileNetV3Net(spec)
+    return MobileNetV3Net(spec, factories=factories)

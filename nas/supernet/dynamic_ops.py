@@ -11,7 +11,7 @@ from torch import nn
 
 from nas.arch.spec import BlockSpec, squeeze_channels
 from nas.errors import NASError
-from nas.models.builder import BN_EPS, BN_MOMENTUM, Bneck
+from nas.models.builder import Bneck, mobilenet_batch_norm
 from nas.models.depthwise import trimmed_depthwise_conv2d
 
 
@@ -62,8 +62,8 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
 
 
 def _norm_layer(channels: int) -> DynamicBatchNorm2d:
-    # torchvision's MobileNetV3 BatchNorm settings, as nas.models.builder uses them.
-    return DynamicBatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+    # The builder's BatchNorm (MobileNetV3's settings), elastic: one definition for both.
+    return mobilenet_batch_norm(channels, cls=DynamicBatchNorm2d)  # type: ignore[return-value]
 
 
 class DynamicDepthwise(nn.Module):

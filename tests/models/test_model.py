@@ -111,3 +111,20 @@ def test_the_bneck_parts_are_named():
     assert bare.expand is None and bare.se is None
     assert [bare.depthwise, bare.project] == list(bare.block)
     assert not any(name.startswith(("expand", "depthwise", "se.", "project")) for name in full.state_dict())
+
+
+def test_layers_are_injectable_as_in_torchvision_and_timm():
+    """A builder's norm, activation and SE come from factories: swap one, same architecture."""
+    import torch
+    from torch import nn
+
+    from nas.arch.codecs import load_spec
+    from nas.models.builder import Layers, build_model
+
+    spec = load_spec("small").replace(resolution=32, num_classes=10)
+    model = build_model(spec, factories=Layers(norm=lambda c: nn.GroupNorm(1, c)))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) > 20
+    default = build_model(spec)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in default.parameters())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
