@@ -10,6 +10,10 @@ Three sources, chosen by :attr:`DataConfig.name`:
   e.g. ``../shared/datasets/cifar10``) decoded once into a uint8 tensor cache on disk and fed
   from memory with augmentation on tensors (:mod:`nas.training.tensor_data`): no image file is
   decoded during an epoch. ``train_per_class`` picks a class-balanced, seeded subset.
+* ``webdataset``: tar shards of ``<key>.jpg`` + ``<key>.cls`` samples (e.g.
+  ``../shared/datasets/tiny-imagenet``), decoded once into the same tensor cache and fed as
+  ``cifar10`` (:mod:`nas.training.shards`), or with ``stream: true`` streamed shard by shard
+  every epoch (:mod:`nas.training.shard_stream`).
 
 When a source has no validation split (or ``carve_val`` asks for one), a fixed, class-
 stratified split of ``val_fraction`` is carved from train, seeded by :attr:`DataConfig.seed`
@@ -152,8 +156,9 @@ def make_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
                               split=1, **common)  # type: ignore[arg-type]
         return TransformedDataset(train, None), TransformedDataset(val, None), num_classes
 
-    if cfg.name == "cifar10":
-        raise ConfigError("DataConfig.name='cifar10' is fed from a tensor cache: use make_loaders")
+    if cfg.name in ("cifar10", "webdataset"):
+        raise ConfigError(f"DataConfig.name={cfg.name!r} is fed from a tensor cache or a shard "
+                          "stream: use make_loaders")
     train_src, val_src, classes, first = _imagefolder_sources(cfg)
     where = str(Path(cfg.root or "") / "train")
     _check_class_count(cfg, classes, where)
@@ -178,7 +183,8 @@ class Loaders(NamedTuple):
     """Training and validation loaders with the dataset's class count.
 
     ``train``/``val`` are torch ``DataLoader`` objects (``synthetic``, ``imagefolder``) or
-    :class:`nas.training.tensor_data.TensorLoader` objects (``cifar10``); both iterate
+    :class:`nas.training.tensor_data.TensorLoader` objects (``cifar10``, ``webdataset``) or
+    :class:`nas.training.shard_stream.ShardStream` objects (streamed shards); all iterate
     ``(images, labels)`` batches and expose ``sampler.set_epoch(epoch, start)``.
     """
 
@@ -199,11 +205,16 @@ def _class_names(dataset: Any) -> tuple[str, ...]:
 
 def _tensor_loaders(cfg: DataConfig, seed: int, device: torch.device | str, rank: int, world: int,
                     pin_memory: bool) -> Loaders:
-    """The ``cifar10`` source: cached uint8 tensors, batches built in memory."""
+    """The tensor-cache sources (``cifar10``, cached ``webdataset``): batches built in memory."""
     from nas.training.tensor_data import TensorDataError, TensorSplit, balanced_subset, load_tensor_folder
 
     try:
-        splits = load_tensor_folder(cfg.root or "", cache_dir=cfg.cache_dir)
+        if cfg.name == "webdataset":
+            from nas.training.shards import load_shard_tensors
+
+            splits = load_shard_tensors(cfg)
+        else:
+            splits = load_tensor_folder(cfg.root or "", cache_dir=cfg.cache_dir)
     except TensorDataError as err:
         raise DataError(str(err)) from None
     train, val = splits["train"], splits["val"]
@@ -253,14 +264,20 @@ def make_loaders(cfg: DataConfig, *, seed: int = 0, pin_memory: bool = False,
     The training loader's sampler is an :class:`EpochSampler` (or the tensor source's
     :class:`nas.training.tensor_data.BatchOrder`; call ``set_epoch`` each epoch); it drops the last
     incomplete batch so BatchNorm never sees a batch of one. ``device`` is where the
-    ``cifar10`` source keeps its tensors and builds batches (the training device);
-    ``rank``/``world`` give a data-parallel process its share of every batch (``cifar10``).
+    tensor-cache sources keep their tensors and build batches (the training device);
+    ``rank``/``world`` give a data-parallel process its share of every batch (``cifar10``,
+    ``webdataset``; streamed shards: its share of the shards, :mod:`nas.training.shard_stream`).
     """
-    if cfg.name == "cifar10":
+    if cfg.name == "webdataset" and cfg.stream:
+        from nas.training.shard_stream import stream_loaders
+
+        train_stream, val_stream, classes = stream_loaders(cfg, seed, rank, world)
+        return Loaders(train_stream, val_stream, len(classes), classes)
+    if cfg.name in ("cifar10", "webdataset"):
         return _tensor_loaders(cfg, seed, device, rank, world, pin_memory)
     if world != 1:
-        raise ConfigError(f"data-parallel training needs DataConfig.name='cifar10' (the tensor "
-                          f"source), got name={cfg.name!r}")
+        raise ConfigError(f"data-parallel training needs DataConfig.name='cifar10' or "
+                          f"'webdataset' (the tensor and shard sources), got name={cfg.name!r}")
     train_ds, val_ds, num_classes = make_datasets(cfg)
     n_train = len(train_ds)  # type: ignore[arg-type]
     common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory)

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ def _decode_split(files: dict[str, list[Path]]) -> TensorSplit:
                        torch.from_numpy(labels), classes)
 
 
-def _save_cache(folder: Path, data: dict[str, TensorSplit], source: Path) -> None:
+def _save_cache(folder: Path, data: dict[str, TensorSplit], source: str) -> None:
     """Write the cache into a temporary sibling and rename it: never half-written."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
@@ -176,6 +176,28 @@ def _load_cache(folder: Path) -> dict[str, TensorSplit] | None:
         return None  # unreadable: rebuilt by the caller
 
 
+def cached_splits(folder: Path, build: Callable[[], dict[str, TensorSplit]], source: str, *,
+                  announce: str | None = None) -> dict[str, TensorSplit]:
+    """The splits cached in ``folder``, or ``build()`` them and cache them there.
+
+    Shared by every decoded-once source (image folders here, WebDataset shards in
+    :mod:`nas.training.shards`): ``build`` raises before anything is written, and the cache is
+    written into a temporary sibling and renamed, so a failure leaves nothing half-written.
+    ``announce`` is printed before a build (what is decoded, once).
+    """
+    cached = _load_cache(folder)
+    if cached is not None:
+        return cached
+    if announce:
+        print(f"nas: decoding {announce} once into {folder}", flush=True)
+    data = build()
+    if folder.exists():  # a stale or unreadable cache under the same key
+        shutil.rmtree(folder)
+    with writing(folder, "the decoded-image cache (nothing is left half-written)"):
+        _save_cache(folder, data, source)
+    return data
+
+
 def load_tensor_folder(root: str | Path, *, cache_dir: str | Path | None = None,
                        verbose: bool = True) -> dict[str, TensorSplit]:
     """``{"train": ..., "val": ...}`` of ``root``, decoded once and cached on disk.
@@ -189,19 +211,16 @@ def load_tensor_folder(root: str | Path, *, cache_dir: str | Path | None = None,
     splits = scan_folder(root)
     key = fingerprint(root, splits)
     folder = Path(cache_dir or default_cache_dir()) / "tensors" / f"{root.resolve().name}-{key}"
-    cached = _load_cache(folder)
-    if cached is not None:
-        _check_one_size(cached, root)
-        return cached
-    if verbose:
-        total = sum(len(f) for s in splits.values() for f in s.values())
-        print(f"nas: decoding {total} images of {root} once into {folder}", flush=True)
-    data = {split: _decode_split(splits[split]) for split in SPLITS}
+    total = sum(len(f) for s in splits.values() for f in s.values())
+
+    def build() -> dict[str, TensorSplit]:
+        data = {split: _decode_split(splits[split]) for split in SPLITS}
+        _check_one_size(data, root)
+        return data
+
+    data = cached_splits(folder, build, str(root.resolve()),
+                         announce=f"{total} images of {root}" if verbose else None)
     _check_one_size(data, root)
-    if folder.exists():  # a stale or unreadable cache under the same key
-        shutil.rmtree(folder)
-    with writing(folder, "the decoded-image cache (nothing is left half-written)"):
-        _save_cache(folder, data, root.resolve())
     return data
 
 
@@ -303,8 +322,7 @@ class TensorLoader:
         self.pin_memory = pin_memory and self.device.type == "cpu"
         self.sampler = BatchOrder(len(split), batch_size, seed, shuffle=train,
                                   drop_last=train and len(split) > batch_size, rank=rank, world=world)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.augment = BatchAugment(resolution, pad if train else 0, self.device)
 
     def __len__(self) -> int:
         return self.sampler.num_batches() - self.sampler.start // self.batch_size
@@ -313,26 +331,46 @@ class TensorLoader:
         epoch_seed = _mix(self.sampler.seed, self.sampler.epoch)
         for number, index in self.sampler.batches():
             index = index.to(self.device)
-            images = self.images[index]
-            if self.train and self.pad:
-                # Drawn for the whole global batch, then sliced: data-parallel ranks together
-                # see exactly the augmentation a single process sees.
-                generator = torch.Generator().manual_seed(_mix(epoch_seed, number))
-                n, p = self.sampler.batch_size, self.pad
-                dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-                dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-                flip = torch.rand(n, generator=generator) < 0.5
-                rows = slice(self.sampler.rank * len(index), (self.sampler.rank + 1) * len(index))
-                images = _crop_flip(images, dy[rows].to(self.device), dx[rows].to(self.device),
-                                    flip[rows].to(self.device), p)
-            out = (images.float() - self._mean) / self._std
-            if out.shape[-1] != self.resolution or out.shape[-2] != self.resolution:
-                out = F.interpolate(out, size=(self.resolution, self.resolution), mode="bilinear",
-                                    align_corners=False)
+            # Drawn for the whole global batch, then sliced: data-parallel ranks together
+            # see exactly the augmentation a single process sees.
+            rows = slice(self.sampler.rank * len(index), (self.sampler.rank + 1) * len(index))
+            out = self.augment(self.images[index], _mix(epoch_seed, number),
+                               self.sampler.batch_size, rows)
             labels = self.labels[index]
             if self.pin_memory:
                 out, labels = out.pin_memory(), labels.pin_memory()
             yield out, labels
+
+
+class BatchAugment:
+    """uint8 batches to normalised float images at ``resolution``, augmented on tensors.
+
+    The CIFAR recipe at the images' own size (random crop with ``pad`` zero padding,
+    horizontal flip; ``pad=0``: none), then ImageNet normalisation and a bilinear resize to
+    ``resolution``. The offsets and flips of a batch are drawn from ``seed`` for ``total``
+    images and ``rows`` of them applied, so data-parallel slices of one global batch are
+    augmented as the whole batch would be.
+    """
+
+    def __init__(self, resolution: int, pad: int, device: torch.device) -> None:
+        self.resolution, self.pad, self.device = resolution, pad, device
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
+
+    def __call__(self, images: torch.Tensor, seed: int, total: int, rows: slice) -> torch.Tensor:
+        if self.pad:
+            generator = torch.Generator().manual_seed(seed)
+            p = self.pad
+            dy = torch.randint(0, 2 * p + 1, (total,), generator=generator)
+            dx = torch.randint(0, 2 * p + 1, (total,), generator=generator)
+            flip = torch.rand(total, generator=generator) < 0.5
+            images = _crop_flip(images, dy[rows].to(self.device), dx[rows].to(self.device),
+                                flip[rows].to(self.device), p)
+        out = (images.float() - self._mean) / self._std
+        if out.shape[-1] != self.resolution or out.shape[-2] != self.resolution:
+            out = F.interpolate(out, size=(self.resolution, self.resolution), mode="bilinear",
+                                align_corners=False)
+        return out
 
 
 def _crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
@@ -350,6 +388,6 @@ def _crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: t
 
 
 __all__ = [
-    "BatchOrder", "TensorDataError", "TensorLoader", "TensorSplit", "balanced_subset",
+    "BatchAugment", "BatchOrder", "cached_splits", "TensorDataError", "TensorLoader", "TensorSplit", "balanced_subset",
     "default_cache_dir", "fingerprint", "load_tensor_folder", "scan_folder",
 ]

@@ -58,7 +58,7 @@ def test_synthetic_is_not_linearly_trivial():
 
 # ---------------------------------------------------------------------------- config
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match=r"DataConfig.name must be one of \['synthetic', 'imagefolder', 'cifar10'\]"):
+    with pytest.raises(ConfigError, match=r"DataConfig.name must be one of \['synthetic', 'imagefolder', 'cifar10', 'webdataset'\]"):
         DataConfig(name="mnist")
     with pytest.raises(ConfigError, match="resolution"):
         DataConfig(resolution=4)

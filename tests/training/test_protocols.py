@@ -12,7 +12,7 @@ from nas.training.protocols import CHECKOUT, load_protocol, protocol_names
 
 
 def test_shipped_protocols_load_and_differ_in_cost() -> None:
-    assert protocol_names() == ["proxy", "proxy_b256", "reference"]
+    assert protocol_names() == ["proxy", "proxy_b256", "proxy_tin", "reference", "reference_tin"]
     proxy, reference = load_protocol("proxy"), load_protocol("reference")
     assert proxy.data.name == reference.data.name == "cifar10"
     # The data root is the checkout's sibling shared/ folder wherever the command runs.
@@ -30,12 +30,23 @@ def test_shipped_protocols_load_and_differ_in_cost() -> None:
     assert before.key() != proxy.key()
 
 
+def test_the_tiny_imagenet_protocols_read_the_shards_at_64_px() -> None:
+    proxy, reference = load_protocol("proxy_tin"), load_protocol("reference_tin")
+    for protocol in (proxy, reference):
+        assert protocol.data.name == "webdataset" and protocol.data.resolution == 64
+        assert protocol.data.num_classes == 100 and protocol.data.class_list == "classes.tsv"
+        assert Path(protocol.data.root) == (CHECKOUT / "../shared/datasets/tiny-imagenet").resolve()
+    images = lambda p: p.train.epochs * (p.data.train_per_class or 450) * 100  # noqa: E731
+    assert images(reference) >= 10 * images(proxy)
+    assert proxy.key() != reference.key() != load_protocol("reference").key()
+
+
 def test_overrides_are_validated_and_named() -> None:
     cheap = load_protocol("reference", data={"train_per_class": 10}, train={"epochs": 1})
     assert cheap.data.train_per_class == 10 and cheap.train.epochs == 1
     with pytest.raises(ConfigError, match="reference.yaml: TrainConfig.epochs must be an integer >= 1"):
         load_protocol("reference", train={"epochs": 0})
-    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'reference'\]"):
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'proxy_tin', 'reference', 'reference_tin'\]"):
         load_protocol("nope")
 
 

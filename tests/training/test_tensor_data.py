@@ -120,7 +120,7 @@ def test_train_per_class_is_balanced_and_seeded(folder: Path, tmp_path: Path) ->
     assert torch.bincount(other.train.dataset.labels).tolist() == [3, 3, 3]
     with pytest.raises(DataError, match=r"train_per_class=9 exceeds the 8 images of class 'cat'"):
         make_loaders(_cfg(folder, tmp_path / "cache", train_per_class=9))
-    with pytest.raises(ConfigError, match="train_per_class needs name='cifar10'"):
+    with pytest.raises(ConfigError, match=r"train_per_class needs the tensor cache \(name 'cifar10' or 'webdataset'"):
         DataConfig(name="synthetic", train_per_class=3)
 
 
