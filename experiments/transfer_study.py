@@ -1,0 +1,285 @@
+"""Do the CIFAR-10 rankings transfer to ImageNet photographs? (Tiny-ImageNet at 64 px)
+
+Trains from scratch, with the ``reference_tin`` protocol (``nas/conf/protocol/reference_tin.yaml``:
+100 Tiny-ImageNet classes from WebDataset shards at 64 px), the networks whose CIFAR-10
+reference accuracy is known: the repeatability benchmark's 8 Small-space networks
+(``supernet_benchmark.pick_specs``: smallest, largest, canonical Small, five random at
+parameter-count quantiles) and the search's found_80/90/100
+(``experiments/results/search/found_*.yaml``), plus canonical MobileNetV3-Large and
+MobileNetV2 from the spec library for scale. Canonical Small and the found three get 2 seeds,
+the rest 1. Runs go in the order that answers most soonest (``plan``): canonical Small and the
+found networks at seed 0, their second seeds, the other networks from the cheapest, Large and
+MobileNetV2 last.
+
+Every finished run is one JSON line in ``--runs`` (one file per seed); a run in progress
+checkpoints every ``--checkpoint-every`` steps in ``--work``: a killed study resumes where it
+stopped, and a finished run is never trained again. ``--report`` writes ``summary.yaml`` and
+``summary.md`` in ``--out``: each network's Tiny-ImageNet val top-1 beside its CIFAR-10
+reference top-1 (seed means from ``experiments/results/repeatability/runs`` and, for the
+found networks, ``experiments/results/search/front_vs_canonical/results.jsonl``), Kendall tau
+between the two rankings with a 90% bootstrap interval, and each found network against
+canonical Small with the seeds available. Tune and report on val only::
+
+    nohup nice -n 10 python -m experiments.transfer_study > outputs/transfer_study.log 2>&1 &
+    python -m experiments.transfer_study --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from experiments.harness import (
+    DATASETS, OUTPUTS, RESULTS, add_common, append_row, host_facts, load_1min, log, now,
+    read_rows, start, study_parser, write_lines, write_yaml,
+)
+from experiments.repeatability_stats import tau, tau_interval
+from experiments.supernet_benchmark import params_of, pick_specs
+from nas.arch.codecs import load_spec, to_string
+from nas.arch.space import load_space
+from nas.arch.spec import NetworkSpec
+from nas.training.data import make_loaders
+from nas.training.protocols import Protocol, load_protocol, with_fields
+from nas.training.scoring import encode_correct, predict
+from nas.training.train import train
+
+DEFAULT_OUT = RESULTS / "transfer"
+DEFAULT_WORK = OUTPUTS / "transfer_study"
+FOUND = ("found_80", "found_90", "found_100")
+FOUND_DIR = RESULTS / "search"
+CIFAR_RUNS = RESULTS / "repeatability" / "runs"
+FOUND_RUNS = RESULTS / "search" / "front_vs_canonical" / "results.jsonl"
+LIBRARY = {"large": "large", "mobilenet_v2": "v2"}  # spec-library networks, 1 seed each
+
+
+# ---------------------------------------------------------------------------- the plan
+def networks(args: argparse.Namespace) -> dict[str, NetworkSpec]:
+    """Every network of the study by name (the benchmark's 8 named as it names them)."""
+    specs = dict(pick_specs(load_space("mobilenetv3_small"), args.specs, args.pool, args.spec_seed))
+    for name in FOUND:
+        specs[name] = load_spec(args.found_dir / f"{name}.yaml").replace(name=name)
+    for name, library_name in LIBRARY.items():
+        specs[name] = load_spec(library_name).replace(name=name)
+    return specs
+
+
+def plan(specs: dict[str, NetworkSpec]) -> list[tuple[str, int]]:
+    """``(network, seed)`` in the order to train: the question first (canonical Small and the
+    found networks, then their second seeds), then the ranking (the other benchmark networks
+    from the cheapest), then the scale references."""
+    lead = ["canonical", "found_80", "found_90", "found_100"]
+    rest = sorted((n for n in specs if n not in lead and n not in LIBRARY),
+                  key=lambda n: params_of(specs[n], 100))
+    order = [(n, 0) for n in lead] + [(n, 1) for n in ("canonical", "found_80")]
+    order += [(n, 0) for n in rest] + [(n, 1) for n in ("found_90", "found_100")]
+    order += [(n, 0) for n in LIBRARY]
+    return [(n, s) for n, s in order if n in specs]
+
+
+def protocol_of(args: argparse.Namespace) -> Protocol:
+    data: dict[str, Any] = {} if args.root is None else {"root": str(args.root)}
+    train_fields: dict[str, Any] = {"device": "cpu", "progress": args.progress}
+    if args.epochs is not None:
+        train_fields["epochs"] = args.epochs
+    return with_fields(load_protocol(args.protocol), data=data, train=train_fields)
+
+
+# ---------------------------------------------------------------------------- training
+def run_all(args: argparse.Namespace) -> None:
+    start(args)
+    protocol = protocol_of(args)
+    key = protocol.key()
+    specs = networks(args)
+    done = {(r["arch"], r["seed"]) for r in read_rows(sorted(args.runs.glob("runs-*.jsonl")))
+            if r.get("settings_key") == key}
+    todo = [(n, s) for n, s in plan(specs) if (not args.only or n in args.only)
+            and (to_string(specs[n]), s) not in done]
+    log(f"{protocol.name} (key {key}): {len(todo)} runs to train")
+    loaders: dict[int, Any] = {}
+    for number, (name, seed) in enumerate(todo, start=1):
+        if seed not in loaders:
+            loaders = {seed: make_loaders(protocol.data, seed=seed)}
+        folder = args.work / "checkpoints" / key / f"{name}-seed{seed}"
+        cfg = with_fields(protocol, train={"seed": seed, "checkpoint_dir": str(folder),
+                                           "checkpoint_every": args.checkpoint_every}).train
+        log(f"{number}/{len(todo)} {name} seed {seed}: training ({cfg.epochs} epochs at "
+            f"{protocol.data.resolution} px{', resuming' if folder.exists() else ''})")
+        load_start = load_1min()
+        result = train(specs[name], protocol.data, cfg, loaders=loaders[seed], resume=True)
+        plain = predict(result.model, loaders[seed].val, "cpu")
+        flipped = predict(result.model, loaders[seed].val, "cpu", flip=True)
+        row = {"protocol": protocol.name, "settings_key": key, "spec": name,
+               "arch": to_string(specs[name]), "seed": seed, "top1": result.top1,
+               "top5": result.top5, "loss": result.loss, "top1_flip": flipped.top1(),
+               "val_correct": encode_correct(plain.correct()), "val_images": len(plain.target),
+               "seconds": result.seconds, "images_per_second": result.images_per_second,
+               "steps": result.steps, "params": params_of(specs[name], loaders[seed].num_classes),
+               "load_start": load_start, "load_end": load_1min(), **host_facts(),
+               "threads": torch.get_num_threads(), "finished_at": now()}
+        append_row(args.runs / f"runs-{protocol.name}-seed{seed}.jsonl", row,
+                   what="the transfer study's finished runs")
+        weights = args.work / "weights" / key / f"{name}-seed{seed}.pth"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result.model.state_dict(), weights)
+        shutil.rmtree(folder, ignore_errors=True)
+        log(f"{name} seed {seed}: top-1 {result.top1:.4f} ({result.seconds:.0f} s, "
+            f"{result.images_per_second:.0f} images/s)")
+
+
+# ---------------------------------------------------------------------------- the report
+def cifar_reference(specs: dict[str, NetworkSpec], args: argparse.Namespace) -> pd.Series:
+    """Each network's CIFAR-10 reference top-1 (seed mean), by network name."""
+    key = load_protocol("reference").key()
+    by_arch = {to_string(spec): name for name, spec in specs.items()}
+    values: dict[str, list[float]] = {}
+    for row in read_rows(sorted(args.cifar_runs.glob("runs-reference-seed*.jsonl"))):
+        if row.get("settings_key") == key and row["arch"] in by_arch:
+            values.setdefault(by_arch[row["arch"]], []).append(row["top1"])
+    found = read_rows([args.found_runs]) if args.found_runs.is_file() else []
+    for row in found:
+        arch, _, row_key = str(row.get("arch", "")).partition("@")
+        if (row.get("kind") == "top1" and row_key == key and arch in by_arch
+                and not row.get("imported_from")):  # canonical's rows are the benchmark's own
+            values.setdefault(by_arch[arch], []).append(row["top1"])
+    return pd.Series({name: statistics.mean(v) for name, v in values.items()}, dtype=float)
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    return {"seeds": len(values), "top1_mean": round(100 * statistics.mean(values), 2),
+            "top1_std": round(100 * statistics.stdev(values), 2) if len(values) > 1 else None}
+
+
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    protocol = protocol_of(args)
+    key = protocol.key()
+    specs = networks(args)
+    rows = [r for r in read_rows(sorted(args.runs.glob("runs-*.jsonl"))) if r.get("settings_key") == key]
+    runs = pd.DataFrame(rows)
+    cifar = cifar_reference(specs, args)
+    planned = plan(specs)
+    summary: dict[str, Any] = {"protocol": protocol.name, "settings_key": key,
+                               "runs_done": len(rows), "runs_planned": len(planned),
+                               "written": now(), "networks": {}}
+    if runs.empty:
+        summary["note"] = "no finished runs yet"
+    else:
+        tin = runs.groupby("spec")["top1"].mean()
+        for name in [n for n, _ in planned if n in set(runs["spec"])]:
+            part = runs[runs.spec == name]
+            summary["networks"].setdefault(name, {
+                "params": int(part["params"].iloc[0]), **_mean_std(part["top1"].tolist()),
+                "cifar10_reference_top1": round(100 * float(cifar[name]), 2) if name in cifar else None,
+                "seconds_median": round(float(part["seconds"].median())),
+            })
+        benchmark = [n for n in tin.index if n in cifar.index and n not in FOUND and n not in LIBRARY]
+        with_found = [n for n in tin.index if n in cifar.index]
+        summary["kendall_tau"] = {
+            label: {"networks": len(names),
+                    "tau": None if tau(tin[names], cifar[names]) is None else round(tau(tin[names], cifar[names]), 3),
+                    "interval_90": tau_interval(tin[names], cifar[names])}
+            for label, names in (("benchmark_8", benchmark), ("with_found", with_found))}
+        summary["found_vs_canonical"] = found_vs_canonical(runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_yaml(args.out / "summary.yaml", summary)
+    write_lines(args.out / "summary.md", markdown(summary))
+    log(f"report written to {args.out} ({len(rows)} of {len(planned)} runs)")
+    return summary
+
+
+def found_vs_canonical(runs: pd.DataFrame) -> dict[str, Any]:
+    """Each found network's Tiny-ImageNet top-1 against canonical Small's: a difference
+    within two seed standard deviations (pooled over the networks with two seeds) is a tie."""
+    if "canonical" not in set(runs["spec"]):
+        return {}
+    base = runs[runs.spec == "canonical"]["top1"] * 100
+    groups = [g["top1"] * 100 for _, g in runs.groupby("spec") if len(g) >= 2]
+    dof = sum(len(g) - 1 for g in groups)
+    pooled = (sum(float(g.var()) * (len(g) - 1) for g in groups) / dof) ** 0.5 if dof else None
+    out: dict[str, Any] = {"canonical": _mean_std((base / 100).tolist()),
+                           "seed_std_pooled_points": None if pooled is None else round(pooled, 2)}
+    for name in FOUND:
+        mine = runs[runs.spec == name]["top1"] * 100
+        if mine.empty:
+            continue
+        delta = float(mine.mean() - base.mean())
+        verdict = ("unknown (one seed each: no noise estimate)" if pooled is None
+                   else "better" if delta > 2 * pooled else "worse" if delta < -2 * pooled else "tie")
+        out[name] = {**_mean_std((mine / 100).tolist()), "delta_points": round(delta, 2),
+                     "verdict": verdict}
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> list[str]:
+    lines = [f"# Transfer study: CIFAR-10 reference against Tiny-ImageNet ({summary['protocol']})", "",
+             f"{summary['runs_done']} of {summary['runs_planned']} runs finished ({summary['written']}).", ""]
+    if not summary["networks"]:
+        return lines + ["No finished runs yet."]
+    lines += ["| network | params | seeds | Tiny-ImageNet val top-1 | CIFAR-10 reference top-1 | s/run |",
+              "|---|---|---|---|---|---|"]
+    for name, n in summary["networks"].items():
+        std = f" +- {n['top1_std']:.2f}" if n["top1_std"] is not None else ""
+        cifar = "-" if n["cifar10_reference_top1"] is None else f"{n['cifar10_reference_top1']:.2f}"
+        lines.append(f"| {name} | {n['params'] / 1e6:.2f}M | {n['seeds']} | {n['top1_mean']:.2f}{std} "
+                     f"| {cifar} | {n['seconds_median']} |")
+    lines += ["", "Kendall tau, Tiny-ImageNet seed mean against the CIFAR-10 reference seed mean "
+              "(90% bootstrap interval over networks):", ""]
+    for label, t in summary["kendall_tau"].items():
+        lines.append(f"- {label}: tau {t['tau']} over {t['networks']} networks, interval {t['interval_90']}")
+    found = summary.get("found_vs_canonical") or {}
+    if found:
+        lines += ["", f"Found networks against canonical Small (pooled seed std "
+                      f"{found['seed_std_pooled_points']} points; beyond two std is a difference):", ""]
+        for name in FOUND:
+            if name in found:
+                f = found[name]
+                lines.append(f"- {name}: {f['top1_mean']:.2f} ({f['seeds']} seeds) against "
+                             f"{found['canonical']['top1_mean']:.2f} ({found['canonical']['seeds']}): "
+                             f"{f['delta_points']:+.2f} points, {f['verdict']}")
+    return lines
+
+
+# ---------------------------------------------------------------------------- options
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = study_parser(__doc__)
+    add_common(parser, out=DEFAULT_OUT, work=DEFAULT_WORK, threads=True)
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="finished runs, one JSON-lines file per seed (default <out>/runs)")
+    parser.add_argument("--protocol", default="reference_tin",
+                        help="protocol name or YAML (default %(default)s; smoke tests pass a tiny one)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help=f"shard root replacing the protocol's (e.g. {DATASETS / 'tiny-imagenet'})")
+    parser.add_argument("--epochs", type=int, default=None, help="replace the protocol's epochs")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NETWORK", help="train only these")
+    parser.add_argument("--specs", type=int, default=8, help="the benchmark's networks (as it picks them)")
+    parser.add_argument("--pool", type=int, default=200)
+    parser.add_argument("--spec-seed", type=int, default=0)
+    parser.add_argument("--found-dir", type=Path, default=FOUND_DIR)
+    parser.add_argument("--cifar-runs", type=Path, default=CIFAR_RUNS)
+    parser.add_argument("--found-runs", type=Path, default=FOUND_RUNS)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--report", action="store_true", help="no training: write the summary")
+    args = parser.parse_args(argv)
+    args.runs = args.runs or args.out / "runs"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.report:
+        started = time.perf_counter()
+        run_all(args)
+        log(f"all runs done ({time.perf_counter() - started:.0f} s this invocation)")
+    report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

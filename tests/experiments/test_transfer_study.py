@@ -1,0 +1,89 @@
+"""Smoke test of ``python -m experiments.transfer_study`` on tiny generated shards."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import run_study
+
+wds = pytest.importorskip("webdataset")
+
+CLASSES = 4
+
+
+def _shards(root: Path) -> Path:
+    """``train/train-000{0,1}.tar`` (4 images a class) and ``val/val-0000.tar`` (2 a class)."""
+    rng = np.random.default_rng(0)
+    number = 0
+    for split, shards, per_class in (("train", 2, 2), ("val", 1, 2)):
+        (root / split).mkdir(parents=True)
+        for s in range(shards):
+            with wds.TarWriter(str(root / split / f"{split}-{s:04d}.tar")) as sink:
+                for label in range(CLASSES):
+                    for _ in range(per_class):
+                        pixels = np.clip(rng.normal(60 * label, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+                        buffer = io.BytesIO()
+                        Image.fromarray(pixels).save(buffer, format="JPEG")
+                        sink.write({"__key__": f"k{number:04d}", "jpg": buffer.getvalue(),
+                                    "cls": str(label).encode()})
+                        number += 1
+    (root / "classes.tsv").write_text("".join(f"{i}\tc{i}\tclass {i}\n" for i in range(CLASSES)))
+    return root
+
+
+def _protocol(path: Path, root: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "data": {"name": "webdataset", "root": str(root), "class_list": "classes.tsv",
+                 "resolution": 32, "num_classes": CLASSES, "batch_size": 4, "augment": "pad_crop"},
+        "train": {"epochs": 1, "lr": 0.05, "warmup_epochs": 0.0, "bn_recalibration_batches": 2,
+                  "eval_every": 0},
+    }))
+    return path
+
+
+def test_the_study_trains_in_order_resumes_and_reports(tmp_path: Path) -> None:
+    root = _shards(tmp_path / "shards")
+    protocol = _protocol(tmp_path / "tiny.yaml", root)
+    args = ["--protocol", str(protocol), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+            "--specs", "4", "--pool", "8",
+            "--only", "canonical", "found_80", "smallest", "largest", "random_q01"]
+    env = {"NAS_CACHE_DIR": str(tmp_path / "cache")}
+    first = run_study("transfer_study", *args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for f in sorted((tmp_path / "out" / "runs").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+    started = [line.split("| ", 1)[1].split(":")[0].split(" ", 1)[1]
+               for line in first.stdout.splitlines() if ": training (" in line]
+    done = [(name, int(seed)) for name, seed in (s.split(" seed ") for s in started)]
+    # The question first: canonical and found_80 at seed 0, their second seeds, then the rest.
+    assert done[:4] == [("canonical", 0), ("found_80", 0), ("canonical", 1), ("found_80", 1)]
+    assert done[4:] == [("smallest", 0), ("random_q01", 0), ("largest", 0)]  # the cheapest first
+    assert sorted((r["spec"], r["seed"]) for r in rows) == sorted(done)
+    assert all(r["val_images"] == 2 * CLASSES and r["params"] > 0 and r["threads"] == 1 for r in rows)
+    assert len(list((tmp_path / "work" / "weights").rglob("*.pth"))) == len(rows)
+    assert not list((tmp_path / "work" / "checkpoints").rglob("*.pt"))  # finished: removed
+
+    again = run_study("transfer_study", *args, env=env)
+    assert again.returncode == 0 and "training" not in again.stdout  # nothing trained twice
+
+    summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
+    assert summary["runs_done"] == 7
+    nets = summary["networks"]
+    assert nets["canonical"]["seeds"] == 2 and nets["canonical"]["cifar10_reference_top1"] > 70
+    assert nets["found_80"]["cifar10_reference_top1"] > 70  # from the front-vs-canonical study
+    assert nets["random_q01"]["cifar10_reference_top1"] is None  # another pool: not the benchmark's
+    taus = summary["kendall_tau"]
+    assert taus["benchmark_8"]["networks"] == 3 and taus["with_found"]["networks"] == 4
+    assert -1 <= taus["with_found"]["tau"] <= 1
+    found = summary["found_vs_canonical"]
+    assert found["found_80"]["seeds"] == 2 and found["found_80"]["verdict"] in ("better", "worse", "tie")
+    assert "found_80" in (tmp_path / "out" / "summary.md").read_text()
+    report = run_study("transfer_study", "--report", *args, env=env)
+    assert report.returncode == 0 and "report written" in report.stdout
