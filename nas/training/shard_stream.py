@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from nas._io import default_cache_dir, write_text_atomic
 from nas.config import ConfigError
 from nas.training.data_config import DataConfig, DataError
-from nas.training.shards import ShardReader, count_samples, read_classes, shard_fingerprint, shard_lists
+from nas.training.shards import ShardReader, read_classes, shard_fingerprint, shard_lists
 from nas.training.tensor_data import BatchAugment, _mix
 
 # Decoded images held for the sample shuffle of each reader (about 12 MB at 64 px).
@@ -168,7 +168,7 @@ def shard_sizes(reader: ShardReader, shards: Sequence[str], key: str, cache_dir:
             return [int(n) for n in known["sizes"]]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    sizes = count_samples(reader, shards)
+    sizes = reader.count_samples(shards)
     write_text_atomic(path, json.dumps({"shards": list(shards), "sizes": sizes}),
                       what="the shard sample counts")
     return sizes

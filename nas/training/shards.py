@@ -27,7 +27,7 @@ from __future__ import annotations
 import glob
 import hashlib
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -189,6 +189,17 @@ class ShardReader:
         fields: tuple[str, ...] = (";".join(IMAGE_KEYS), LABEL_KEY)
         return dataset.to_tuple(*fields, *(("__key__", "__url__") if with_key else ()))
 
+    def count_samples(self, urls: Sequence[str]) -> list[int]:
+        """Samples in each shard: one pass that groups and checks them without decoding."""
+        wds = _webdataset()
+        self._urls = set(urls)
+        counts = []
+        for url in urls:
+            dataset = wds.WebDataset([url], shardshuffle=False, handler=self._read_failed,
+                                     nodesplitter=None, workersplitter=None, empty_check=False)
+            counts.append(sum(1 for _ in dataset.map(self._check, handler=_reraise)))
+        return counts
+
     def _where(self, shard: str | None = None) -> str:
         return shard or self._shard or "a shard"
 
@@ -298,18 +309,6 @@ def load_shard_tensors(cfg: DataConfig, *, verbose: bool = True) -> dict[str, Te
                          if verbose else None)
 
 
-def count_samples(reader: ShardReader, urls: Iterable[str]) -> list[int]:
-    """Samples in each shard (one pass without decoding)."""
-    wds = _webdataset()
-    counts = []
-    reader._urls = set(urls)
-    for url in urls:
-        dataset = wds.WebDataset([url], shardshuffle=False, handler=reader._read_failed,
-                                 nodesplitter=None, workersplitter=None, empty_check=False)
-        counts.append(sum(1 for _ in dataset.map(reader._check, handler=_reraise)))
-    return counts
-
-
-__all__ = ["IMAGE_KEYS", "ShardReader", "check_tar_end", "count_samples", "decode_split", "is_url",
+__all__ = ["IMAGE_KEYS", "ShardReader", "check_tar_end", "decode_split", "is_url",
            "load_shard_tensors", "read_classes", "resolve_shards", "shard_fingerprint",
            "shard_lists"]

@@ -17,7 +17,7 @@ from nas.config import ConfigError
 from nas.training.data import make_loaders
 from nas.training.data_config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, DataError
 from nas.training.shard_stream import train_steps
-from nas.training.shards import ShardReader, count_samples, decode_split, read_classes, resolve_shards
+from nas.training.shards import ShardReader, decode_split, read_classes, resolve_shards
 
 wds = pytest.importorskip("webdataset")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -351,7 +351,7 @@ def test_the_shared_tiny_imagenet_shards() -> None:
     assert [Path(s).name for s in train] == [f"train-{i:04d}.tar" for i in range(5)]
     val = resolve_shards("val/val-*.tar", cfg.root, "val")
     reader = ShardReader(100)
-    assert count_samples(reader, val) == [5000]
+    assert reader.count_samples(val) == [5000]
     split = decode_split(reader, val, classes)
     assert split.images.shape == (5000, 3, 64, 64)
     assert torch.bincount(split.labels, minlength=100).tolist() == [50] * 100
