@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -64,6 +68,25 @@ def write_image_folder(root: Path, counts: dict[str, int], *, classes: int = 3, 
     return root
 
 
+def run_study(module: str, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m experiments.<module> args`` from the checkout root, as a study is run."""
+    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def study_folders(tmp_path: Path) -> list[str]:
+    """A resumable study's ``--runs``, ``--work`` and ``--out`` under ``tmp_path``."""
+    return [f"--{name}={tmp_path / name}" for name in ("runs", "work", "out")]
+
+
+def jsonl_rows(folder: Path) -> list[dict]:
+    """Every row of the JSON-lines files in ``folder``, file by file."""
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
 class SmallDisk:
     """A small tmpfs file system of its own, filled and freed on demand (a real ENOSPC)."""
 
@@ -94,8 +117,6 @@ class SmallDisk:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     """A 4 MiB tmpfs under ``tmp_path`` (needs root, as on the CI machine: skipped otherwise)."""
-    import subprocess
-
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
