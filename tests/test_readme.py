@@ -1,74 +1,37 @@
-"""The README's examples run as shown: YAML blocks load as bneck configs, Python blocks run."""
+"""The README's examples run as shown: its Python block runs, its commands are known programs
+whose arguments parse (``tests/doc_blocks.py``), and CI runs the set-up it shows.
+
+The docs pages' examples: ``tests/test_docs.py``.
+"""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from doc_blocks import REPO, blocks, check_command, commands
 
-from nas.arch.codecs import from_yaml
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-
-
-SPACE_MARK = "# search space"
-
-
-def test_every_yaml_example_is_a_valid_bneck_config() -> None:
-    blocks = [text for text in _blocks("yaml") if not text.startswith(SPACE_MARK)]
-    assert blocks, "the README shows a bneck YAML example"
-    for number, text in enumerate(blocks, start=1):
-        spec = from_yaml(text, f"README yaml block {number}")
-        assert spec.blocks and spec.resolution > 0
-
-
-def test_the_custom_space_example_loads_and_runs_a_search(tmp_path: Path) -> None:
-    """The README's search-space YAML is a valid space, and the main job runs on it as shown."""
-    import random
-
-    import yaml
-
-    import nas
-    from nas.arch.space import space_from_dict
-
-    spaces = [text for text in _blocks("yaml") if text.startswith(SPACE_MARK)]
-    assert len(spaces) == 1, "the README shows one worked search space"
-    document = yaml.safe_load(spaces[0])
-    space = space_from_dict(document, "README search space")
-    assert space.base.num_classes == 10 and space.kernels == (3, 5)
-    assert space.params_of(space.sample(random.Random(0)))  # a sample is a point of the space
-    (tmp_path / "space").mkdir()
-    (tmp_path / "space" / f"{document['name']}.yaml").write_text(spaces[0])
-    study = nas.run_search(tmp_path / "run", overrides=[
-        f"hydra.searchpath=[file://{tmp_path}]", f"space={document['name']}",
-        "latency.measure_missing=true", "trials=2", "data=synthetic", "evaluator=proxy",
-        "data.train_samples=256",
-        "data.val_samples=128", "evaluator.train.epochs=1"])
-    assert study.user_attrs["context"]["space"] == "small_k35_cifar"
-    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
+README = REPO / "README.md"
 
 
 def test_every_command_in_a_bash_block_is_a_known_program() -> None:
-    import tomllib
+    shown = [argv for _, text in blocks(README, "bash") for argv in commands(text)]
+    assert shown, "the README shows commands"
+    for argv in shown:
+        check_command(argv)
 
-    scripts = set(tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["scripts"])
-    known = scripts | {"pip", "pytest", "python", "torchrun", "createdb", "bash"}
-    for text in _blocks("bash"):
-        for line in text.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line and not line.startswith(("-", "\\")) and not line.endswith("\\\\"):
-                assert line.split()[0] in known, line
+
+def test_the_set_up_and_the_main_job_are_the_first_commands_and_ci_runs_them() -> None:
+    shown = [" ".join(argv) for _, text in blocks(README, "bash") for argv in commands(text)]
+    assert shown[:3] == ['pip install -e .[dev]', "pytest", "nas-search"]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'pip install -e ".[dev]"' in ci and "\npytest" in ci
+    assert "nas-search" in (REPO / ".ci" / "readme_commands").read_text()
 
 
 def test_every_python_example_runs(monkeypatch, capsys) -> None:
-    blocks = _blocks("python")
-    assert blocks, "the README shows a Python example"
-    monkeypatch.chdir(README.parent)  # the examples use paths relative to the checkout
+    examples = blocks(README, "python")
+    assert examples, "the README shows a Python example"
+    monkeypatch.chdir(REPO)  # the examples use paths relative to the checkout
     namespace: dict = {}
-    for number, text in enumerate(blocks, start=1):
+    for number, (_, text) in enumerate(examples, start=1):
         namespace = {"__name__": "readme"}
         exec(compile(text, f"README python block {number}", "exec"), namespace)
     assert " ms" in capsys.readouterr().out
