@@ -87,3 +87,36 @@ def test_the_study_trains_in_order_resumes_and_reports(tmp_path: Path) -> None:
     assert "found_80" in (tmp_path / "out" / "summary.md").read_text()
     report = run_study("transfer_study", "--report", *args, env=env)
     assert report.returncode == 0 and "report written" in report.stdout
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    root = _shards(tmp_path / "shards")
+    protocol = _protocol(tmp_path / "tiny.yaml", root)
+    args = ["--protocol", str(protocol), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+            "--specs", "4", "--pool", "8", "--only", "smallest", "--epochs", "60", "--checkpoint-every", "5"]
+    env = {**os.environ, "NAS_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen([sys.executable, "-m", "experiments.transfer_study", *args], cwd=REPO,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "work" / "checkpoints").rglob("*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    killed = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert killed, "the run ended before it could be killed mid-way"
+    assert not list((tmp_path / "out" / "runs").glob("*.jsonl")) or not (
+        tmp_path / "out" / "runs" / "runs-tiny-seed0.jsonl").read_text().strip()
+    resumed = run_study("transfer_study", *args, env={"NAS_CACHE_DIR": str(tmp_path / "cache")})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "smallest seed 0: training (60 epochs at 32 px, resuming)" in resumed.stdout
+    rows = (tmp_path / "out" / "runs" / "runs-tiny-seed0.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["steps"] == 60 * 4  # 16 images, 4 a batch
