@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from nas.arch.block_code import format_block, parse_block
 from nas.arch.spec import DEFAULT_OPTIONS, BlockSpec, NetworkSpec, SpecError
 
 
@@ -241,34 +242,18 @@ def save_spec(spec: NetworkSpec, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- one-line string
-_BLOCK_RE = re.compile(
-    rf"^k(?P<k>\d+)_e(?P<e>\d+)_c(?P<c>\d+)_s(?P<s>\d+)(?P<se>_se)?_(?P<act>{_ACTS})(?:_d(?P<d>\d+))?$"
-)
-
-
 def block_to_string(block: BlockSpec) -> str:
-    """``k5_e72_c40_s2_se_re``; a trailing ``_d2`` marks dilation."""
-    code = f"k{block.kernel}_e{block.expansion}_c{block.out}_s{block.stride}"
-    code += ("_se" if block.se else "") + f"_{block.activation.lower()}"
-    return code + (f"_d{block.dilation}" if block.dilation != 1 else "")
+    """``k5_e72_c40_s2_se_re`` (the grammar: :mod:`nas.arch.block_code`)."""
+    return format_block(block)
 
 
 def block_from_string(code: str, index: int = 0) -> BlockSpec:
-    """Inverse of :func:`block_to_string`."""
-    match = _BLOCK_RE.match(code.strip())
-    if not match:
-        raise SpecError(
-            f"block {index + 1}: cannot parse {code!r}; expected like 'k5_e72_c40_s2_se_re' "
-            f"(kernel, expansion, out channels, stride, optional _se, {_ACTS}, optional _d2)"
-        )
-    g = match.groupdict()
-    try:
-        return BlockSpec(
-            kernel=int(g["k"]), expansion=int(g["e"]), out=int(g["c"]), se=bool(g["se"]),
-            activation=g["act"].upper(), stride=int(g["s"]), dilation=int(g["d"] or 1),
-        )
-    except SpecError as err:
-        raise SpecError(f"block {index + 1} ({code!r}): {err}") from None
+    """Inverse of :func:`block_to_string`; network-wide op tokens belong in the ``ops`` part."""
+    block, options = parse_block(code, f"block {index + 1}")
+    if options != DEFAULT_OPTIONS:
+        raise SpecError(f"block {index + 1} ({code!r}): the SE ratio, SE gate and h-swish form are "
+                        "the network's settings: give them once, in the ops part (ops0.25_hard_fused)")
+    return block
 
 
 def to_string(spec: NetworkSpec) -> str:

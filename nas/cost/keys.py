@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Union
 
+from nas.arch.block_code import ACT_TOKENS, act_token, format_block, parse_block
 from nas.arch.spec import (
     DEFAULT_OPTIONS,
     BlockSpec,
     NetworkSpec,
     OpOptions,
+    SpecError,
     conv_output_size,
     original_stage_projection,
 )
@@ -73,25 +75,15 @@ class KeyFields:
         return {c: getattr(self, c) for c in KEY_COLUMNS}
 
 
-# Activation names in keys: the spec's, lower case; a decomposed h-swish is ``hsd``.
-_ACT_TOKENS = "re|hs|hsd|r6|sw"
+# The block part of a bneck key is the one block grammar (nas.arch.block_code), with the
+# op-option tokens (SE ratio and gate, decomposed h-swish) that change an op's cost.
+_A = "|".join(ACT_TOKENS)
 
 
-def act_token(activation: str, options: OpOptions = DEFAULT_OPTIONS) -> str:
-    if activation == "HS" and options.hswish == "decomposed":
-        return "hsd"
-    return activation.lower()
-
-
-def _se_token(options: OpOptions) -> str:
-    ratio = "" if options.se_ratio == DEFAULT_OPTIONS.se_ratio else f"{options.se_ratio:g}".replace(".", "p")
-    return "_se" + ratio + ("sig" if options.se_gate == "soft" else "")
-
-
-def _parse_act(token: str, options: OpOptions = DEFAULT_OPTIONS) -> tuple[str, OpOptions]:
+def _parse_act(token: str) -> tuple[str, OpOptions]:
     if token == "hsd":
-        return "HS", dataclasses.replace(options, hswish="decomposed")
-    return token.upper(), options
+        return "HS", dataclasses.replace(DEFAULT_OPTIONS, hswish="decomposed")
+    return token.upper(), DEFAULT_OPTIONS
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -103,10 +95,7 @@ def stem_key(resolution: int, out: int, activation: str, in_ch: int = 3,
 @lru_cache(maxsize=65536)
 def bneck_key(in_res: int, in_ch: int, block: BlockSpec, options: OpOptions = DEFAULT_OPTIONS) -> str:
     """Key of ``block`` run on an ``in_ch`` x ``in_res`` x ``in_res`` input."""
-    key = (f"bneck_r{in_res}_i{in_ch}_k{block.kernel}_e{block.expansion}_c{block.out}"
-           f"_s{block.stride}{_se_token(options) if block.se else ''}"
-           f"_{act_token(block.activation, options)}")
-    return key + (f"_d{block.dilation}" if block.dilation != 1 else "")
+    return f"bneck_r{in_res}_i{in_ch}_{format_block(block, options)}"
 
 
 def lastconv_key(in_res: int, in_ch: int, out: int, activation: str,
@@ -126,11 +115,9 @@ def head_key(in_ch: int, hidden: int, classes: int, activation: str | None,
     return f"head_i{in_ch}_c{classes}"
 
 
-_A = _ACT_TOKENS
 _PATTERNS = {
     "stem": re.compile(rf"^stem_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_({_A})$"),
-    "bneck": re.compile(rf"^bneck_r(\d+)_i(\d+)_k(\d+)_e(\d+)_c(\d+)_s(\d+)"
-                        rf"(_se(?:(\d+(?:p\d+)?))?(sig)?)?_({_A})(?:_d(\d+))?$"),
+    "bneck": re.compile(r"^bneck_r(\d+)_i(\d+)_(k.*)$"),
     "lastconv": re.compile(rf"^lastconv_r(\d+)_i(\d+)_k(\d+)_c(\d+)_s(\d+)_({_A})$"),
     "pool": re.compile(r"^pool_r(\d+)_i(\d+)$"),
     "head": re.compile(rf"^head_i(\d+)(?:_e(\d+))?_c(\d+)(?:_({_A}))?$"),
@@ -152,20 +139,13 @@ def parse_key(key: str) -> KeyFields:
         return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=int(g[2]),
                          out=int(g[3]), stride=int(g[4]), act=act, options=options)
     if op == "bneck":
-        options = DEFAULT_OPTIONS
-        if g[7]:
-            ratio = float(g[7].replace("p", "."))
-            if not 0 < ratio <= 1:
-                raise BadKeyError(f"{key!r}: the SE ratio must be in (0, 1], got {ratio:g}")
-            options = dataclasses.replace(options, se_ratio=ratio)
-        if g[8]:
-            options = dataclasses.replace(options, se_gate="soft")
-        act, options = _parse_act(g[9], options)
-        if g[6] and g[6] != _se_token(options):  # one spelling per SE setting (e.g. not _se0p25)
-            raise BadKeyError(f"{key!r}: write the SE part as {_se_token(options)!r}")
-        return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=int(g[2]),
-                         exp=int(g[3]), out=int(g[4]), stride=int(g[5]), se=bool(g[6]),
-                         act=act, dilation=int(g[10] or 1), options=options)
+        try:
+            block, options = parse_block(g[2], "its block part")
+        except SpecError as err:
+            raise BadKeyError(f"{key!r} is not a latency key: {err}") from None
+        return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), kernel=block.kernel,
+                         exp=block.expansion, out=block.out, stride=block.stride, se=block.se,
+                         act=block.activation, dilation=block.dilation, options=options)
     if op == "pool":
         return KeyFields(op=op, in_res=int(g[0]), in_ch=int(g[1]), out=int(g[1]))
     hidden = int(g[1] or 0)
@@ -276,12 +256,12 @@ def build_op(key: str):
     from torch import nn
     from torchvision.ops import Conv2dNormActivation
 
-    from nas.models.builder import Bneck, activation_layer, init_weights, norm_layer
+    from nas.models.builder import DEFAULT_LAYERS, Bneck, activation_layer, init_weights
 
     f = parse_key(key)
     if f.op == "stem" or f.op == "lastconv":
         module: nn.Module = Conv2dNormActivation(
-            f.in_ch, f.out, kernel_size=f.kernel, stride=f.stride, norm_layer=norm_layer,
+            f.in_ch, f.out, kernel_size=f.kernel, stride=f.stride, norm_layer=DEFAULT_LAYERS.norm,
             activation_layer=activation_layer(f.act, f.options.hswish))
         shape: tuple[int, ...] = (f.in_ch, f.in_res, f.in_res)
     elif f.op == "bneck":
