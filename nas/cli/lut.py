@@ -188,7 +188,7 @@ def _add_harness_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
                    help="time under SCHED_FIFO (needs root; steadies timings on a shared machine)")
     g.add_argument("--onnx-exporter", choices=["dynamo", "torchscript"], default=None,
                    help="how networks/ops are exported for onnxruntime (default dynamo; "
-                        "torchscript writes equivalent graphs ~30x faster)")
+                        "torchscript writes equivalent graphs, much faster)")
     g.add_argument("--steady-allocator", action=argparse.BooleanOptionalAction, default=None,
                    help="keep glibc from returning memory to the OS between forward passes "
                         "(default on: no page faults in steady state)")
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--resolution", type=int, default=None)
     export.add_argument("--exporter", choices=["dynamo", "torchscript"], default="torchscript",
                         help="torch.onnx exporter (default torchscript: graphs tested equivalent "
-                             "to dynamo's, about 30x faster per op)")
+                             "to dynamo's, much faster per op)")
     export.add_argument("--no-progress", action="store_true")
     export.set_defaults(func=_export_ops)
 

@@ -1,7 +1,7 @@
 """``nas-supernet``: train a weight-sharing supernet once, extract sub-networks from it.
 
     nas-supernet train --space mobilenetv3_small --data cifar10_r32 --out outputs/supernet/small \\
-        --set train.epochs=12                  # the benchmark's supernet (25 min on one thread)
+        --set train.epochs=12                  # the supernet benchmark's schedule
     nas-supernet train --space mobilenetv3_small --data synthetic --out /tmp/sn \\
         --set train.steps=20 --set data.resolution=32
     nas-supernet extract --checkpoint outputs/supernet/small/supernet.pt --which largest \\

@@ -11,7 +11,8 @@
 
 A --protocol (nas/conf/protocol/<name>.yaml, or a YAML file) sets the data and training
 fields; options given explicitly on the command line override it. One torch thread per
-process by default (--threads): on a small shared CPU more threads were 20-60x slower.
+process by default (--threads): on a small shared CPU more threads are far slower (see the
+docs' training page for the measurement).
 
 Writes into --out: metrics.csv (one row per epoch), summary.yaml (final top-1/top-5, the
 settings, seconds, images/s), model.pth (the trained state_dict, torchvision key names) and
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     opt.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads per process (default 1: on a busy shared machine "
-                          "two threads trained 20-60x slower than one)")
+                          "more threads train far slower)")
     opt.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="bf16 autocast (CPU or CUDA) or fp16 AMP (CUDA)")
     opt.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -50,14 +50,14 @@ class HarnessConfig(Config):
         steady_allocator: before torch timings, stop glibc from returning freed memory
             to the OS and from serving large tensors with fresh mmaps (``mallopt``), as in
             a long-running inference process or a runtime with a planned arena. Otherwise
-            every 112x112 activation is a fresh mapping and a forward pass of Large takes
-            about 2,500 page faults, whose number depends on the allocation history (the
-            network around an op) -- the largest source of noise measured here.
+            every large activation is a fresh mapping, and a forward pass takes thousands of
+            page faults whose number depends on the allocation history (the network around
+            an op): a large source of noise (see the docs' latency page).
             Process-wide and not undone; recorded in the provenance.
         ort_opt_level: onnxruntime graph optimisation level (disable/basic/extended/all).
         onnx_exporter: how ops and networks are exported for onnxruntime: ``dynamo`` or
-            ``torchscript`` (:data:`nas.models.export.EXPORTERS`; equivalent graphs, the latter ~30x
-            faster to export). Exported files are cached per exporter.
+            ``torchscript`` (:data:`nas.models.export.EXPORTERS`; equivalent graphs, the latter
+            much faster to export). Exported files are cached per exporter.
         seed: seed of weights and inputs (timings should not depend on it).
     """
 

@@ -2,8 +2,8 @@
 
 A lookup table is a property of one machine (paper Sec. 4: the platform-aware search
 measures latency on the target device). The shipped tables were measured on the project's
-machine; on another CPU model or runtime version their figures drift (10% over-prediction
-measured on an Intel Xeon against the AMD EPYC table). So the main job uses a shipped table
+machine; on another CPU model or runtime version their figures drift (the docs' latency
+page gives the measured drift). So the main job uses a shipped table
 only where its provenance matches this host (:func:`nas.cost.host_check.host_mismatch`), and
 otherwise measures this host's table for the keys the space needs, once, into the user's
 cache (``$NAS_CACHE_DIR/tables/``, keyed by runtime, device, runtime version, harness and

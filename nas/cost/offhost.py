@@ -46,7 +46,7 @@ def export_ops(
 
     Files already exported are kept (an interrupted export resumes). ``keys`` adds or
     restricts to explicit keys. ``exporter`` picks :func:`nas.models.export.export_module`'s
-    exporter (default ``torchscript``: graphs tested equivalent to dynamo's, about 30x faster).
+    exporter (default ``torchscript``: graphs tested equivalent to dynamo's, much faster).
     """
     import torch
 

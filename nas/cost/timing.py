@@ -239,8 +239,8 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
     Every op (stem, bnecks, last conv, pool, classifier) is timed where it runs: its input
     was just written by the op before it and its weights were pushed out of the caches by
     the rest of the network, as in an end-to-end run. Summing isolated timings misses
-    exactly this (15-20% under-prediction measured here; far more for the 1280/1000
-    classifier, whose 10 MB of weights stay cached in isolation). Returns the end-to-end
+    exactly this (they under-predict, most for the large classifier, whose weights stay
+    cached in isolation). Returns the end-to-end
     timing (including the ~1 us per op of the wrappers) and ``(key, timing)`` per op in
     network order, repeats kept. torch runtimes only.
     """

@@ -3,8 +3,8 @@
 At the proxy's 32 px the last stages of a MobileNetV3 run on 2x2 and 1x1 maps, where a 5x5
 or 7x7 depthwise kernel reads zero padding with all but its central taps: on a 1x1 map the
 convolution is a per-channel scale by the centre tap. oneDNN still computes the whole kernel,
-and its backward pass over those taps costs about a tenth of a training step on one CPU
-thread (measured on the Small space's canonical and largest networks, 128-image batches).
+and its backward pass over those taps costs a noticeable share of a training step on one
+CPU thread (the measurement is on the docs' training results page).
 Convolving with the taps that reach the input gives the same outputs and the same gradients
 (the skipped taps' gradients are zero either way), only sooner. Graph capture (``jit.trace``,
 ONNX export, fvcore's FLOP count) sees the whole kernel, so an exported model serves every

@@ -19,8 +19,8 @@ MIN_OPSET = 14
 # "dynamo": torch.export-based (the default of torch.onnx). "torchscript": the older tracing
 # exporter; for this project's networks it writes an equivalent graph (the same Conv,
 # HardSwish, HardSigmoid, Mul, Add and Gemm nodes, BatchNorm folded; GlobalAveragePool and
-# Flatten where dynamo writes ReduceMean and Reshape, plus Identity nodes) about 30x faster
-# per file, which matters when a latency table exports hundreds of ops. A table records
+# Flatten where dynamo writes ReduceMean and Reshape, plus Identity nodes) much faster per
+# file, which matters when a latency table exports hundreds of ops. A table records
 # which one it used, and its end-to-end checks export the same way.
 EXPORTERS = ("dynamo", "torchscript")
 

@@ -91,9 +91,8 @@ def build_objective(args: WorkerArgs) -> Objective:
     """Worker-side factory: the objective of one worker process."""
     import torch
 
-    # Oversubscribed intra-op threads are catastrophic on a small shared CPU (a 2-core
-    # machine under load trained 30x slower with 2 threads than with 1), so each worker
-    # uses a fixed, configured number.
+    # Oversubscribed intra-op threads are catastrophic on a small shared CPU (the docs'
+    # training page has the measurement), so each worker uses a fixed, configured number.
     torch.set_num_threads(args.config.threads)
     cost = None
     if args.config.profile_costs:

@@ -64,7 +64,7 @@ class SupernetEvaluatorConfig:
         cache_batches: keep the calibration and validation batches in memory (decode and
             resize the images once, not once per candidate).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        channels_last: score channels-last images (oneDNN runs them about 4x faster on CPU).
+        channels_last: score channels-last images (oneDNN runs them faster on CPU).
         train: :class:`~nas.supernet.train.SupernetTrainConfig` for on-the-fly training.
     """
 

@@ -86,8 +86,8 @@ class SupernetTrainConfig(Config):
         progress: show a tqdm progress bar.
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA AMP with a gradient scaler).
         channels_last: feed images in channels-last memory format; oneDNN's convolutions
-            run a sandwich step about 2.5x faster on a CPU that way (measured on the
-            project's 2-core machine). A speed knob: results agree up to float rounding.
+            run a sandwich step faster on a CPU that way. A speed knob: results agree up
+            to float rounding.
     """
 
     # Not results (see Config.settings):

@@ -51,11 +51,11 @@ class TrainConfig(Config):
         progress: show tqdm progress bars.
         precision: ``fp32``; ``bf16`` (autocast on CPU or CUDA) or ``fp16`` (CUDA only:
             autocast with a gradient scaler, i.e. AMP).
-        compile: run the model through ``torch.compile`` (a speed knob; see the README for
-            where it helps).
+        compile: run the model through ``torch.compile`` (a speed knob; the docs' training
+            page says where it helps).
         channels_last: train in channels-last memory format (oneDNN's convolutions run a
-            MobileNetV3 step about 1.5x faster on a CPU that way). A speed knob: results
-            agree up to float rounding.
+            MobileNetV3 step faster on a CPU that way). A speed knob: results agree up to
+            float rounding.
     """
 
     NOT_SETTINGS = (
