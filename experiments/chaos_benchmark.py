@@ -15,7 +15,7 @@ networks evaluated twice, records lost, damaged journals, runs that ended in a t
 and the wall time against the fault-free run, with the load average. Target: exact count,
 no network twice, no record lost. Resumable: a storage already in summary.csv is skipped.
 
-    python experiments/chaos_benchmark.py --postgres-url postgresql://postgres@127.0.0.1:5432/nas
+    python -m experiments.chaos_benchmark --postgres-url postgresql://postgres@127.0.0.1:5432/nas
 
 Needs root for the tmpfs mount (the full disk is real, not simulated).
 """
@@ -37,12 +37,12 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from experiments import harness
 from nas.search.objective import counted_trials
 from nas.search.storage import StorageSettings, open_storage
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "experiments" / "results" / "chaos"
-DEFAULT_WORK = REPO / "outputs" / "chaos"
+DEFAULT_OUT = harness.RESULTS / "chaos"
+DEFAULT_WORK = harness.OUTPUTS / "chaos"
 STUDY = "chaos"
 
 
@@ -248,11 +248,11 @@ def write_report(out: Path, rows: list[dict[str, Any]]) -> None:
              "wall time over the fault-free run's (same storage, same settings, one command with",
              "the same number of workers). Target: exact count, no network twice, no record lost.", "",
              frame.to_markdown(index=False) if hasattr(frame, "to_markdown") else frame.to_string(index=False)]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    harness.write_lines(out / "summary.md", lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.study_parser(__doc__)
     parser.add_argument("--storage", nargs="+", choices=["journal", "postgresql"],
                         default=["journal", "postgresql"])
     parser.add_argument("--postgres-url", default=os.environ.get("NAS_TEST_POSTGRES_URL"),
@@ -266,10 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk-size", default="256m")
     parser.add_argument("--train-samples", type=int, default=2048)
     parser.add_argument("--table", default="cpu-torch-1t-b1-224")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--force", action="store_true", help="re-run storages already reported")
+    harness.add_common(parser, seed=0, out=DEFAULT_OUT, work=DEFAULT_WORK, force=True,
+                       help={"force": "re-run storages already reported"})
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = args.out / "summary.csv"
@@ -286,13 +284,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             url = args.postgres_url
         work = args.work / f"{storage}-{time.strftime('%Y%m%d-%H%M%S')}"
-        load_before = os.getloadavg()
+        load_before = harness.load_1min()
         clean_s = clean_run(args, work, url)
         events: list[dict[str, Any]] = []
         row = chaos_run(args, work, url, events)
         row.update({"clean_wall_s": round(clean_s, 1), "wall_ratio": round(row["wall_s"] / clean_s, 2),
-                    "loadavg_1m_start": load_before[0], "loadavg_1m_end": os.getloadavg()[0],
-                    "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu()})
+                    "loadavg_1m_start": load_before, "loadavg_1m_end": harness.load_1min(),
+                    "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": harness.cpu_model()})
         rows = [r for r in rows if r["storage"] != storage] + [row]
         old = pd.read_csv(events_path) if events_path.is_file() else pd.DataFrame()
         if not old.empty:
@@ -301,13 +299,6 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.out, rows)
         print(pd.Series(row).to_string())
     return 0
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

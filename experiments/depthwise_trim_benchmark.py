@@ -12,36 +12,28 @@ supernet on its largest path (``nas.supernet.dynamic_ops`` convolves through
 Writes ``runs.csv`` (every round) and ``summary.yaml`` (median ms per step, the median per-round
 ratio plain / trimmed per network and batch, load averages) into ``--out``.
 
-    python experiments/depthwise_trim_benchmark.py --rounds 7
+    python -m experiments.depthwise_trim_benchmark --rounds 7
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch import nn  # noqa: E402
+from experiments import harness
+from nas.arch.space import load_space
+from nas.models.builder import build_model
+from nas.models.depthwise import TrimmedDepthwiseConv2d, trimmed_depthwise_conv2d
+from nas.supernet import dynamic_ops
+from nas.supernet.network import Supernet
 
-import torch.nn.functional as F  # noqa: E402
-
-from nas.models.builder import build_model  # noqa: E402
-from nas.models.depthwise import TrimmedDepthwiseConv2d, trimmed_depthwise_conv2d  # noqa: E402
-from nas.supernet import dynamic_ops  # noqa: E402
-from nas.arch.space import load_space  # noqa: E402
-from nas.supernet.network import Supernet  # noqa: E402
-
-DEFAULT_OUT = REPO / "experiments" / "results" / "depthwise_trim"
+DEFAULT_OUT = harness.RESULTS / "depthwise_trim"
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
@@ -83,14 +75,14 @@ def logits(model: nn.Module, images: torch.Tensor, trimmed: bool) -> torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser = harness.study_parser(__doc__)
+    harness.add_common(parser, out=DEFAULT_OUT)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per arm and round")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--resolution", type=int, default=32)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    harness.start(args)
     torch.manual_seed(0)
     space = load_space("mobilenetv3_small")
     probe = Supernet(space, num_classes=10)
@@ -120,13 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                     supernet_conv(arm == "trimmed")
                     ms = step_ms(model, optimizers[arm], images, target, args.steps)
                     rows.append({"spec": name, "batch_size": batch, "arm": arm, "round": round_index,
-                                 "ms_per_step": ms, "load": os.getloadavg()[0],
+                                 "ms_per_step": ms, "load": harness.load_1min(),
                                  "max_logit_difference": difference})
             print(f"{name} batch {batch}: " + ", ".join(
                 f"{arm} {statistics.median(r['ms_per_step'] for r in rows if r['spec'] == name and r['batch_size'] == batch and r['arm'] == arm):.1f} ms"
-                for arm in arms) + f" (load {os.getloadavg()[0]:.2f})", flush=True)
+                for arm in arms) + f" (load {harness.load_1min():.2f})", flush=True)
     frame = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "runs.csv", index=False)
     medians = frame.groupby(["spec", "batch_size", "arm"], sort=False)["ms_per_step"].median().unstack("arm")
     # The speed-up is the median of the per-round ratios (each from side-by-side timings).
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    ["max_logit_difference"].iloc[0])}
                     for (spec, batch), row in medians.iterrows()],
     }
-    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    harness.write_yaml(args.out / "summary.yaml", summary)
     print(f"written to {args.out}")
     return 0
 

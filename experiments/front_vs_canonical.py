@@ -18,7 +18,7 @@ Canonical Small's reference runs already exist in the repeatability benchmark (t
 protocol settings key, the same training code); ``--import-runs`` copies them into the
 study's ``results.jsonl`` (marked ``imported_from``) so they are not trained again. Then:
 
-    python experiments/front_vs_canonical.py
+    python -m experiments.front_vs_canonical
     nas-ablate hydra.searchpath=[file://$PWD/experiments/results/search] \\
         ablation=front_vs_canonical hydra.run.dir=experiments/results/search/front_vs_canonical
 """
@@ -27,22 +27,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
+import yaml
 
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
+from experiments import harness
+from nas.ablate.results import Results, protocol_key, trained_arch
+from nas.arch.codecs import from_string, load_spec, save_spec, to_string
+from nas.arch.spec import NetworkSpec
 
-from nas.arch.codecs import from_string, load_spec, save_spec, to_string  # noqa: E402
-from nas.arch.spec import NetworkSpec  # noqa: E402
-
-DEFAULT_FRONTS = REPO / "experiments" / "results" / "search_benchmark" / "fronts.csv"
-DEFAULT_OUT = REPO / "experiments" / "results" / "search"
-DEFAULT_RUNS = REPO / "experiments" / "results" / "repeatability" / "runs.csv"
+DEFAULT_FRONTS = harness.RESULTS / "search_benchmark" / "fronts.csv"
+DEFAULT_OUT = harness.RESULTS / "search"
+DEFAULT_RUNS = harness.RESULTS / "repeatability" / "runs.csv"
 STUDY = "front_vs_canonical"
 
 
@@ -82,7 +80,7 @@ def study_document(names: list[str], out: Path, seeds: list[int], rounds: int) -
     for name in names:
         path = (out / f"{name}.yaml").resolve()
         # Relative to the checkout, where nas-ablate runs: the study file is committed.
-        variants[name] = {"base": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)}
+        variants[name] = {"base": harness.in_checkout(path)}
     return {
         "name": STUDY,
         "notes": "Issue 15: the search benchmark's found networks against canonical Small, "
@@ -97,8 +95,6 @@ def study_document(names: list[str], out: Path, seeds: list[int], rounds: int) -
 
 def import_runs(runs_csv: Path, spec: NetworkSpec, seeds: list[int], run_dir: Path) -> int:
     """Copy the reference protocol's finished runs of ``spec`` into the study's results."""
-    from nas.ablate.results import Results, protocol_key, trained_arch
-
     key = protocol_key("reference")
     runs = pd.read_csv(runs_csv)
     mine = runs[(runs["protocol"] == "reference") & (runs["settings_key"] == key)
@@ -113,8 +109,7 @@ def import_runs(runs_csv: Path, spec: NetworkSpec, seeds: list[int], run_dir: Pa
                          "seconds": float(row["seconds"]),
                          # The benchmark kept the 1-minute figure only: the first of the usual three.
                          "loadavg": [float(row["load_start"])],
-                         "imported_from": str(runs_csv.relative_to(REPO)
-                                              if runs_csv.is_relative_to(REPO) else runs_csv)})
+                         "imported_from": harness.in_checkout(runs_csv)})
             added += 1
     return added
 
@@ -129,10 +124,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--rounds", type=int, default=10, help="end-to-end latency rounds")
     parser.add_argument("--import-runs", type=Path, default=DEFAULT_RUNS,
                         help="the repeatability benchmark's runs.csv (canonical's reference runs)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    harness.add_common(parser, out=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if not args.fronts.is_file():
-        parser.error(f"--fronts {args.fronts}: no such file (run experiments/search_benchmark.py first)")
+        parser.error(f"--fronts {args.fronts}: no such file (run python -m experiments.search_benchmark first)")
     fronts = pd.read_csv(args.fronts)
     canonical_ms = args.canonical_ms
     if canonical_ms is None:
@@ -148,7 +143,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     picked.to_csv(args.out / "picked.csv", index=False)
     study = study_document(list(picked["name"]), args.out, args.seeds, args.rounds)
     (args.out / "ablation").mkdir(exist_ok=True)
-    (args.out / "ablation" / f"{STUDY}.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    harness.write_yaml(args.out / "ablation" / f"{STUDY}.yaml", study)
     imported = 0
     if args.import_runs is not None and args.import_runs.is_file():
         imported = import_runs(args.import_runs, load_spec("small"), args.seeds, args.out / STUDY)

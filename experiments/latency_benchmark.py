@@ -11,31 +11,27 @@ Writes figures to ``experiments/results/latency/`` (or ``--out``):
   networks, each op timed alone versus inside the network, against the end-to-end time --
   the reason the shipped torch table uses the ``context`` method.
 
-    .venv/bin/python experiments/latency_benchmark.py --table latency_tables/cpu-torch-1t-b1-224
-    .venv/bin/python experiments/latency_benchmark.py --table ... --validate 100 --context-vs-isolated
+    .venv/bin/python -m experiments.latency_benchmark --table latency_tables/cpu-torch-1t-b1-224
+    .venv/bin/python -m experiments.latency_benchmark --table ... --validate 100 --context-vs-isolated
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import time
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
+from experiments import harness
+from nas.arch.codecs import load_spec
+from nas.arch.space import load_space
+from nas.cost.keys import build_op
+from nas.cost.lut import LatencyTable
+from nas.cost.timing import measure, measure_in_context
+from nas.cost.validate import error_metrics, validate
 
-from nas.cost.lut import LatencyTable  # noqa: E402
-from nas.cost.validate import error_metrics, validate  # noqa: E402
-from nas.arch.space import load_space  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "experiments" / "results" / "latency"
+DEFAULT_OUT = harness.RESULTS / "latency"
 
 
 def predict_speed(table: LatencyTable, spaces: list[str], n: int = 5000) -> dict:
@@ -65,6 +61,7 @@ def accuracy_figure(table_dir: Path, out: Path) -> dict:
     files = sorted(table_dir.glob("validation_*.csv"))
     if not files:
         return {}
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, len(files), figsize=(5 * len(files), 4.8), dpi=120, squeeze=False)
     summary = {}
     frames = []
@@ -92,10 +89,6 @@ def accuracy_figure(table_dir: Path, out: Path) -> dict:
 
 def context_vs_isolated(table: LatencyTable, out: Path, archs=("large", "small")) -> dict:
     """Each op of the canonical networks alone vs inside the network vs end to end."""
-    from nas.arch.codecs import load_spec
-    from nas.cost.keys import build_op
-    from nas.cost.timing import measure, measure_in_context
-
     cfg = table.harness_config()
     rows = []
     summary = {}
@@ -121,6 +114,7 @@ def context_vs_isolated(table: LatencyTable, out: Path, archs=("large", "small")
                          "sum_isolated_ms": round(sum(r["isolated_ms"] for r in rows if r["arch"] == arch), 3)}
     df = pd.DataFrame(rows)
     df.to_csv(out / "context_vs_isolated.csv", index=False)
+    plt = harness.pyplot()
     fig, axes = plt.subplots(len(archs), 1, figsize=(10, 3.5 * len(archs)), dpi=120, squeeze=False)
     for ax, arch in zip(axes[:, 0], archs):
         d = df[df.arch == arch]
@@ -140,24 +134,24 @@ def context_vs_isolated(table: LatencyTable, out: Path, archs=("large", "small")
     return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", type=Path, default=ROOT / "latency_tables" / "cpu-torch-1t-b1-224")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.study_parser(__doc__)
+    parser.add_argument("--table", type=Path, default=harness.REPO / "latency_tables" / "cpu-torch-1t-b1-224")
+    harness.add_common(parser, out=DEFAULT_OUT)
     parser.add_argument("--space", action="append", default=None,
                         help="spaces (default: those the table was built for)")
     parser.add_argument("--validate", type=int, default=0, metavar="N",
                         help="measure N random specs per space now (report into --out)")
-    parser.add_argument("--seed", type=int, default=0)
+    harness.add_common(parser, seed=0)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--context-vs-isolated", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     table = LatencyTable.load(args.table)
     spaces = args.space or table.provenance.get("spaces") or ["mobilenetv3_large", "mobilenetv3_small"]
     result = {"table": str(args.table), "provenance": {k: table.provenance.get(k) for k in (
         "runtime", "runtime_version", "device", "threads", "batch", "dtype", "resolution", "method",
-        "statistic")}, "loadavg_start": list(os.getloadavg())}
+        "statistic")}, "loadavg_start": harness.load_average()}
     report_dir = args.table
     if args.validate:
         report_dir = args.out / args.table.name
@@ -169,10 +163,8 @@ def main() -> None:
     result["predict_speed"] = predict_speed(table, spaces)
     if args.context_vs_isolated:
         result["context_vs_isolated"] = context_vs_isolated(table, args.out)
-    result["loadavg_end"] = list(os.getloadavg())
-    (args.out / f"benchmark_{args.table.name}.yaml").write_text(
-        yaml.safe_dump(_plain(result), sort_keys=False, width=100))
-    print(yaml.safe_dump(_plain(result), sort_keys=False, width=100))
+    result["loadavg_end"] = harness.load_average()
+    print(harness.write_yaml(args.out / f"benchmark_{args.table.name}.yaml", _plain(result)))
 
 
 def _plain(value):

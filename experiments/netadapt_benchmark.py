@@ -25,8 +25,8 @@ benchmark.md, history.csv, trajectory.png, comparison.png, the two final bneck Y
 the latency table. Checkpoints and weights go to ``--work`` (default
 outputs/netadapt_benchmark, ignored by git).
 
-    python experiments/netadapt_benchmark.py                  # the recorded run
-    nohup python experiments/netadapt_benchmark.py > outputs/netadapt_benchmark.log 2>&1 &
+    python -m experiments.netadapt_benchmark                  # the recorded run
+    nohup python -m experiments.netadapt_benchmark > outputs/netadapt_benchmark.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -34,43 +34,39 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shutil
-import sys
-import time
+import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
+from experiments import harness
+from nas.arch.codecs import load_spec, save_spec, to_string, to_yaml
+from nas.cost.harness import HarnessConfig, harness_context
+from nas.cost.lut import LatencyTable, build_table
+from nas.cost.timing import measure_in_context
+from nas.models.bn import recalibrate_bn
+from nas.models.builder import build_model
+from nas.models.prune import prune_model
+from nas.netadapt.config import NetAdaptConfig
+from nas.netadapt.finetune import FineTuner
+from nas.netadapt.latency import TableLatency
+from nas.netadapt.loop import netadapt
+from nas.netadapt.selection import width_for_latency
+from nas.training.data_config import DataConfig
+from nas.training.train import train
+from nas.training.train_config import TrainConfig
 
-from nas.arch.codecs import load_spec, save_spec, to_string, to_yaml  # noqa: E402
-from nas.cost.harness import HarnessConfig  # noqa: E402
-from nas.cost.lut import LatencyTable, build_table  # noqa: E402
-from nas.models.bn import recalibrate_bn  # noqa: E402
-from nas.models.builder import build_model  # noqa: E402
-from nas.models.prune import prune_model  # noqa: E402
-from nas.netadapt.config import NetAdaptConfig  # noqa: E402
-from nas.netadapt.finetune import FineTuner  # noqa: E402
-from nas.netadapt.latency import TableLatency  # noqa: E402
-from nas.netadapt.loop import netadapt  # noqa: E402
-from nas.netadapt.selection import width_for_latency  # noqa: E402
-from nas.training.data_config import DataConfig  # noqa: E402
-from nas.training.train import train  # noqa: E402
-from nas.training.train_config import TrainConfig  # noqa: E402
-
-SHIPPED_TABLE = REPO / "latency_tables" / "cpu-torch-1t-b1-224"
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
-DEFAULT_OUT = REPO / "experiments" / "results" / "netadapt"
-DEFAULT_WORK = REPO / "outputs" / "netadapt_benchmark"
+SHIPPED_TABLE = harness.REPO / "latency_tables" / "cpu-torch-1t-b1-224"
+DEFAULT_ROOT = harness.DATASETS / "cifar10-subset"
+DEFAULT_OUT = harness.RESULTS / "netadapt"
+DEFAULT_WORK = harness.OUTPUTS / "netadapt_benchmark"
 
 
 def add_netadapt_arguments(p: argparse.ArgumentParser, *, short_steps: int) -> None:
     """The NetAdapt settings both NetAdapt benchmarks take (threads, target, step, T, proposals)."""
-    p.add_argument("--threads", type=int, default=1)
+    harness.add_common(p, threads=True)
     p.add_argument("--fraction", type=float, default=0.75, help="target / start table latency")
     p.add_argument("--delta", type=float, default=0.01, help="delta_fraction (paper: 0.01)")
     p.add_argument("--short-steps", type=int, default=short_steps, help="NetAdapt's T")
@@ -79,10 +75,9 @@ def add_netadapt_arguments(p: argparse.ArgumentParser, *, short_steps: int) -> N
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.study_parser(__doc__)
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 subset")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    harness.add_common(p, out=DEFAULT_OUT, work=DEFAULT_WORK)
     p.add_argument("--resolution", type=int, default=32, help="proxy training resolution")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pretrain-epochs", type=int, default=8)
@@ -96,40 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--measure", default="anchored", choices=["anchored", "table"],
                    help="how missing keys are measured (nas.netadapt.latency.TableLatency)")
     p.add_argument("--measure-passes", type=int, default=3, help="passes per on-demand measurement")
-    p.add_argument("--seed", type=int, default=0)
+    harness.add_common(p, seed=0)
     return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------- bookkeeping
-class Stages:
-    """Wall time and load average of each stage, kept across resumed invocations."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-
-    @classmethod
-    def for_run(cls, args: argparse.Namespace) -> "Stages":
-        """A benchmark run's set-up: its thread count, its ``--out`` and ``--work`` folders."""
-        torch.set_num_threads(args.threads)
-        args.out.mkdir(parents=True, exist_ok=True)
-        args.work.mkdir(parents=True, exist_ok=True)
-        return cls(args.work / "stages.json")
-
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        load0, t0 = os.getloadavg(), time.perf_counter()
-        print(f"== {name} (load {load0[0]:.2f})", flush=True)
-        result = fn()
-        record = self.data.setdefault(name, {"seconds": 0.0, "invocations": 0})
-        record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 1)
-        record["invocations"] += 1
-        record["loadavg_start"] = [round(x, 2) for x in load0]
-        record["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-        self.path.write_text(json.dumps(self.data, indent=1))
-        print(f"== {name} done: {record['seconds']:.0f} s so far", flush=True)
-        return result
-
-
 def binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 1e-12) / n)
 
@@ -195,11 +161,6 @@ def measured_now(specs: dict[str, Any], passes: int) -> dict[str, dict[str, floa
     in-context method: the sum of its op medians (what a table sums) and the end-to-end
     median of the same forward passes (which, on a shared machine, also holds every
     preemption that hits a forward pass)."""
-    import statistics
-
-    from nas.cost.harness import harness_context
-    from nas.cost.timing import measure_in_context
-
     cfg = HarnessConfig()
     sums: dict[str, list[float]] = {name: [] for name in specs}
     e2e: dict[str, list[float]] = {name: [] for name in specs}
@@ -215,11 +176,7 @@ def measured_now(specs: dict[str, Any], passes: int) -> dict[str, dict[str, floa
 
 # ---------------------------------------------------------------------------- report
 def comparison_plot(history: list[dict[str, Any]], report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     picked = [r for r in history if r["phase"] == "short_term" and r["picked"]]
     start = report["start"]
@@ -299,7 +256,7 @@ def markdown(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    stages = Stages.for_run(args)
+    stages = harness.Stages.for_run(args)
     spec = load_spec("small")
 
     table, table_dir, table_source = stages.run("latency table", lambda: latency_table(args.out))
@@ -335,8 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fraction": args.fraction,
         "target_ms": result.target_ms,
         "val_images": n_val,
-        "latency_table": {"source": table_source, "keys": len(table), "dir": str(table_dir.relative_to(REPO))
-                          if table_dir.is_relative_to(REPO) else str(table_dir),
+        "latency_table": {"source": table_source, "keys": len(table), "dir": harness.in_checkout(table_dir),
                           "provenance": {k: table.provenance.get(k) for k in
                                          ("runtime", "runtime_version", "device", "threads", "batch",
                                           "resolution", "method")}},
@@ -356,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("out", "work", "root")},
         "stages": stages.data,
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "host": harness.machine(),
     }
     for name in ("history.csv", "trajectory.png"):
         shutil.copy(result.paths["history"].parent / name, args.out / name)

@@ -30,7 +30,7 @@ Outputs in ``--out`` (default experiments/results/netadapt_cifar10): runs.csv (o
 arm and seed), summary.yaml, summary.md, comparison.png, the final bneck YAMLs, each
 seed's NetAdapt history.csv. Checkpoints and weights go to ``--work``.
 
-    python experiments/netadapt_cifar10.py --seeds 0 1
+    python -m experiments.netadapt_cifar10 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -39,48 +39,41 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments"))
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from experiments import harness
+from experiments.netadapt_benchmark import add_netadapt_arguments, measured_now, trained_once
+from nas.arch.codecs import from_string, load_spec, save_spec, to_string
+from nas.arch.space import load_space
+from nas.cost.host_table import host_table
+from nas.cost.lut import LatencyTable
+from nas.models.builder import build_model
+from nas.models.prune import prune_model
+from nas.netadapt.config import NetAdaptConfig
+from nas.netadapt.finetune import FineTuner
+from nas.netadapt.latency import TableLatency
+from nas.netadapt.loop import netadapt
+from nas.netadapt.selection import scale_width, width_for_latency
+from nas.training.protocols import load_protocol
+from nas.training.train import train
 
-from nas.arch.codecs import from_string, load_spec, save_spec, to_string  # noqa: E402
-from nas.cost.host_table import host_table  # noqa: E402
-from nas.cost.lut import LatencyTable  # noqa: E402
-from nas.models.builder import build_model  # noqa: E402
-from nas.models.prune import prune_model  # noqa: E402
-from nas.netadapt.config import NetAdaptConfig  # noqa: E402
-from nas.netadapt.finetune import FineTuner  # noqa: E402
-from nas.netadapt.latency import TableLatency  # noqa: E402
-from nas.netadapt.loop import netadapt  # noqa: E402
-from nas.netadapt.selection import scale_width, width_for_latency  # noqa: E402
-from nas.arch.space import load_space  # noqa: E402
-from nas.training.protocols import load_protocol  # noqa: E402
-from nas.training.train import train  # noqa: E402
-from netadapt_benchmark import Stages, add_netadapt_arguments, measured_now, trained_once  # noqa: E402
-
-DEFAULT_OUT = REPO / "experiments" / "results" / "netadapt_cifar10"
-DEFAULT_WORK = REPO / "outputs" / "netadapt_cifar10"
+DEFAULT_OUT = harness.RESULTS / "netadapt_cifar10"
+DEFAULT_WORK = harness.OUTPUTS / "netadapt_cifar10"
 RUN_COLUMNS = ["arm", "seed", "table_ms", "multiplier", "netadapt_steps", "path_steps", "final_epochs",
                "top1_before_final", "top1", "seconds", "loadavg", "spec"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.study_parser(__doc__)
     p.add_argument("--protocol", default="reference", help="start training and final-training data/optimiser")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    harness.add_common(p, out=DEFAULT_OUT, work=DEFAULT_WORK)
     add_netadapt_arguments(p, short_steps=40)
     p.add_argument("--final-epochs", type=int, default=5)
     p.add_argument("--final-lr", type=float, default=0.02)
@@ -136,7 +129,7 @@ def final_training(model, protocol, args, seed: int, where: Path) -> tuple[float
 
 def append_run(path: Path, row: dict[str, Any]) -> None:
     """One finished arm and seed, with the load average at its end."""
-    row = {**row, "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    row = {**row, "loadavg": harness.load_average()}
     frame = pd.DataFrame([row], columns=RUN_COLUMNS)
     frame.to_csv(path, mode="a", header=not path.is_file(), index=False)
 
@@ -209,7 +202,7 @@ def e2e_matched_uniform(spec, netadapt_spec, work: Path, passes: int) -> dict[st
                          f"network end to end ({limit:.3f} ms)")
     multiplier, name = max(fitting)
     match = {"multiplier": multiplier, "ms": figures[name]["end_to_end_ms"], "netadapt_ms": limit,
-             "spec": to_string(named[name]), "loadavg": [round(x, 2) for x in os.getloadavg()],
+             "spec": to_string(named[name]), "loadavg": harness.load_average(),
              "measured": {n: round(f["end_to_end_ms"], 4) for n, f in figures.items()}}
     record.write_text(json.dumps(match, indent=1))
     return match
@@ -256,11 +249,7 @@ def summarise(runs: pd.DataFrame, start: dict[str, Any], args, extra: dict[str, 
 
 
 def plot(runs: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     colours = {"netadapt": "tab:red", "uniform": "tab:purple", "uniform_e2e": "tab:orange"}
     for arm, group in runs.groupby("arm"):
@@ -314,7 +303,7 @@ def markdown(runs: pd.DataFrame, summary: dict[str, Any], stages: dict[str, Any]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    stages = Stages.for_run(args)
+    stages = harness.Stages.for_run(args)
     protocol = load_protocol(args.protocol)
     spec = load_spec("small")
     latency, table, table_source = stages.run("latency table", lambda: host_latency(args.out, args.table))
@@ -344,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "spec": to_string(spec)},
                         args, {"table_source": table_source, "measured_now": now,
                                "table_keys": len(table), "e2e_match": matches})
-    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    harness.write_yaml(args.out / "summary.yaml", summary)
     plot(runs, summary, args.out / "comparison.png")
     (args.out / "summary.md").write_text(markdown(runs, summary, stages.data))
     print(markdown(runs, summary, stages.data))

@@ -11,38 +11,33 @@ skips what is there (with the same settings), so an interrupted benchmark resume
 results.csv, summary.yaml, summary.md and ranking.png into --out (default
 experiments/results/proxy_benchmark/r<resolution>_e<epochs>).
 
-    python experiments/proxy_benchmark.py                      # r48_e6: Kendall tau 0.64
-    python experiments/proxy_benchmark.py --resolution 64 --epochs 3   # r64_e3: tau 0.54
-    python experiments/proxy_benchmark.py --epochs 1 --specs small large   # a quick look
+    python -m experiments.proxy_benchmark                      # r48_e6: Kendall tau 0.64
+    python -m experiments.proxy_benchmark --resolution 64 --epochs 3   # r64_e3: tau 0.54
+    python -m experiments.proxy_benchmark --epochs 1 --specs small large   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from experiments import harness
+from experiments.supernet_benchmark import params_of
+from nas.arch.codecs import load_spec, to_string
+from nas.arch.spec import NetworkSpec
+from nas.training.data_config import DataConfig
+from nas.training.proxy import ProxyTrainingEvaluator
+from nas.training.train_config import TrainConfig
 
-from nas.arch.codecs import load_spec, to_string  # noqa: E402
-from nas.arch.spec import NetworkSpec  # noqa: E402
-from nas.training.data_config import DataConfig  # noqa: E402
-from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
-from nas.training.train_config import TrainConfig  # noqa: E402
-
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
-DEFAULT_OUT = REPO / "experiments" / "results" / "proxy_benchmark"
+DEFAULT_ROOT = harness.DATASETS / "cifar10-subset"
+DEFAULT_OUT = harness.RESULTS / "proxy_benchmark"
 
 
 def _random_edit(base: NetworkSpec, seed: int) -> NetworkSpec:
@@ -84,18 +79,11 @@ def benchmark_specs() -> dict[str, NetworkSpec]:
     }
 
 
-def _params(spec: NetworkSpec, num_classes: int) -> int:
-    from nas.models.builder import build_model
-
-    return sum(p.numel() for p in build_model(spec, num_classes=num_classes).parameters())
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.study_parser(__doc__)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="imagefolder root")
     parser.add_argument("--out", type=Path,
-                        help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)}/r<res>_e<epochs>)")
+                        help=f"output folder (default {DEFAULT_OUT.relative_to(harness.REPO)}/r<res>_e<epochs>)")
     parser.add_argument("--specs", nargs="+", help="subset of the benchmark's spec names")
     parser.add_argument("--seeds", nargs=2, type=int, default=[0, 1])
     # 48 still leaves a 2x2 final map; with 6 epochs the seeds' rankings agree (tau 0.64),
@@ -107,10 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--warmup-epochs", type=float, default=0.3)
     parser.add_argument("--train-samples", type=int, help="seeded subset of train (default: all)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine, two "
-                             "OpenMP threads spin against other processes and run slower)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=REPO / "outputs" / "proxy_benchmark_ckpt",
+    harness.add_common(parser, threads=True)
+    parser.add_argument("--checkpoint-dir", type=Path, default=harness.OUTPUTS / "proxy_benchmark_ckpt",
                         help="per-run checkpoints, so an interrupted training resumes")
     parser.add_argument("--progress", action="store_true", help="tqdm bars")
     return parser.parse_args(argv)
@@ -120,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.out is None:
         args.out = DEFAULT_OUT / f"r{args.resolution}_e{args.epochs}"
-    torch.set_num_threads(args.threads)
     specs = benchmark_specs()
     if args.specs:
         unknown = sorted(set(args.specs) - set(specs))
@@ -129,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         specs = {name: specs[name] for name in args.specs}
+    harness.start(args)
     data_cfg = DataConfig(name="imagefolder", root=str(args.root), resolution=args.resolution,
                           batch_size=args.batch_size, train_samples=args.train_samples)
     base_train = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                              warmup_epochs=args.warmup_epochs, eval_every=0,
                              progress=args.progress, device="cpu",
                              checkpoint_dir=str(args.checkpoint_dir))
-    args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "results.csv"
     done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame()
     started = time.perf_counter()
@@ -153,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 "spec": name, "seed": seed, "top1": result.top1, "top5": result.top5,
                 "val_loss": result.details["loss"], "seconds": result.details["seconds"],
                 "images_per_second": result.details["images_per_second"],
-                "steps": result.details["steps"], "params": _params(spec, 10),
+                "steps": result.details["steps"], "params": params_of(spec, 10),
                 "settings_hash": evaluator.settings_hash, "arch": to_string(spec),
             }
             print(f"    top-1 {row['top1']:.4f} top-5 {row['top5']:.4f} "
@@ -179,9 +164,7 @@ def summarise(frame: pd.DataFrame, specs: dict[str, NetworkSpec], args: argparse
     summary: dict[str, Any] = {
         "settings": {"data": data_cfg.settings(), "train": train_settings,
                      "seeds": seeds, "threads": args.threads},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "torch": str(torch.__version__),
-                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {**harness.machine(), "load_average_at_end": harness.load_average()},
         "wall_seconds_this_invocation": round(wall, 1),
         "training_seconds_all_runs": round(float(frame["seconds"].sum()), 1),
     }
@@ -206,7 +189,7 @@ def summarise(frame: pd.DataFrame, specs: dict[str, NetworkSpec], args: argparse
             "mean_abs_seed_difference": round(float((complete[seeds[0]] - complete[seeds[1]]).abs().mean()), 4),
             "top1_range": [round(float(complete.min().min()), 4), round(float(complete.max().max()), 4)],
         }
-    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    harness.write_yaml(args.out / "summary.yaml", summary)
 
     table = frame.pivot_table(index="spec", columns="seed", values=["top1", "images_per_second"])
     lines = ["# Proxy benchmark (CIFAR-10 subset)", "",
@@ -231,7 +214,7 @@ def summarise(frame: pd.DataFrame, specs: dict[str, NetworkSpec], args: argparse
                       f"{r['mean_abs_seed_difference']:.4f}."]
     lines += ["", f"Training time of all runs: {summary['training_seconds_all_runs']:.0f} s; "
                   f"this invocation's wall time: {summary['wall_seconds_this_invocation']:.0f} s."]
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    harness.write_lines(args.out / "summary.md", lines)
     _plot(complete, seeds, args.out / "ranking.png")
     return summary
 
@@ -239,11 +222,7 @@ def summarise(frame: pd.DataFrame, specs: dict[str, NetworkSpec], args: argparse
 def _plot(wide: pd.DataFrame, seeds: list[int], path: Path) -> None:
     if wide.empty or not all(s in wide for s in seeds):
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     ax.scatter(wide[seeds[0]], wide[seeds[1]])
     for name, row in wide.iterrows():

@@ -20,46 +20,38 @@ progress checkpoints every ``--checkpoint-every`` steps: a killed benchmark resu
 stopped. The finished runs live in ``--runs`` (committed with the results, so a fresh
 checkout continues the benchmark); checkpoints of runs in progress in ``--work``. Split the work over the two cores with one process per seed::
 
-    python experiments/repeatability_benchmark.py --protocols reference --seeds 0 &
-    python experiments/repeatability_benchmark.py --protocols reference --seeds 1 &
-    wait; python experiments/repeatability_benchmark.py --summary-only
+    python -m experiments.repeatability_benchmark --protocols reference --seeds 0 &
+    python -m experiments.repeatability_benchmark --protocols reference --seeds 1 &
+    wait; python -m experiments.repeatability_benchmark --summary-only
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from experiments import harness
+from experiments.repeatability_report import plot_tradeoff, write_markdown
+from experiments.repeatability_stats import mean_of, per_image_entry, pooled_std, tau, tau_interval
+from experiments.supernet_benchmark import params_of, pick_specs
+from nas.arch.codecs import to_string
+from nas.arch.space import load_space
+from nas.training.checkpoint import CheckpointError
+from nas.training.data import make_loaders
+from nas.training.protocols import Protocol, load_protocol, with_fields
+from nas.training.scoring import encode_correct, predict
+from nas.training.train import train
 
-from nas.arch.codecs import to_string  # noqa: E402
-from nas.cost.sampling import cpu_model  # noqa: E402
-from nas.arch.space import load_space  # noqa: E402
-from nas.training.checkpoint import CheckpointError  # noqa: E402
-from nas.training.data import make_loaders  # noqa: E402
-from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402
-from nas.training.scoring import encode_correct, predict  # noqa: E402
-from nas.training.train import train  # noqa: E402
-from repeatability_report import plot_tradeoff, write_markdown  # noqa: E402
-from repeatability_stats import mean_of, per_image_entry, pooled_std, tau, tau_interval  # noqa: E402
-from supernet_benchmark import params_of, pick_specs  # noqa: E402
-
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
-DEFAULT_OUT = REPO / "experiments" / "results" / "repeatability"
-DEFAULT_WORK = REPO / "outputs" / "repeatability_benchmark"
+DEFAULT_ROOT = harness.DATASETS / "cifar10"
+DEFAULT_OUT = harness.RESULTS / "repeatability"
+DEFAULT_WORK = harness.OUTPUTS / "repeatability_benchmark"
 DEFAULT_RUNS = DEFAULT_OUT / "runs"
 
 # The protocols measured: (base protocol, data fields, train fields). The proxy variants aimed
@@ -112,10 +104,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] load {os.getloadavg()[0]:.2f} | {message}", flush=True)
-
-
 def protocol_of(name: str, args: argparse.Namespace) -> Protocol:
     base, data, train_fields = VARIANTS[name]
     data = {**data, "root": str(args.root)}
@@ -134,26 +122,18 @@ def settings_key(protocol: Protocol) -> str:
     return protocol.key()
 
 
-def read_rows(folder: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted(folder.glob("runs-*.jsonl")):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log(f"{path}:{number}: skipped a torn line (a run killed while writing)")
-    return rows
+def finished_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every finished run in ``folder`` (one JSON-lines file per protocol and seed)."""
+    return harness.read_rows(sorted(folder.glob("runs-*.jsonl")))
 
 
 def run_all(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    harness.set_threads(args.threads)
     space = load_space("mobilenetv3_small")
     specs = pick_specs(space, args.specs, args.pool, args.spec_seed)
     # With --rescore a run recorded before per-image records existed is trained again (the loop
     # is deterministic on one CPU kind: the repeat must reproduce its top-1, which is checked).
-    earlier = {run_key(r): r for r in read_rows(args.runs)}
+    earlier = {run_key(r): r for r in finished_runs(args.runs)}
     done = {k for k, r in earlier.items() if not args.rescore or "val_correct" in r}
     for name in args.protocols:
         protocol = protocol_of(name, args)
@@ -174,40 +154,39 @@ def run_all(args: argparse.Namespace) -> None:
                 folder = args.work / "checkpoints" / name / f"{spec_name}-seed{seed}"
                 cfg = with_fields(protocol, train={"seed": seed, "checkpoint_dir": str(folder),
                                                    "checkpoint_every": args.checkpoint_every}).train
-                log(f"{name} {spec_name} seed {seed}: training ({protocol.train.epochs} epochs at "
-                    f"{protocol.data.resolution} px{', resuming' if folder.exists() else ''})")
-                load_start = os.getloadavg()[0]
+                harness.log(f"{name} {spec_name} seed {seed}: training ({protocol.train.epochs} epochs at "
+                            f"{protocol.data.resolution} px{', resuming' if folder.exists() else ''})")
+                load_start = harness.load_1min()
                 try:
                     result = train(spec, protocol.data, cfg, loaders=loaders_by_seed[seed], resume=True)
                 except CheckpointError as err:
                     # A checkpoint another version of the loop wrote: that run starts over
                     # (finished runs are rows in the JSON-lines files and are never lost).
-                    log(f"{name} {spec_name} seed {seed}: {err}; starting this run over")
+                    harness.log(f"{name} {spec_name} seed {seed}: {err}; starting this run over")
                     shutil.rmtree(folder)
                     result = train(spec, protocol.data, cfg, loaders=loaders_by_seed[seed], resume=True)
-                load_end = round(os.getloadavg()[0], 2)
+                load_end = harness.load_1min()
                 row = {
                     "protocol": name, "settings_key": key, "spec": spec_name, "arch": arch,
                     "seed": seed, "top1": result.top1, "top5": result.top5, "loss": result.loss,
                     **per_image_scores(result, loaders_by_seed[seed], before),
                     "seconds": result.seconds, "images_per_second": result.images_per_second,
                     "steps": result.steps, "params": params_of(spec, 10),
-                    "load_start": round(load_start, 2), "load_end": load_end,
-                    "host": platform.node(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
-                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "load_start": load_start, "load_end": load_end,
+                    **harness.host_facts(), "threads": torch.get_num_threads(), "finished_at": harness.now(),
                 }
-                args.runs.mkdir(parents=True, exist_ok=True)
-                with open(args.runs / f"runs-{name}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                harness.append_row(args.runs / f"runs-{name}-seed{seed}.jsonl", row,
+                                   what="the repeatability benchmark's finished runs")
                 # The trained weights outlive the checkpoint (a NetAdapt start, an extraction).
                 weights = args.work / "weights" / f"{name}-{spec_name}-seed{seed}.pth"
                 weights.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(result.model.state_dict(), weights)
                 shutil.rmtree(folder, ignore_errors=True)
-                log(f"{name} {spec_name} seed {seed}: top-1 {result.top1:.4f}, with flip averaging "
-                    f"{row['top1_flip']:.4f} ({result.seconds:.0f} s, {result.images_per_second:.0f} images/s)"
-                    + ("" if before is None else
-                       f"; repeat of a recorded run: top-1 {'identical' if row['repeat_identical'] else 'DIFFERS'}"))
+                repeat = ("" if before is None else "; repeat of a recorded run: top-1 "
+                          + ("identical" if row["repeat_identical"] else "DIFFERS"))
+                harness.log(f"{name} {spec_name} seed {seed}: top-1 {result.top1:.4f}, with flip averaging "
+                            f"{row['top1_flip']:.4f} ({result.seconds:.0f} s, "
+                            f"{result.images_per_second:.0f} images/s){repeat}")
 
 
 def run_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
@@ -236,7 +215,7 @@ def per_image_scores(result: Any, loaders: Any, before: dict[str, Any] | None) -
 
 # ---------------------------------------------------------------------------- summary
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
-    rows = read_rows(args.runs)
+    rows = finished_runs(args.runs)
     if not rows:
         raise SystemExit(f"repeatability_benchmark: no finished runs in {args.runs}")
     # A repeated run (--rescore) supersedes its earlier row: the same run, with per-image records.
@@ -255,7 +234,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                  else None)
     summary: dict[str, Any] = {
         "data": str(args.root), "val_images": args.val_samples or "all (5,000)",
-        "specs": int(runs["spec"].nunique()), "host": platform.node(), "cpu": cpu_model(),
+        "specs": int(runs["spec"].nunique()), **harness.host_facts(),
         "torch": str(torch.__version__), "protocols": {},
     }
     for name in [n for n in VARIANTS if n in table.columns.get_level_values(0)]:
@@ -295,22 +274,20 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
             loo = [tau(part[s], part.drop(columns=[s]).mean(axis=1)) for s in seeds]
             entry["tau_one_seed_vs_mean_of_others"] = mean_of(loo)
         summary["protocols"][name] = entry
-    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    harness.write_yaml(args.out / "summary.yaml", summary)
     write_markdown(summary, networks, args.out / "summary.md")
     plot_tradeoff(summary, networks, args.out / "tradeoff.png")
-    log(f"summary written to {args.out}")
+    harness.log(f"summary written to {args.out}")
     return summary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.study_parser(__doc__)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 folder")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    harness.add_common(parser, out=DEFAULT_OUT, work=DEFAULT_WORK,
+                       help={"work": "checkpoints of runs in progress"})
     parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS,
                         help="finished runs, one JSON-lines file per protocol and seed")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help="checkpoints of runs in progress")
     parser.add_argument("--protocols", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="training seeds (default 0 1)")
@@ -330,7 +307,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--specs", type=int, default=8)
     parser.add_argument("--pool", type=int, default=200)
     parser.add_argument("--spec-seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    harness.add_common(parser, threads=True)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--summary-only", action="store_true", help="no training: summarise")
     parser.add_argument("--train-per-class", type=int, default=None)

@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from experiments import harness
+
 
 def write_markdown(summary: dict[str, Any], networks: pd.DataFrame, path: Path) -> None:
     """``summary.md``: the protocols table, the per-image noise table, the per-network table."""
@@ -40,16 +42,12 @@ def write_markdown(summary: dict[str, Any], networks: pd.DataFrame, path: Path) 
     lines += ["", "Per network (top-1 mean and std over seeds, percent):", "",
               networks.assign(top1_mean=networks.top1_mean * 100, top1_std=networks.top1_std * 100)
               .round(2).to_markdown(index=False)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    harness.write_lines(path, lines)
 
 
 def plot_tradeoff(summary: dict[str, Any], networks: pd.DataFrame, path: Path) -> None:
     """Ranking quality against seconds per candidate (left); each network's top-1 (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for name, e in summary["protocols"].items():
         x = e["seconds_per_candidate_median"]

@@ -16,7 +16,7 @@ front), ``fronts.png`` (each sampler's front of the first seed, and canonical Sm
 random sampling's final mean). With
 ``--mode mnasnet`` the curve is the best MnasNet reward at ``--target-ms`` instead.
 
-    python experiments/search_benchmark.py --checkpoint runs/supernet/supernet.pt
+    python -m experiments.search_benchmark --checkpoint runs/supernet/supernet.pt
 """
 
 from __future__ import annotations
@@ -26,25 +26,28 @@ import dataclasses
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import optuna
+import pandas as pd
 
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
+from experiments import harness
+from nas.arch.codecs import to_string
+from nas.arch.space import load_space
+from nas.arch.spec import NetworkSpec
+from nas.cost.host_table import host_table
+from nas.cost.lut import LatencyTable
+from nas.cost.table_files import resolve_table_dir
+from nas.search.objective import Objective, StudySettings, enqueue_canonical, make_sampler
+from nas.supernet.evaluator import SupernetEvaluator
+from nas.supernet.train import load_supernet
+from nas.training.evaluator import EvalResult
+from nas.training.protocols import load_protocol
 
-from nas.arch.codecs import to_string  # noqa: E402
-from nas.arch.spec import NetworkSpec  # noqa: E402
-from nas.search.objective import Objective, StudySettings, enqueue_canonical, make_sampler  # noqa: E402
-from nas.training.evaluator import EvalResult  # noqa: E402
-
-DEFAULT_OUT = REPO / "experiments" / "results" / "search_benchmark"
-DEFAULT_WORK = REPO / "outputs" / "search_benchmark"
+DEFAULT_OUT = harness.RESULTS / "search_benchmark"
+DEFAULT_WORK = harness.OUTPUTS / "search_benchmark"
 
 
 class CachedScores:
@@ -52,23 +55,14 @@ class CachedScores:
 
     def __init__(self, evaluator: Any, path: Path) -> None:
         self.evaluator, self.path = evaluator, path
-        self.scores: dict[str, float] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # the torn last line of a killed run
-                    continue
-                self.scores[record["spec"]] = record["top1"]
+        self.scores: dict[str, float] = {row["spec"]: row["top1"] for row in harness.read_rows([path])}
         self.evaluated = 0
 
     def evaluate(self, spec: NetworkSpec) -> EvalResult:
         key = to_string(spec)
         if key not in self.scores:
             top1 = float(self.evaluator.evaluate(spec).top1)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"spec": key, "top1": top1}) + "\n")
+            harness.append_row(self.path, {"spec": key, "top1": top1}, what="the search benchmark's score cache")
             self.scores[key] = top1
             self.evaluated += 1
         return EvalResult(top1=self.scores[key])
@@ -163,21 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-samples", type=int, default=2500,
                         help="score on a seeded subset of val of this many images (0: all; "
                              "default 2500, as the main job's data=cifar10_r32)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    harness.add_common(parser, out=DEFAULT_OUT, work=DEFAULT_WORK)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import torch
-
-    from nas.cost.host_table import host_table
-    from nas.cost.lut import LatencyTable
-    from nas.cost.table_files import resolve_table_dir
-    from nas.arch.space import load_space
-    from nas.supernet.evaluator import SupernetEvaluator
-    from nas.supernet.train import load_supernet
-    from nas.training.protocols import load_protocol
-
-    torch.set_num_threads(1)
+    harness.start(args)
     space = load_space(args.space)
     if args.table == "auto":
         choice = host_table(space, runtime="torch-cpu", resolution=space.base.resolution)
@@ -203,7 +186,6 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(0)
     max_latency = max(table.predict(s) for s in (supernet.largest_spec(),
                                                  *(space.sample(rng) for _ in range(2000))))
-    args.work.mkdir(parents=True, exist_ok=True)
     rows, kept = [], []  # kept: each study's front (pareto) or best network (mnasnet)
     for sampler in args.samplers:
         for seed in args.seeds:
@@ -225,12 +207,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_outputs(args: argparse.Namespace, curves: pd.DataFrame, kept: pd.DataFrame,
                   canonical_ms: float, canonical_top1: float | None, max_latency: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    plt = harness.pyplot()
     curves.to_csv(args.out / f"curves-{args.mode}.csv", index=False)
     final = curves[curves["trial"] == curves.groupby(["sampler", "seed"])["trial"].transform("max")]
     summary: dict[str, Any] = {"mode": args.mode, "trials": args.trials, "seeds": args.seeds,
@@ -280,8 +257,7 @@ def write_outputs(args: argparse.Namespace, curves: pd.DataFrame, kept: pd.DataF
         fig.tight_layout()
         fig.savefig(args.out / "fronts.png", dpi=120)
         plt.close(fig)
-    (args.out / f"summary-{args.mode}.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-    print(yaml.safe_dump(summary, sort_keys=False))
+    print(harness.write_yaml(args.out / f"summary-{args.mode}.yaml", summary))
 
 
 if __name__ == "__main__":

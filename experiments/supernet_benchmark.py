@@ -18,51 +18,41 @@
 Writes results.csv, summary.yaml, summary.md and scatter.png into --out; checkpoints and the
 reference caches go to --work (outside git). Two processes can share the work on two cores:
 
-    python experiments/supernet_benchmark.py --phase reference --reference-seeds 0 &
-    python experiments/supernet_benchmark.py --phase supernet --supernet-epochs 16 &
-    wait; python experiments/supernet_benchmark.py --phase reference --reference-seeds 1
-    python experiments/supernet_benchmark.py --supernet-epochs 16   # scores and summarises
+    python -m experiments.supernet_benchmark --phase reference --reference-seeds 0 &
+    python -m experiments.supernet_benchmark --phase supernet --supernet-epochs 16 &
+    wait; python -m experiments.supernet_benchmark --phase reference --reference-seeds 1
+    python -m experiments.supernet_benchmark --supernet-epochs 16   # scores and summarises
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
+import yaml
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from experiments import harness
+from nas.arch.codecs import to_string
+from nas.arch.space import SearchSpace, load_space
+from nas.arch.spec import NetworkSpec
+from nas.models.builder import build_model
+from nas.supernet.evaluator import SupernetEvaluator
+from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet
+from nas.training.data import make_loaders
+from nas.training.data_config import DataConfig
+from nas.training.proxy import ProxyTrainingEvaluator
+from nas.training.train_config import TrainConfig
 
-from nas.arch.codecs import to_string  # noqa: E402
-from nas.arch.spec import NetworkSpec  # noqa: E402
-from nas.models.builder import build_model  # noqa: E402
-from nas.arch.space import SearchSpace, load_space  # noqa: E402
-from nas.supernet.evaluator import SupernetEvaluator  # noqa: E402
-from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet  # noqa: E402
-from nas.training.data import make_loaders  # noqa: E402
-from nas.training.data_config import DataConfig  # noqa: E402
-from nas.training.proxy import ProxyTrainingEvaluator  # noqa: E402
-from nas.training.train_config import TrainConfig  # noqa: E402
-
-CONF = REPO / "nas" / "conf"
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-subset"
-DEFAULT_OUT = REPO / "experiments" / "results" / "supernet"
-DEFAULT_WORK = REPO / "outputs" / "supernet_benchmark"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] load {os.getloadavg()[0]:.2f} | {message}", flush=True)
+CONF = harness.REPO / "nas" / "conf"
+DEFAULT_ROOT = harness.DATASETS / "cifar10-subset"
+DEFAULT_OUT = harness.RESULTS / "supernet"
+DEFAULT_WORK = harness.OUTPUTS / "supernet_benchmark"
 
 
 def params_of(spec: NetworkSpec, num_classes: int) -> int:
@@ -88,18 +78,16 @@ def pick_specs(space: SearchSpace, count: int, pool: int, seed: int) -> dict[str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.study_parser(__doc__)
     parser.add_argument("--space", default="mobilenetv3_small")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="imagefolder root")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    harness.add_common(parser, out=DEFAULT_OUT, threads=True, seed=0, help={"seed": "spec sampling seed"})
     parser.add_argument("--work", type=Path, default=None,
                         help="supernet checkpoint and reference caches (resumable state); "
                              "default outputs/supernet_benchmark/r<resolution>; the supernet's checkpoint "
                              "goes to its sub-folder supernet_e<supernet epochs>")
     parser.add_argument("--specs", type=int, default=12, help="specs to compare (>= 10)")
     parser.add_argument("--pool", type=int, default=200, help="random specs to pick quantiles from")
-    parser.add_argument("--seed", type=int, default=0, help="spec sampling seed")
     parser.add_argument("--resolution", type=int, default=48,
                         help="proxy resolution of both the reference and the supernet (48: the "
                              "proxy benchmark's most repeatable setting)")
@@ -124,9 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "distillation from the largest network (checkpoint folder "
                              "supernet_e<epochs>_nodistill)")
     parser.add_argument("--bn-batches", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine two OpenMP "
-                             "threads stall against other processes)")
     parser.add_argument("--progress", action="store_true", help="tqdm bars")
     parser.add_argument("--resummarise", action="store_true",
                         help="rewrite summary.yaml/summary.md/scatter.png from results.csv and the "
@@ -138,12 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.resummarise:
         return resummarise(args)
-    torch.set_num_threads(args.threads)
     if args.work is None:
         args.work = DEFAULT_WORK / f"r{args.resolution}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.work.mkdir(parents=True, exist_ok=True)
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    harness.start(args)
+    load_start = harness.load_average()
     started = time.perf_counter()
 
     # The proxy data and optimiser of every search (the shipped configs), at the benchmark's
@@ -167,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"supernet_benchmark: --only names unknown specs {unknown}; "
                          f"known: {sorted(specs)}")
-    log(f"{len(specs)} specs from {args.space}; data {data_cfg.name} at {data_cfg.resolution}px; "
-        f"phase {args.phase}")
+    harness.log(f"{len(specs)} specs from {args.space}; data {data_cfg.name} at {data_cfg.resolution}px; "
+                f"phase {args.phase}")
 
     # ---- stand-alone reference training (one cache per seed, resumable)
     standalone: dict[int, dict[str, Any]] = {}
@@ -185,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 cached = proxy.cached(spec) is not None
                 result = proxy.evaluate(spec)
                 standalone[seed][name] = result
-                log(f"stand-alone {name} seed {seed}: top-1 {result.top1:.4f} "
-                    f"({result.details['seconds']:.0f} s{', cached' if cached else ''})")
+                harness.log(f"stand-alone {name} seed {seed}: top-1 {result.top1:.4f} "
+                            f"({result.details['seconds']:.0f} s{', cached' if cached else ''})")
     standalone_wall = time.perf_counter() - t0
     if args.phase == "reference":
         return 0
@@ -204,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                              train_cfg, checkpoint_dir=args.work / checkpoint_name,
                              loaders=loaders)
     supernet_wall_this_call = time.perf_counter() - t0
-    log(f"supernet: {trained.steps} steps, {trained.seconds:.0f} s training in all")
+    harness.log(f"supernet: {trained.steps} steps, {trained.seconds:.0f} s training in all")
     if args.phase == "supernet":
         return 0
 
@@ -229,13 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             "supernet_top1": scores[0].top1, "supernet_val_loss": scores[0].details["val_loss"],
             "score_seconds_median": statistics.median(seconds), "arch": to_string(spec),
         })
-        log(f"supernet score {name}: top-1 {scores[0].top1:.4f} "
-            f"(stand-alone {reference:.4f}; {statistics.median(seconds):.2f} s)")
+        harness.log(f"supernet score {name}: top-1 {scores[0].top1:.4f} "
+                    f"(stand-alone {reference:.4f}; {statistics.median(seconds):.2f} s)")
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out / "results.csv", index=False)
     summarise(frame, args, data_cfg, proxy_cfg, train_cfg, trained, {
         "load_average_at_start": load_start,
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_end": harness.load_average(),
         "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
         "standalone_wall_seconds_this_invocation": round(standalone_wall, 1),
         "supernet_wall_seconds_this_invocation": round(supernet_wall_this_call, 1),
@@ -312,11 +295,10 @@ def summarise(frame: pd.DataFrame, args: argparse.Namespace, data_cfg: DataConfi
             "val_images": len(make_loaders(data_cfg).val.dataset), "threads": args.threads,
             "spec_pool": args.pool, "spec_seed": args.seed,
         },
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "torch": str(torch.__version__)},
+        "machine": harness.machine(),
         "supernet_history": trained.history,
     }
-    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    harness.write_yaml(args.out / "summary.yaml", summary)
 
     r, t = summary["ranking"], summary["timing"]
     lines = [
@@ -324,7 +306,7 @@ def summarise(frame: pd.DataFrame, args: argparse.Namespace, data_cfg: DataConfi
         f"Space `{args.space}`, {r['specs']} specs (smallest, largest, canonical, and random specs at "
         f"evenly spaced parameter-count quantiles of {args.pool} samples). Resolution "
         f"{data_cfg.resolution} (32x32 images resized), batch {data_cfg.batch_size}, "
-        f"{args.threads} torch thread(s), CPU ({os.cpu_count()} cores, shared).", "",
+        f"{args.threads} torch thread(s), CPU ({summary['machine']['cpus']} cores, shared).", "",
         f"* Stand-alone reference: mean top-1 over seeds {seed_columns_text(frame)}, each "
         f"{proxy_cfg.epochs} epochs, {proxy_cfg.optimizer} lr {proxy_cfg.lr}, {proxy_cfg.schedule} "
         f"(warm-up {proxy_cfg.warmup_epochs} epochs), label smoothing {proxy_cfg.label_smoothing}, "
@@ -362,7 +344,7 @@ def summarise(frame: pd.DataFrame, args: argparse.Namespace, data_cfg: DataConfi
     for row in frame.sort_values("standalone_top1", ascending=False).itertuples():
         lines.append(f"| {row.spec} | {row.params / 1e6:.2f}M | {row.standalone_top1:.4f} | "
                      f"{row.supernet_top1:.4f} | {row.score_seconds_median:.2f} |")
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    harness.write_lines(args.out / "summary.md", lines)
     _plot(frame, float(tau), args.out / "scatter.png")
     return summary
 
@@ -407,11 +389,7 @@ def seed_columns_text(frame: pd.DataFrame) -> str:
 
 
 def _plot(frame: pd.DataFrame, tau: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     points = ax.scatter(frame["supernet_top1"], frame["standalone_top1"], c=frame["params"] / 1e6,
                         cmap="viridis")

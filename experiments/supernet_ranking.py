@@ -11,7 +11,7 @@ benchmark) and the seconds each score took.
 images (``scoring_sweep.csv``): the ranking each scoring budget buys and what it costs, the
 figure that sets the search's ``evaluator.bn_batches`` and ``data.val_samples``.
 
-    python experiments/supernet_ranking.py --checkpoint outputs/supernet/<run>/supernet.pt \
+    python -m experiments.supernet_ranking --checkpoint outputs/supernet/<run>/supernet.pt \
         --out experiments/results/supernet_cifar10
 """
 
@@ -20,28 +20,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
+import yaml
+from scipy.stats import kendalltau, spearmanr
 
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from scipy.stats import kendalltau, spearmanr  # noqa: E402
+from experiments import harness
+from nas.arch.codecs import from_string
+from nas.supernet.evaluator import SupernetEvaluator
+from nas.supernet.train import load_supernet
+from nas.training.checkpoint import steps_done
+from nas.training.protocols import load_protocol
 
-BENCHMARK = REPO / "experiments" / "results" / "repeatability"
+BENCHMARK = harness.RESULTS / "repeatability"
 
 
 def rank(supernet: Any, data: Any, mean: pd.DataFrame, bn_batches: int) -> pd.DataFrame:
     """Score every benchmark network once: its supernet top-1 and the seconds it took."""
-    from nas.arch.codecs import from_string
-    from nas.supernet.evaluator import SupernetEvaluator
-
     evaluator = SupernetEvaluator(supernet, data, bn_batches=bn_batches, device="cpu")
     # Decode and cache the batches first, so no candidate's time includes them.
     list(evaluator.calibration_batches())
@@ -80,12 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also score on each of these val subset sizes (0: all of val)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    import torch
-
-    from nas.supernet.train import load_supernet
-    from nas.training.protocols import load_protocol
-
-    torch.set_num_threads(1)
+    harness.start(args)
     runs = pd.read_csv(args.benchmark / "runs.csv")
     reference = runs[runs["protocol"] == "reference"]
     mean = reference.groupby(["spec", "arch"])["top1"].mean().reset_index()
@@ -99,27 +93,26 @@ def main(argv: list[str] | None = None) -> dict:
     benchmark = yaml.safe_load((args.benchmark / "summary.yaml").read_text())
     summary = {
         "checkpoint": str(args.checkpoint),
-        "supernet_steps": int(record["progress"]["step"]),
+        "supernet_steps": steps_done(record),
         "specs": len(frame),
         "reference_seeds": sorted(int(s) for s in reference["seed"].unique()),
         "bn_batches": args.bn_batches,
         "val_images": args.val_samples or "all",
         **agreement(frame),
         "reference_seed_to_seed_tau": benchmark["protocols"]["reference"]["seed_to_seed_tau_mean"],
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min": harness.load_1min(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "ranking.csv", index=False)
-    (args.out / "ranking.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    text = harness.write_yaml(args.out / "ranking.yaml", summary)
     print(frame.to_string(index=False))
-    print(yaml.safe_dump(summary, sort_keys=False))
+    print(text)
     if args.sweep_bn or args.sweep_val:
         sweep = []
         for bn, val in itertools.product(args.sweep_bn or [args.bn_batches],
                                          args.sweep_val or [args.val_samples or 0]):
             scored = rank(supernet, with_val(val), mean, bn)
             sweep.append({"bn_batches": bn, "val_images": val or "all", **agreement(scored),
-                          "load_average_1min": round(os.getloadavg()[0], 2)})
+                          "load_average_1min": harness.load_1min()})
             print(sweep[-1], flush=True)
         pd.DataFrame(sweep).to_csv(args.out / "scoring_sweep.csv", index=False)
     return summary

@@ -15,26 +15,29 @@ Throughput is steady-state training images per second (optimiser steps between s
 evaluation excluded). Writes ``runs.csv``, ``summary.yaml`` (medians, ratios to the baseline
 from the same rounds, load averages) and ``throughput.png`` into ``--out``.
 
-    python experiments/throughput_benchmark.py --rounds 3
+    python -m experiments.throughput_benchmark --rounds 3
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "cifar10"
-DEFAULT_OUT = REPO / "experiments" / "results" / "throughput"
+import pandas as pd
+
+from experiments import harness
+
+DEFAULT_DATA = harness.DATASETS / "cifar10"
+DEFAULT_OUT = harness.RESULTS / "throughput"
 # The last commit before the tensor-cached data and the one training loop.
 DEFAULT_BASELINE = "02425e0"
+# One run, in a process of its own that imports ``nas`` from the tree it times.
+WORKER = Path(__file__).resolve().with_name("throughput_worker.py")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"tree": "baseline"},
@@ -45,73 +48,35 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One timed training run in this process; prints a JSON line."""
-    sys.path.insert(0, str(args.src))
-    import torch
-
-    torch.set_num_threads(1)
-    from nas.arch.codecs import load_spec
-    from nas.training.data_config import DataConfig
-    from nas.training.train import train
-    from nas.training.train_config import TrainConfig
-
-    variant = VARIANTS[args.variant]
-    if variant["tree"] == "baseline":
-        data = DataConfig(name="imagefolder", root=str(args.data), resolution=48,
-                          batch_size=args.batch_size, train_samples=args.images, val_samples=500,
-                          augment="pad_crop")
-    else:
-        data = DataConfig(name="cifar10", root=str(args.data), resolution=48,
-                          batch_size=args.batch_size, train_samples=args.images, val_samples=500,
-                          augment="pad_crop")
-    cfg = TrainConfig.from_dict({"epochs": 1, "progress": False, "bn_recalibration_batches": 1,
-                                 "device": "cpu", **variant.get("train", {})})
-    stamps: list[float] = []
-    result = train(load_spec("small"), data, cfg, on_step=lambda step, _: stamps.append(time.perf_counter()))
-    timed = stamps[args.warmup_steps - 1:]
-    images = (len(timed) - 1) * args.batch_size
-    print(json.dumps({"variant": args.variant, "images_per_second": images / (timed[-1] - timed[0]),
-                      "steps": len(stamps), "loop_images_per_second": result.images_per_second,
-                      "load": os.getloadavg()[0]}))
-
-
 def ensure_baseline(ref: str, where: Path) -> Path:
     if not (where / "nas").is_dir():
         where.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), ref],
+        subprocess.run(["git", "-C", str(harness.REPO), "worktree", "add", "--detach", str(where), ref],
                        check=True, capture_output=True)
     return where
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.study_parser(__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    harness.add_common(parser, out=DEFAULT_OUT)
     parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=6400, help="training images per run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return 0
-
-    import pandas as pd
-    import yaml
-
-    baseline_tree = ensure_baseline(args.baseline_ref, REPO / "outputs" / "baseline_tree")
+    # The baseline's worktree only when a baseline variant runs.
+    baseline_tree = (ensure_baseline(args.baseline_ref, harness.OUTPUTS / "baseline_tree")
+                     if any(VARIANTS[name]["tree"] == "baseline" for name in args.variants) else None)
     rows = []
     for round_number in range(args.rounds):
         for name in args.variants:
-            src = baseline_tree if VARIANTS[name]["tree"] == "baseline" else REPO
-            command = [sys.executable, __file__, "--worker", "--variant", name, "--src", str(src),
+            tree = VARIANTS[name]["tree"]
+            src = baseline_tree if tree == "baseline" and baseline_tree is not None else harness.REPO
+            command = [sys.executable, str(WORKER), "--variant", name, "--tree", tree,
+                       "--train", json.dumps(VARIANTS[name].get("train", {})),
                        "--data", str(args.data), "--images", str(args.images),
                        "--batch-size", str(args.batch_size), "--warmup-steps", str(args.warmup_steps)]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(src)}
@@ -143,18 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     if "current" in by_round:
         ratios = by_round.div(by_round["current"], axis=0)
         summary["ratio_to_current_median"] = {k: round(float(v), 3) for k, v in ratios.median().items()}
-    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    text = harness.write_yaml(args.out / "summary.yaml", summary)
     _plot(frame, args.out / "throughput.png", summary["what"])
-    print(yaml.safe_dump(summary, sort_keys=False))
+    print(text)
     return 0
 
 
 def _plot(frame: Any, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     order = list(dict.fromkeys(frame["variant"]))
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, name in enumerate(order):

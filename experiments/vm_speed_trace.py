@@ -13,37 +13,31 @@ allowed) on three separately allocated copies of one network, called in turn, an
 Separate copies tell allocation effects (one copy steadily slower) from the machine's
 (all copies move together).
 
-    python experiments/vm_speed_trace.py --seconds 30 --out experiments/results/latency/vm_speed_trace
+    python -m experiments.vm_speed_trace --seconds 30 --out experiments/results/latency/vm_speed_trace
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from nas.arch.codecs import load_spec  # noqa: E402
-from nas.models.builder import build_model  # noqa: E402
+from experiments import harness
+from nas.arch.codecs import load_spec
+from nas.models.builder import build_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.study_parser(__doc__)
     parser.add_argument("--arch", default="large", help="canonical name or bneck YAML")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "latency"
-                        / "vm_speed_trace")
+    harness.add_common(parser, out=harness.RESULTS / "latency" / "vm_speed_trace")
     return parser.parse_args(argv)
 
 
@@ -67,14 +61,14 @@ def trace(models: list[torch.nn.Module], x: torch.Tensor, seconds: float) -> pd.
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
+    harness.start(args)
     spec = load_spec(args.arch).replace(resolution=args.resolution)
     models = []
     for _ in range(args.copies):
         torch.manual_seed(0)
         models.append(build_model(spec).eval())
     x = torch.randn(1, 3, args.resolution, args.resolution)
-    load_start = [round(v, 2) for v in os.getloadavg()]
+    load_start = harness.load_average()
     realtime = True
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
@@ -85,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if realtime:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    args.out.mkdir(parents=True, exist_ok=True)
     calls.round(4).to_csv(args.out / "calls.csv", index=False)
     calls["second"] = calls["t_s"].astype(int)
     per_second = calls.groupby("second")["ms"].agg(
@@ -105,21 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         "per_second_min_ms_range": [round(float(per_second["min"].min()), 3),
                                     round(float(per_second["min"].max()), 3)],
         "load_average_at_start": load_start,
-        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "load_average_at_end": harness.load_average(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (args.out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    text = harness.write_yaml(args.out / "summary.yaml", summary)
     _plot(calls, per_second, args.out / "trace.png", args.arch)
-    print(yaml.safe_dump(summary, sort_keys=False))
+    print(text)
     return 0
 
 
 def _plot(calls: pd.DataFrame, per_second: pd.DataFrame, path: Path, arch: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for copy, group in calls.groupby("copy"):
         ax.scatter(group["t_s"], group["ms"], s=3, alpha=0.5, label=f"copy {copy}")

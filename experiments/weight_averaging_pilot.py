@@ -25,14 +25,14 @@ variant the pooled seed std, the seed-to-seed Kendall tau, the tau against the r
 protocol's seed mean (``experiments/results/repeatability/networks.csv``) and the mean top-1
 gain over the plain weights::
 
-    python experiments/weight_averaging_pilot.py --protocol proxy --seeds 0 &
-    python experiments/weight_averaging_pilot.py --protocol proxy --seeds 1 &
-    wait; python experiments/weight_averaging_pilot.py --protocol proxy --summary-only
+    python -m experiments.weight_averaging_pilot --protocol proxy --seeds 0 &
+    python -m experiments.weight_averaging_pilot --protocol proxy --seeds 1 &
+    wait; python -m experiments.weight_averaging_pilot --protocol proxy --summary-only
 
 ``--epochs`` lengthens a protocol (labelled ``<protocol>-e<epochs>``: its own runs and
 summary), e.g. whether the reference's seed noise shrinks at twice its schedule::
 
-    python experiments/weight_averaging_pilot.py --protocol reference --epochs 40 --only smallest
+    python -m experiments.weight_averaging_pilot --protocol reference --epochs 40 --only smallest
 """
 
 from __future__ import annotations
@@ -41,42 +41,34 @@ import argparse
 import copy
 import dataclasses
 import itertools
-import json
-import platform
 import shutil
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
+from experiments import harness
+from experiments.repeatability_benchmark import add_run_arguments, finished_runs, run_then_summarise
+from experiments.repeatability_stats import mean_of, pooled_std, tau
+from experiments.supernet_benchmark import params_of, pick_specs
+from nas.arch.codecs import to_string
+from nas.arch.space import load_space
+from nas.models.bn import recalibrate_bn
+from nas.models.builder import build_model
+from nas.training.checkpoint import save_atomic
+from nas.training.data import make_loaders
+from nas.training.loop import epoch_batches
+from nas.training.protocols import Protocol, load_protocol, with_fields
+from nas.training.scoring import decode_correct, encode_correct, predict
+from nas.training.train import checkpoint_steps, train
 
-from nas.arch.codecs import to_string  # noqa: E402
-from nas.cost.sampling import cpu_model  # noqa: E402
-from nas.models.bn import recalibrate_bn  # noqa: E402
-from nas.models.builder import build_model  # noqa: E402
-from nas.arch.space import load_space  # noqa: E402
-from nas.training.data import make_loaders  # noqa: E402
-from nas.training.loop import epoch_batches  # noqa: E402
-from nas.training.protocols import Protocol, load_protocol, with_fields  # noqa: E402
-from nas.training.checkpoint import read_checkpoint, save_atomic  # noqa: E402
-from nas.training.scoring import decode_correct, encode_correct, predict  # noqa: E402
-from nas.training.train import CHECKPOINT_FORMAT, CHECKPOINT_NAME, train  # noqa: E402
-from repeatability_benchmark import add_run_arguments, log, read_rows, run_then_summarise  # noqa: E402
-from repeatability_stats import mean_of, pooled_std, tau  # noqa: E402
-from supernet_benchmark import params_of, pick_specs  # noqa: E402
-
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10"
-DEFAULT_OUT = REPO / "experiments" / "results" / "weight_averaging"
-DEFAULT_WORK = REPO / "outputs" / "weight_averaging_pilot"
-REFERENCE_NETWORKS = REPO / "experiments" / "results" / "repeatability" / "networks.csv"
+DEFAULT_ROOT = harness.DATASETS / "cifar10"
+DEFAULT_OUT = harness.RESULTS / "weight_averaging"
+DEFAULT_WORK = harness.OUTPUTS / "weight_averaging_pilot"
+REFERENCE_NETWORKS = harness.RESULTS / "repeatability" / "networks.csv"
 
 EMA_FRACTIONS = {"ema_f05": 0.05, "ema_f15": 0.15, "ema_f30": 0.30}
 SWA_LAST = {"swa_last25": 0.25}
@@ -105,11 +97,12 @@ class ResumableAverages:
         for name in SWA_LAST:
             self.copies[name] = AveragedModel(model)  # equal average (the SWA default)
 
-    def resume(self, run_checkpoint: Path) -> bool:
-        """Load the saved averages when they match ``run_checkpoint``'s step; else False."""
-        if not run_checkpoint.is_file() or not self.file.is_file():
+    def resume(self, run_folder: Path) -> bool:
+        """Load the saved averages when they match the step of the run's checkpoint in
+        ``run_folder``; else False."""
+        step = checkpoint_steps(run_folder)
+        if step is None or not self.file.is_file():
             return False
-        step = read_checkpoint(run_checkpoint, CHECKPOINT_FORMAT)["progress"]["step"]
         saved = torch.load(self.file, map_location="cpu", weights_only=True)
         if saved["step"] != step:
             return False
@@ -143,11 +136,11 @@ def pilot_protocol(args: argparse.Namespace) -> tuple[str, Protocol]:
 
 
 def run_all(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    harness.set_threads(args.threads)
     label, protocol = pilot_protocol(args)
     key = protocol.key()
     specs = pick_specs(load_space("mobilenetv3_small"), args.specs, args.pool, args.spec_seed)
-    done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in read_rows(args.runs)}
+    done = {(r["protocol"], r["settings_key"], r["arch"], r["seed"]) for r in finished_runs(args.runs)}
     for seed in args.seeds:
         loaders = make_loaders(protocol.data, seed=seed)
         cfg = with_fields(protocol, train={"seed": seed}).train
@@ -156,16 +149,16 @@ def run_all(args: argparse.Namespace) -> None:
             arch = to_string(spec)
             if (label, key, arch, seed) in done or (args.only and spec_name not in args.only):
                 continue
-            log(f"{label} {spec_name} seed {seed}: training with {len(VARIANTS) - 1} averages")
+            harness.log(f"{label} {spec_name} seed {seed}: training with {len(VARIANTS) - 1} averages")
             torch.manual_seed(seed)  # the initialisation train() would draw for the spec
             model = build_model(spec, num_classes=loaders.num_classes)
             model.to(memory_format=torch.channels_last)
             folder = args.work / f"{label}-{spec_name}-seed{seed}"
             averages = ResumableAverages(model, total_steps, folder, args.checkpoint_every,
                                          len(loaders.train))
-            if folder.exists() and not averages.resume(folder / CHECKPOINT_NAME):
-                log(f"{label} {spec_name} seed {seed}: checkpoint and averages disagree; "
-                    "starting this run over")
+            if folder.exists() and not averages.resume(folder):
+                harness.log(f"{label} {spec_name} seed {seed}: checkpoint and averages disagree; "
+                            "starting this run over")
                 shutil.rmtree(folder)
             run_cfg = dataclasses.replace(cfg, checkpoint_dir=str(folder), checkpoint_every=args.checkpoint_every)
             result = train(model, protocol.data, run_cfg, loaders=loaders, on_step=averages.on_step,
@@ -173,8 +166,7 @@ def run_all(args: argparse.Namespace) -> None:
             row: dict[str, Any] = {
                 "protocol": label, "settings_key": key, "spec": spec_name, "arch": arch,
                 "seed": seed, "params": params_of(spec, 10), "seconds": result.seconds,
-                "host": platform.node(), "cpu": cpu_model(),
-                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                **harness.host_facts(), "finished_at": harness.now(),
             }
             last_epoch = (total_steps - 1) // len(loaders.train)
             candidates = {"plain": result.model}
@@ -190,10 +182,9 @@ def run_all(args: argparse.Namespace) -> None:
             row["val_images"] = len(scored.target)
             if row["plain"] != result.top1:  # the same weights and images: anything else is a bug
                 raise RuntimeError(f"re-scoring gave top-1 {row['plain']} against the run's {result.top1}")
-            args.runs.mkdir(parents=True, exist_ok=True)
-            with open(args.runs / f"runs-{label}-seed{seed}.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            log(f"{label} {spec_name} seed {seed}: " + ", ".join(
+            harness.append_row(args.runs / f"runs-{label}-seed{seed}.jsonl", row,
+                               what="the weight-averaging pilot's finished runs")
+            harness.log(f"{label} {spec_name} seed {seed}: " + ", ".join(
                 f"{v} {row[v]:.4f}" for v in VARIANTS) + f" ({result.seconds:.0f} s)")
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -213,7 +204,7 @@ def flipping_images(runs: pd.DataFrame, variant: str) -> float | None:
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
     label, protocol = pilot_protocol(args)
     key = protocol.key()
-    rows = [r for r in read_rows(args.runs) if r["protocol"] == label and r["settings_key"] == key]
+    rows = [r for r in finished_runs(args.runs) if r["protocol"] == label and r["settings_key"] == key]
     if not rows:
         raise SystemExit(f"weight_averaging_pilot: no finished {label} runs (settings {key}) in {args.runs}")
     runs = pd.DataFrame(rows).drop_duplicates(["arch", "seed"], keep="last")
@@ -222,8 +213,8 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "protocol": label, "settings": protocol.settings(), "runs": len(runs),
         "seeds": sorted(int(s) for s in runs.seed.unique()),
-        "specs": int(runs.spec.nunique()), "host": platform.node(), "cpu": cpu_model(),
-        "reference": str(REFERENCE_NETWORKS.relative_to(REPO)), "variants": {},
+        "specs": int(runs.spec.nunique()), **harness.host_facts(),
+        "reference": harness.in_checkout(REFERENCE_NETWORKS), "variants": {},
     }
     for variant in VARIANTS:
         table = runs.pivot_table(index="spec", columns="seed", values=variant)
@@ -243,7 +234,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     runs.sort_values(["spec", "seed"]).drop(columns=[f"{v}_correct" for v in VARIANTS]).to_csv(
         args.out / f"runs-{label}.csv", index=False)
-    (args.out / f"summary-{label}.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    harness.write_yaml(args.out / f"summary-{label}.yaml", summary)
     lines = [f"# Weight averaging on the `{label}` protocol ({len(runs)} runs, seeds "
              f"{summary['seeds']}, {summary['specs']} specs)", "",
              "| weights | pooled seed std (pts, 90% interval) | seed-to-seed tau | tau vs reference "
@@ -256,19 +247,18 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                      f"{e['tau_vs_reference_mean_per_seed_mean']} | {e['tau_seed_mean_vs_reference_mean']} | "
                      f"{e['val_images_flipping_between_seeds_median']} | {e['top1_mean']} | "
                      f"{e['gain_over_plain_points']} |")
-    (args.out / f"summary-{label}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    log(f"summary written to {args.out}")
+    harness.write_lines(args.out / f"summary-{label}.md", lines)
+    harness.log(f"summary written to {args.out}")
     return summary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.study_parser(__doc__)
     parser.add_argument("--protocol", default="proxy", help="a nas/conf/protocol name")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the CIFAR-10 folder")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    harness.add_common(parser, out=DEFAULT_OUT, work=DEFAULT_WORK,
+                       help={"work": "checkpoints of runs in progress"})
     parser.add_argument("--runs", type=Path, default=DEFAULT_OUT / "runs")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoints of runs in progress")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     add_run_arguments(parser)
     return parser.parse_args(argv)

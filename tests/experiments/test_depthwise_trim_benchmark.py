@@ -1,21 +1,17 @@
-"""Smoke test of experiments/depthwise_trim_benchmark.py: both arms run and agree."""
+"""Smoke test of ``python -m experiments.depthwise_trim_benchmark``: both arms run and agree."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
-
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "depthwise_trim_benchmark.py"
+from conftest import run_study
 
 
 def test_benchmark_times_both_arms_of_the_same_network(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--rounds", "2",
-                             "--steps", "1", "--batch-sizes", "4"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_study("depthwise_trim_benchmark", "--out", str(tmp_path), "--rounds", "2",
+                       "--steps", "1", "--batch-sizes", "4", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = yaml.safe_load((tmp_path / "summary.yaml").read_text())
     assert [r["spec"] for r in summary["results"]] == ["smallest", "canonical", "largest", "supernet_largest"]

@@ -4,19 +4,16 @@ emitted bneck YAMLs, a study nas-ablate accepts, canonical's reference runs impo
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from experiments import front_vs_canonical
 from nas.ablate.results import Results, protocol_key, trained_arch
 from nas.ablate.study import study_from_dict
 from nas.arch.codecs import load_spec, to_string
 from nas.arch.space import load_space
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-import front_vs_canonical  # noqa: E402
 
 
 def _fronts(tmp_path: Path) -> Path:

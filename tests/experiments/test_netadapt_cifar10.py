@@ -4,19 +4,16 @@ repeats nothing."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from experiments import netadapt_cifar10
 from nas.arch.codecs import load_spec
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-import netadapt_cifar10  # noqa: E402
 
 DATA = {"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples": 96,
         "val_samples": 32, "batch_size": 16, "seed": 0}

@@ -1,16 +1,12 @@
-"""Smoke test of experiments/repeatability_benchmark.py on a tiny generated folder."""
+"""Smoke test of ``python -m experiments.repeatability_benchmark`` on a tiny generated folder."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from conftest import write_image_folder
-
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "repeatability_benchmark.py"
+from conftest import jsonl_rows, run_study, study_folders, write_image_folder
 
 
 def _folder(root: Path) -> Path:
@@ -19,22 +15,16 @@ def _folder(root: Path) -> Path:
 
 def test_benchmark_runs_resumes_and_summarises(tmp_path: Path) -> None:
     root = _folder(tmp_path / "data")
-    args = [sys.executable, str(SCRIPT), "--root", str(root), "--runs", str(tmp_path / "runs"),
-            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--specs", "4",
-            "--pool", "8", "--protocols", "reference", "proxy", "--seeds", "0", "1",
-            "--train-per-class", "4", "--epochs", "1"]
-    env_cache = {"NAS_CACHE_DIR": str(tmp_path / "cache")}
-    import os
-
-    env = {**os.environ, **env_cache}
-    first = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    args = ["--root", str(root), *study_folders(tmp_path), "--specs", "4", "--pool", "8",
+            "--protocols", "reference", "proxy", "--seeds", "0", "1", "--train-per-class", "4", "--epochs", "1"]
+    env = {"NAS_CACHE_DIR": str(tmp_path / "cache")}
+    first = run_study("repeatability_benchmark", *args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    rows = [json.loads(line) for f in sorted((tmp_path / "runs").glob("*.jsonl"))
-            for line in f.read_text().splitlines()]
+    rows = jsonl_rows(tmp_path / "runs")
     assert len(rows) == 4 * 2 * 2  # specs x protocols x seeds
     weights = sorted((tmp_path / "work" / "weights").glob("*.pth"))
     assert len(weights) == len(rows) and (tmp_path / "work" / "weights" / "reference-canonical-seed1.pth") in weights
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    again = run_study("repeatability_benchmark", *args, env=env)
     assert again.returncode == 0 and "training" not in again.stdout  # all cached: nothing retrained
     summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
     reference = summary["protocols"]["reference"]
@@ -53,10 +43,9 @@ def test_benchmark_runs_resumes_and_summarises(tmp_path: Path) -> None:
     old = [json.loads(line) for line in reference_file.read_text().splitlines()]
     stripped = [{k: v for k, v in r.items() if k not in ("val_correct", "top1_flip")} for r in old]
     reference_file.write_text("".join(json.dumps(r) + "\n" for r in stripped))
-    plain = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    plain = run_study("repeatability_benchmark", *args, env=env)
     assert plain.returncode == 0 and "training" not in plain.stdout
-    rescored = subprocess.run(args + ["--rescore", "--only", "canonical"], capture_output=True,
-                              text=True, timeout=600, env=env)
+    rescored = run_study("repeatability_benchmark", *args, "--rescore", "--only", "canonical", env=env)
     assert rescored.returncode == 0, rescored.stderr[-3000:]
     assert rescored.stdout.count("training") == 1 and "repeat of a recorded run: top-1 identical" in rescored.stdout
     repeat = json.loads(reference_file.read_text().splitlines()[-1])

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from experiments import search_benchmark
+from nas.arch.space import load_space
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
-from nas.arch.space import load_space
 from nas.supernet.train import SupernetTrainConfig, checkpoint_file, new_supernet, train_supernet
 from nas.training.data_config import DataConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-import search_benchmark  # noqa: E402
 
 SPACE_FILE = Path(__file__).resolve().parents[1] / "data" / "spaces" / "space" / "tiny.yaml"
 DATA = {"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples": 64,

@@ -6,25 +6,14 @@ The real run (16 epochs, minutes to hours) is the benchmark; this checks that it
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "supernet_benchmark.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("supernet_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiments import supernet_benchmark as benchmark
 
 
 def test_benchmark_runs_resumes_and_summarises(tmp_path, cifar_subset, capsys):
-    benchmark = load_benchmark()
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--root", str(cifar_subset), "--out", str(out), "--work", str(work),
             "--specs", "10", "--pool", "20", "--resolution", "32",

@@ -4,20 +4,17 @@ benchmark folder, the figures written."""
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from experiments import supernet_ranking
 from nas.arch.codecs import to_string
 from nas.arch.space import load_space
 from nas.supernet.train import SupernetTrainConfig, checkpoint_file, new_supernet, train_supernet
 from nas.training.data_config import DataConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-import supernet_ranking  # noqa: E402
 
 SPACE_FILE = Path(__file__).resolve().parents[1] / "data" / "spaces" / "space" / "tiny.yaml"
 DATA = {"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples": 64,

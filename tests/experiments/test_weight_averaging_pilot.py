@@ -1,33 +1,27 @@
-"""Smoke test of experiments/weight_averaging_pilot.py on a tiny generated folder."""
+"""Smoke test of ``python -m experiments.weight_averaging_pilot`` on a tiny generated folder."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from conftest import write_image_folder
+from conftest import jsonl_rows, run_study, study_folders, write_image_folder
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "weight_averaging_pilot.py"
+from experiments import weight_averaging_pilot as pilot
 
 
 def test_pilot_scores_every_average_caches_runs_and_summarises(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "data", {"train": 6, "val": 3}, classes=10, size=32)
-    args = [sys.executable, str(SCRIPT), "--root", str(root), "--runs", str(tmp_path / "runs"),
-            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--specs", "3", "--pool", "8", "--seeds", "0", "1",
+    args = ["--root", str(root), *study_folders(tmp_path), "--specs", "3", "--pool", "8", "--seeds", "0", "1",
             "--train-per-class", "4", "--epochs", "2"]
-    env = {**os.environ, "NAS_CACHE_DIR": str(tmp_path / "cache")}
-    first = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    first = run_study("weight_averaging_pilot", *args, env={"NAS_CACHE_DIR": str(tmp_path / "cache")})
     assert first.returncode == 0, first.stderr[-3000:]
-    rows = [json.loads(line) for f in sorted((tmp_path / "runs").glob("*.jsonl"))
-            for line in f.read_text().splitlines()]
+    rows = jsonl_rows(tmp_path / "runs")
     assert len(rows) == 3 * 2  # specs x seeds
     variants = ["plain", "ema_f05", "ema_f15", "ema_f30", "swa_last25"]
     assert all(0.0 <= row[v] <= 1.0 for row in rows for v in variants)
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    again = run_study("weight_averaging_pilot", *args, env={"NAS_CACHE_DIR": str(tmp_path / "cache")})
     assert again.returncode == 0 and "training" not in again.stdout  # all cached: nothing retrained
     summary = yaml.safe_load((tmp_path / "out" / "summary-proxy-e2-c4.yaml").read_text())
     assert summary["runs"] == 6 and list(summary["variants"]) == variants
@@ -39,13 +33,9 @@ def test_pilot_scores_every_average_caches_runs_and_summarises(tmp_path: Path) -
 
 def test_a_run_resumed_mid_way_scores_as_the_uninterrupted_run(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """The run's checkpoint and its averages resume together: every figure bit-identical."""
-    import importlib
-
     import torch
 
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
-    pilot = importlib.import_module("weight_averaging_pilot")
     root = write_image_folder(tmp_path / "data", {"train": 8, "val": 3}, classes=10, size=32)
     common = ["--root", str(root), "--out", str(tmp_path / "out"), "--specs", "3", "--pool", "8",
               "--seeds", "0", "--train-per-class", "8", "--epochs", "20", "--only", "smallest",
