@@ -30,6 +30,10 @@ _PUBLIC = {
     "SearchSpace": "nas.arch.space",
     "run_search": "nas.api",
     "run_netadapt": "nas.api",
+    "search_config": "nas.api",
+    "SearchConfig": "nas.search.config",
+    "SearchRun": "nas.search.pipeline",
+    "LatencyPolicy": "nas.cost.policy",
 }
 
 __all__ = ["__version__", *_PUBLIC]

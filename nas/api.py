@@ -33,18 +33,24 @@ def compose_config(config_name: str, overrides: Sequence[str] = ()) -> dict[str,
     return plain
 
 
-def search_config(*, overrides: Sequence[str] = (), **settings: Any) -> SearchConfig:
-    """The search's configuration: the defaults, ``overrides``, then ``settings`` (top-level
-    fields of :class:`~nas.search.config.SearchConfig`; a mapping for ``latency``, ``data`` or
-    ``evaluator`` is merged into that section)."""
-    from nas.search.config import SearchConfig
-
-    plain = compose_config("search", overrides)
+def _with_settings(plain: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """``plain`` with top-level ``settings``; a mapping is merged into that section."""
     for name, value in settings.items():
         if isinstance(value, dict) and isinstance(plain.get(name), dict):
             value = {**plain[name], **value}
+        elif hasattr(value, "to_dict") and isinstance(plain.get(name), dict):
+            value = value.to_dict()  # a config object (e.g. a LatencyPolicy) for a section
         plain[name] = value
-    return SearchConfig.from_dict(plain)
+    return plain
+
+
+def search_config(*, overrides: Sequence[str] = (), **settings: Any) -> SearchConfig:
+    """The search's configuration: the defaults, ``overrides``, then ``settings`` (top-level
+    fields of :class:`~nas.search.config.SearchConfig`; a mapping or config object for
+    ``latency``, ``data`` or ``evaluator`` is merged into that section)."""
+    from nas.search.config import SearchConfig
+
+    return SearchConfig.from_dict(_with_settings(compose_config("search", overrides), settings))
 
 
 def run_search(run_dir: str | Path, config: SearchConfig | None = None, *,
@@ -59,8 +65,11 @@ def run_search(run_dir: str | Path, config: SearchConfig | None = None, *,
     return SearchRun(config, Path(run_dir)).run()
 
 
-def run_netadapt(run_dir: str | Path, *, overrides: Sequence[str] = ()) -> NetAdaptResult:
-    """Run (or with ``resume=true`` continue) a NetAdapt refinement in ``run_dir``."""
+def run_netadapt(run_dir: str | Path, *, overrides: Sequence[str] = (), **settings: Any) -> NetAdaptResult:
+    """Run (or with ``resume=True`` continue) a NetAdapt refinement in ``run_dir``: the
+    defaults of ``nas/conf/netadapt.yaml``, ``overrides``, then ``settings`` (``arch="small"``,
+    ``target_fraction=0.8``, ``latency=LatencyPolicy(...)`` or a mapping per section)."""
     from nas.netadapt.pipeline import run_netadapt_config
 
-    return run_netadapt_config(compose_config("netadapt", overrides), Path(run_dir))
+    return run_netadapt_config(_with_settings(compose_config("netadapt", overrides), settings),
+                               Path(run_dir))
