@@ -28,6 +28,7 @@ from nas.cost.backends import (
     BackendError,
     BackendUnavailableError,
     ConversionError,
+    baseline_module,
     get_backend,
     measure,
     measure_baseline,
@@ -174,10 +175,16 @@ def test_samplers_time_through_the_harness(name, converted):
     assert medians["small"] > medians["block"], medians
 
 
+def test_empty_model_has_the_units_input_and_output_shapes():
+    empty = baseline_module((3, 8, 8), (10,))
+    assert empty(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert baseline_module(BLOCK_SHAPE)(torch.randn(1, *BLOCK_SHAPE)).shape == (1, *BLOCK_SHAPE)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_empty_model_baseline_is_below_a_block(name, converted):
     block = run_samples(get_backend(name).sampler(converted(name, "block"), BLOCK_SHAPE), **FAST)
-    empty = measure_baseline(name, BLOCK_SHAPE, settings=FAST)
+    empty = measure_baseline(name, BLOCK_SHAPE, output_shape=(40, 14, 14), settings=FAST)
     assert 0 < empty.median_ms < block["median_ms"]
 
 

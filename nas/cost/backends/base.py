@@ -297,26 +297,28 @@ def reason_line(err: BaseException, limit: int = 300) -> str:
     return type(err).__name__
 
 
-def baseline_module(input_shape: Sequence[int]):
-    """The empty model of a backend: one broadcast add of a per-channel constant.
+def baseline_module(input_shape: Sequence[int], output_shape: Sequence[int] | None = None):
+    """The empty model of a backend: a unit's input and output shapes, next to no work.
 
-    Same input and output shape as a unit's input, so timing it gives the per-call cost of
-    the runtime's Python API (binding, input copy, output fetch) for that shape; an identity
-    would be folded away by the converters. The add itself costs a few microseconds.
+    It reads the first element of its input and adds it to a constant of ``output_shape``
+    (default: the input's; both without the batch dimension). Timing it gives the per-call
+    cost of a runtime's Python API for those shapes (binding, input copy, dispatch, output
+    fetch) with a few microseconds of kernel; an identity would be folded away by the
+    converters.
     """
     import torch
     from torch import nn
 
-    channels = int(input_shape[0]) if len(input_shape) else 1
-    trailing = (1,) * max(0, len(input_shape) - 1)
+    out = tuple(int(s) for s in (input_shape if output_shape is None else output_shape))
 
     class EmptyModel(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             generator = torch.Generator().manual_seed(1)
-            self.bias = nn.Parameter(torch.rand((1, channels, *trailing), generator=generator) + 0.5)
+            self.bias = nn.Parameter(torch.rand((1, *out), generator=generator) + 0.5)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.bias
+            first = x.flatten(1)[:, :1]
+            return first.reshape(x.shape[0], *(1,) * len(out)) + self.bias
 
     return EmptyModel().eval()
