@@ -26,7 +26,7 @@ from nas.errors import NASError
 
 #: Keys of a variant mapping (``name`` comes from the mapping's key).
 VARIANT_KEYS = ("base", "activation", "hswish_from", "soft", "se", "set", "blocks", "paper")
-#: Figures a variant may carry from the paper (README's side-by-side table).
+#: Figures a variant may carry from the paper (the side-by-side table of docs/results/ablations.md).
 PAPER_KEYS = ("top1", "ms", "ms_unfused", "madds_m", "params_m", "madds_delta_m", "ms_delta")
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkSpec) if f.name not in ("blocks", "name"))
 _BLOCK_FIELDS = ("kernel", "expansion", "out", "se", "activation", "stride", "dilation")

@@ -77,14 +77,14 @@ def test_madds_deltas_match_the_papers_where_its_figure_holds():
     assert delta == pytest.approx(10, rel=0.05)  # paper: 10M saved by the 16-filter stem
     # The original last stage (paper Fig. 5, top) costs 34.3M more: exactly what the figure's
     # layers add up to at 7x7 (expand 7.5M + depthwise 0.4M + project 15.1M + 1x1 20.1M, less
-    # the efficient stage's pooled 1x1 1.2M); the paper's text rounds it to 30M (README).
+    # the efficient stage's pooled 1x1 1.2M); the paper's text rounds it to 30M (docs/results/ablations.md).
     last = _study("last_stage")
     delta = _madds_params(last, "original")[0] - _madds_params(last, "efficient")[0]
     assert delta == pytest.approx(34.32, abs=0.05)
 
 
-# Rows whose paper figure our networks do not reproduce, with what they give instead (README,
-# "Ablations", says why): the paper's two x1.25 rows need different head conventions, and
+# Rows whose paper figure our networks do not reproduce, with what they give instead (docs/results/ablations.md
+# says why): the paper's two x1.25 rows need different head conventions, and
 # Small x0.35's 12M MAdds is not what TF-slim's rules give.
 NOT_REPRODUCED = {("multipliers_large", "x1.25", "params_m"): 8.256,
                   ("multipliers_small", "x1.25_finegrain", "params_m"): 3.205,
