@@ -83,7 +83,7 @@ def study_document(names: list[str], out: Path, seeds: list[int], rounds: int) -
         variants[name] = {"base": harness.in_checkout(path)}
     return {
         "name": STUDY,
-        "notes": "Issue 15: the search benchmark's found networks against canonical Small, "
+        "notes": "The search benchmark's found networks against canonical Small, "
                  "trained from scratch with the reference protocol (experiments/front_vs_canonical.py)",
         "base": "small",
         "baseline": "canonical_small",

@@ -5,7 +5,7 @@
    seeded pool.
 2. Train each stand-alone as the reference ranking: the search's proxy data and optimiser
    (``nas/conf/data/cifar10_subset.yaml``, ``nas/conf/evaluator/proxy.yaml``) at 48 px for
-   6 epochs (issue 4's benchmark: the most repeatable proxy setting), over two seeds, through
+   6 epochs (the proxy benchmark's most repeatable setting), over two seeds, through
    :class:`nas.training.proxy.ProxyTrainingEvaluator`; results are cached in JSON-lines files, so an
    interrupted benchmark resumes.
 3. Train one supernet with the sandwich rule, with in-place distillation or (``--no-distill``)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The proxy data and optimiser of every search (the shipped configs), at the benchmark's
     # resolution; the reference trains longer than a search's 2-epoch proxy, because 2 epochs
-    # rank this space's largest network last (issue 4's benchmark: seeds then agree at tau
+    # rank this space's largest network last (the proxy benchmark: seeds then agree at tau
     # 0.54 or less), and the supernet must be judged against a ranking that is itself
     # repeatable.
     data_doc = yaml.safe_load((CONF / "data" / "cifar10_subset.yaml").read_text())
