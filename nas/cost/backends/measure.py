@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.cost.backends.base import Artifact, BackendConfig, LatencyBackend, baseline_module
+from nas.cost.backends.base import (
+    Artifact,
+    BackendConfig,
+    LatencyBackend,
+    baseline_module,
+)
 from nas.cost.harness import Timing
 from nas.cost.sampling import run_samples
 

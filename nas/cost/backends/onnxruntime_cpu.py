@@ -27,8 +27,11 @@ class OnnxRuntimeBackend(LatencyBackend):
     def version(self) -> str:
         return self.require("onnxruntime").__version__
 
-    def runtime_info(self) -> dict[str, Any]:
-        return {"graph_optimization_level": "all", "inter_op_threads": 1}
+    def runtime_settings(self, cfg: BackendConfig) -> dict[str, Any]:
+        from nas.cost import ort_runner
+
+        # The off-host runner's record of a session, so both say the same things.
+        return {**ort_runner.ort_provenance(cfg.threads, "all"), "inter_op_threads": 1}
 
     def _export(self, module: Any, example: Any, path: Path, unit: str) -> Artifact:
         from nas.cost.timing import export_for_ort

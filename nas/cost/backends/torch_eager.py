@@ -37,8 +37,12 @@ class TorchBackend(LatencyBackend):
     def runtime_info(self) -> dict[str, Any]:
         import torch
 
-        # Which CPU kernels eager convolutions use (oneDNN when built with it).
-        return {"mkldnn": bool(torch.backends.mkldnn.is_available())}
+        from nas.cost.harness import steady_allocator
+
+        # Which CPU kernels eager convolutions use (oneDNN when built with it), and whether
+        # the harness's steady allocator is in force (it is applied by the first sample).
+        return {"mkldnn": bool(torch.backends.mkldnn.is_available()),
+                "steady_allocator_active": steady_allocator()}
 
     def _export(self, module: Any, example: Any, path: Path, unit: str) -> Artifact:
         artifact = self.make_artifact(unit, None, example)
