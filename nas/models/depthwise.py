@@ -7,6 +7,7 @@ and its backward pass over those taps costs a noticeable share of a training ste
 CPU thread (the measurement is on the docs' training results page).
 Convolving with the taps that reach the input gives the same outputs and the same gradients
 (the skipped taps' gradients are zero either way), only sooner. Graph capture (``jit.trace``,
+``torch.export`` for LiteRT and ExecuTorch,
 ONNX export, fvcore's FLOP count) sees the whole kernel, so an exported model serves every
 input size and FLOPs count the kernel the spec declares. (A latency table measured through
 the builder at such small resolutions times the trimmed conv, as the network runs.)
@@ -54,7 +55,8 @@ def trimmed_depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: to
     first_h, last_h, outputs_h, left_h, right_h = _axis_plan(size_h, kernel_h, stride[0], padding[0])
     first_w, last_w, outputs_w, left_w, right_w = _axis_plan(size_w, kernel_w, stride[1], padding[1])
     if ((first_h, last_h, first_w, last_w) == (0, kernel_h - 1, 0, kernel_w - 1)
-            or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
+            or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_exporting() or torch.compiler.is_compiling()):
         return F.conv2d(input, weight, bias, stride, padding, 1, groups)
     trimmed = weight[:, :, first_h:last_h + 1, first_w:last_w + 1]
     if (left_h, left_w) == (right_h, right_w):

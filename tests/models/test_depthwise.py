@@ -68,3 +68,19 @@ def test_the_function_the_supernet_uses_matches_too():
     for stride in (1, 2):
         got = trimmed_depthwise_conv2d(x, weight, None, (stride, stride), (3, 3), 5)
         torch.testing.assert_close(got, F.conv2d(x, weight, None, stride, 3, 1, 5))
+
+
+def test_torch_export_captures_the_whole_kernel():
+    """LiteRT and ExecuTorch convert through torch.export: the exported graph must be the
+    plain convolution the spec declares (a trimmed one left convs out of XNNPACK)."""
+    import torch
+
+    from nas.models.depthwise import trimmed_depthwise_conv2d
+
+    class OnTinyMap(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return trimmed_depthwise_conv2d(x, torch.ones(8, 1, 5, 5), None, (1, 1), (2, 2), 8)
+
+    graph = torch.export.export(OnTinyMap(), (torch.randn(1, 8, 1, 1),)).graph
+    ops = [str(node.target) for node in graph.nodes if node.op == "call_function"]
+    assert any("conv2d" in op for op in ops) and not any("slice" in op or "pad" in op for op in ops)
