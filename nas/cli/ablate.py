@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from nas.cli.hydra_app import job_config
 from nas.errors import NASError
 
 log = logging.getLogger("nas-ablate")
@@ -32,9 +31,7 @@ log = logging.getLogger("nas-ablate")
 def _hydra_main(cfg: DictConfig) -> None:
     from nas.ablate.study import run_study, study_from_dict
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
+    run_dir, plain = job_config(cfg)
     try:
         study = study_from_dict(plain["ablation"])
         csv = run_study(study, run_dir, progress=bool(plain.get("progress", True)))

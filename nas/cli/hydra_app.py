@@ -6,10 +6,21 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from nas._io import OutOfSpaceError, is_out_of_space
 from nas.interrupts import install_sigint_handler
+
+
+def job_config(cfg: Any) -> tuple[Path, dict[str, Any]]:
+    """Inside a Hydra job: its run folder and the composed config as plain, resolved data."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    return Path(HydraConfig.get().runtime.output_dir), plain
 
 
 def run_hydra_app(prog: str, hydra_main: Callable[[], None]) -> None:
@@ -46,4 +57,4 @@ def run_hydra_app(prog: str, hydra_main: Callable[[], None]) -> None:
         raise SystemExit(1) from None
 
 
-__all__ = ["run_hydra_app"]
+__all__ = ["job_config", "run_hydra_app"]

@@ -14,11 +14,11 @@ from). Bad input ends with one line ``nas-netadapt: error: ...`` and exit status
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from nas.cli.hydra_app import job_config
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="netadapt")
@@ -26,9 +26,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     from nas.netadapt.pipeline import run_netadapt_config
     from nas.training.train import CheckpointError, NonFiniteLossError
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
+    run_dir, plain = job_config(cfg)
     try:
         result = run_netadapt_config(plain, run_dir)
     except (ValueError, FileNotFoundError, KeyError, CheckpointError, NonFiniteLossError) as err:

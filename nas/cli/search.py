@@ -20,9 +20,10 @@ from typing import Any
 import hydra
 import optuna
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nas._io import OutOfSpaceError
+from nas.cli.hydra_app import job_config
 from nas.errors import NASError
 from nas.search.config import SearchConfig
 from nas.search.credentials import hide_passwords, redact, scrub_folder
@@ -68,12 +69,10 @@ def _print_summary(study: optuna.Study, run: SearchRun) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir, plain = job_config(cfg)
     # A password that came from a config file rather than the command line (which main()
     # has cleaned) was written by Hydra before this point: take it out again.
     scrub_folder(run_dir / ".hydra")
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
     try:
         run = SearchRun(SearchConfig.from_dict(plain), run_dir, space_origin=space_source(plain),
                         report=_say)
