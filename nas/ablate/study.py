@@ -36,6 +36,7 @@ class LatencySettings(Config):
 
     table: str = "auto"
     space: str = "mobilenetv3_large"   # the space whose table ``auto`` finds or builds
+    backend: str | None = None         # the runtime by backend name (sets ``runtime``)
     runtime: str = "torch-cpu"
     strict: bool = False
     rounds: int = 10
@@ -46,8 +47,8 @@ class LatencySettings(Config):
 
     def policy(self) -> LatencyPolicy:
         """The latency policy of an ablation: variants' missing keys are always measured."""
-        return LatencyPolicy(table=self.table, runtime=self.runtime, resolution=None,
-                             measure_missing=True, strict=self.strict)
+        return LatencyPolicy(table=self.table, backend=self.backend, runtime=self.runtime,
+                             resolution=None, measure_missing=True, strict=self.strict)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _check_table_source(study: Study, results: Results) -> None:
     """A run folder's latency figures come from one table and runtime: a study started again
     with others is refused rather than mixing them."""
     settings = study.latency
-    source = {"table": settings.table, "runtime": settings.runtime, "space": settings.space}
+    source = {"table": settings.table, "runtime": settings.policy().runtime, "space": settings.space}
     recorded = results.get("table_source")
     if recorded is None:
         results.add({"kind": "table_source", **source})

@@ -1,6 +1,7 @@
 """``nas-lut``: build, validate, calibrate and move latency lookup tables.
 
     nas-lut build --space mobilenetv3_large --space mobilenetv3_small --out latency_tables/cpu
+    nas-lut build --backend litert --space mobilenetv3_small --out outputs/tables/litert-small
     nas-lut validate --table latency_tables/cpu --space mobilenetv3_small --n 100 --seed 0
     nas-lut predict --table latency_tables/cpu large
     nas-lut export-ops --space mobilenetv3_small --out ops_small
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from nas.arch.spec import SpecError
 from nas.arch.space import SpaceError
+from nas.cost.harness import BACKEND_RUNTIME, RUNTIMES
 
 
 
@@ -62,10 +64,33 @@ def _spaces(names: list[str], resolution: int | None):
     return spaces
 
 
+def _runtime(args: argparse.Namespace) -> None:
+    """``--backend`` names the runtime (``--runtime`` may say the same, or torch-cuda for
+    ``torch``); a deployment backend whose extra is missing stops here, in one line."""
+    from nas.cost.harness import BACKEND_RUNTIMES, runtime_for_backend
+
+    if args.backend is not None:
+        args.runtime = runtime_for_backend(args.backend, args.runtime)
+    args.runtime = args.runtime or "torch-cpu"
+    if args.runtime in BACKEND_RUNTIMES:
+        from nas.cost.backends import get_backend
+
+        get_backend(args.runtime)
+
+
+def _check_backend(args: argparse.Namespace, table) -> None:
+    """``--backend`` of validate/calibrate: the table must have been measured with it."""
+    from nas.cost.harness import backend_of, runtime_for_backend
+
+    if args.backend is not None and backend_of(table.runtime) != args.backend:
+        table.check_compatible(runtime=runtime_for_backend(args.backend))
+
+
 def _build(args: argparse.Namespace) -> None:
     from nas.cost.calibrate import CALIBRATION_SEED, calibrate, sample_specs
     from nas.cost.lut import build_table
 
+    _runtime(args)
     spaces = _spaces(args.space, args.resolution)
     cfg = _harness(args)
     items: list = list(spaces)
@@ -80,6 +105,11 @@ def _build(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(table)} keys ({table.provenance['runtime']}, "
           f"{table.provenance['threads']} thread(s), batch {table.provenance['batch']}, "
           f"{table.resolution}x{table.resolution}, method {table.provenance['method']})")
+    coverage = table.provenance.get("delegate_coverage")
+    if coverage:
+        print(f"{table.provenance.get('delegate')}: {coverage['fully_delegated']} of "
+              f"{coverage['keys']} keys fully delegated; outside it: "
+              f"{coverage['undelegated_ops'] or 'nothing'}")
     if args.calibrate:
         specs = [s for space in spaces for s in sample_specs(space, args.calibrate, args.calibration_seed or CALIBRATION_SEED)]
         record = calibrate(table, specs, cfg, rounds=args.calibration_rounds,
@@ -94,6 +124,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     from nas.cost.lut import LatencyTable
 
     table = LatencyTable.load(args.table)
+    _check_backend(args, table)
     spaces = _spaces(args.space, None)
     cfg = _harness(args, table.harness_config())
     specs = [s for space in spaces for s in sample_specs(space, args.n, args.seed)]
@@ -109,6 +140,7 @@ def _validate(args: argparse.Namespace) -> None:
     from nas.cost.validate import validate
 
     table = LatencyTable.load(args.table)
+    _check_backend(args, table)
     (space,) = _spaces([args.space], None)
     cfg = _harness(args, table.harness_config())
     # A user's validation never overwrites the report shipped beside a table: it goes to a
@@ -203,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--space", action="append", default=[], help="space name or YAML (repeatable)")
     build.add_argument("--spec", action="append", help="also cover this network (name or bneck YAML)")
     build.add_argument("--out", required=True, type=Path, help="table folder (created or extended)")
-    build.add_argument("--runtime", choices=["torch-cpu", "onnxruntime", "torch-cuda"], default="torch-cpu")
+    build.add_argument("--backend", choices=list(BACKEND_RUNTIME), default=None,
+                       help="the runtime to measure in, by backend (docs/latency-backends.md); "
+                            "default torch (eager PyTorch)")
+    build.add_argument("--runtime", choices=list(RUNTIMES), default=None,
+                       help="the harness runtime (default torch-cpu; torch-cuda for eager on the GPU)")
     build.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     build.add_argument("--resolution", type=int, default=None, help="input resolution (default: the space's)")
     build.add_argument("--method", choices=["context", "isolated"], default=None,
@@ -236,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also report a calibration fitted now on N other specs")
     validate.add_argument("--measure-missing", action="store_true")
     validate.add_argument("--no-progress", action="store_true")
+    validate.add_argument("--backend", choices=list(BACKEND_RUNTIME), default=None,
+                       help="the table must have been measured with this backend")
     _add_harness_options(validate, defaults=False)
     validate.set_defaults(func=_validate)
 
@@ -246,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seed", type=int, default=1000, help="keep it apart from validation seeds")
     cal.add_argument("--rounds", type=positive_int, default=None)
     cal.add_argument("--no-progress", action="store_true")
+    cal.add_argument("--backend", choices=list(BACKEND_RUNTIME), default=None,
+                       help="the table must have been measured with this backend")
     _add_harness_options(cal, defaults=False)
     cal.set_defaults(func=_calibrate)
 
@@ -277,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nas.cost.backends import BackendError
     from nas.cost.harness import HarnessError
     from nas.cost.table_files import LatencyTableError, MissingKeysError
 
@@ -285,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (LatencyTableError, MissingKeysError, SpaceError, SpecError, HarnessError,
-            FileNotFoundError) as err:
+            BackendError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     return 0
 

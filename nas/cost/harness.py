@@ -15,7 +15,15 @@ from nas.cost.sampling import pinned_cpu, realtime_priority
 from nas.errors import NASError
 
 
-RUNTIMES = ("torch-cpu", "torch-cuda", "onnxruntime")
+TORCH_RUNTIMES = ("torch-cpu", "torch-cuda")
+#: Runtimes timed through a deployment backend of :mod:`nas.cost.backends` (the runtime's
+#: name is the backend's): each key is converted and timed as its own model.
+BACKEND_RUNTIMES = ("litert", "executorch", "openvino")
+RUNTIMES = (*TORCH_RUNTIMES, "onnxruntime", *BACKEND_RUNTIMES)
+#: ``latency.backend`` / ``--backend`` names and the harness runtime each one means
+#: (``torch`` is eager PyTorch, on the CPU unless the runtime says ``torch-cuda``).
+BACKEND_RUNTIME = {"torch": "torch-cpu", "onnxruntime": "onnxruntime",
+                   **{name: name for name in BACKEND_RUNTIMES}}
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -23,12 +31,37 @@ class HarnessError(NASError, ValueError):
     """A harness setting is invalid or cannot run here (e.g. CUDA without a GPU)."""
 
 
+def backend_of(runtime: str) -> str:
+    """The latency backend a harness runtime belongs to (``torch-cpu`` -> ``torch``)."""
+    return "torch" if runtime in TORCH_RUNTIMES else runtime
+
+
+def runtime_for_backend(backend: str, runtime: str | None = None) -> str:
+    """The harness runtime of ``backend``; ``runtime`` (when given) must agree with it.
+
+    ``torch`` keeps a torch runtime (``torch-cpu`` or ``torch-cuda``); any other backend
+    has exactly one runtime, so a conflicting ``runtime`` is an error naming both.
+    """
+    if backend not in BACKEND_RUNTIME:
+        raise HarnessError(f"unknown latency backend {backend!r}; choose one of: "
+                           f"{', '.join(BACKEND_RUNTIME)}")
+    if runtime is None:
+        return BACKEND_RUNTIME[backend]
+    if backend_of(runtime) != backend:
+        raise HarnessError(f"latency backend {backend!r} and runtime {runtime!r} disagree; "
+                           f"give one of them (backend {backend!r} is runtime "
+                           f"{BACKEND_RUNTIME[backend]!r})")
+    return runtime
+
+
 @dataclass(frozen=True)
 class HarnessConfig(Config):
     """How to time: runtime, threads, batch, dtype and the sampling protocol.
 
     Attributes:
-        runtime: ``"torch-cpu"``, ``"torch-cuda"`` or ``"onnxruntime"``.
+        runtime: ``"torch-cpu"``, ``"torch-cuda"``, ``"onnxruntime"``, or a deployment
+            backend of :mod:`nas.cost.backends`: ``"litert"``, ``"executorch"``,
+            ``"openvino"`` (:data:`BACKEND_RUNTIMES`; float32 only).
         threads: intra-op threads (torch or onnxruntime); ignored by torch-cuda.
         batch: batch size prepended to every input shape.
         dtype: ``"float32"``; ``"float16"`` on CUDA, ``"bfloat16"`` on torch-cpu/cuda.
@@ -84,8 +117,8 @@ class HarnessConfig(Config):
             raise HarnessError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
         if self.dtype not in DTYPES:
             raise HarnessError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        if self.runtime == "onnxruntime" and self.dtype != "float32":
-            raise HarnessError("the onnxruntime harness times float32 exports only")
+        if self.runtime not in TORCH_RUNTIMES and self.dtype != "float32":
+            raise HarnessError(f"the {self.runtime} harness times float32 exports only")
         if self.runtime == "torch-cpu" and self.dtype == "float16":
             raise HarnessError("float16 on torch-cpu is not a meaningful latency; use bfloat16")
         for name in ("threads", "batch", "repeats", "passes"):
@@ -175,7 +208,7 @@ def harness_context(cfg: HarnessConfig) -> Iterator[None]:
     """Threads set (and restored), optional CPU pinning, inference mode for torch."""
     import torch
 
-    if cfg.steady_allocator and cfg.runtime != "onnxruntime":
+    if cfg.steady_allocator and cfg.runtime in TORCH_RUNTIMES:
         steady_allocator()
 
     if cfg.runtime == "torch-cuda" and not torch.cuda.is_available():
@@ -184,8 +217,8 @@ def harness_context(cfg: HarnessConfig) -> Iterator[None]:
     try:
         if cfg.runtime == "torch-cpu":
             torch.set_num_threads(cfg.threads)
-        # No inference mode for onnxruntime: the exporter traces the module itself.
-        grad_mode = nullcontext() if cfg.runtime == "onnxruntime" else torch.inference_mode()
+        # No inference mode for exported runtimes: the exporters trace the module themselves.
+        grad_mode = torch.inference_mode() if cfg.runtime in TORCH_RUNTIMES else nullcontext()
         with pinned_cpu(cfg.pin_cpu), realtime_priority(cfg.realtime), grad_mode:
             yield
     finally:
@@ -193,6 +226,11 @@ def harness_context(cfg: HarnessConfig) -> Iterator[None]:
 
 
 def runtime_version(runtime: str) -> str:
+    """The version of ``runtime`` here (:class:`ImportError` when a backend's extra is missing)."""
+    if runtime in BACKEND_RUNTIMES:
+        from nas.cost.backends import get_backend
+
+        return get_backend(runtime).version()
     if runtime == "onnxruntime":
         import onnxruntime
 
@@ -229,9 +267,25 @@ def harness_provenance(cfg: HarnessConfig) -> dict[str, Any]:
     }
     if cfg.runtime == "onnxruntime":
         info.update(ort_runner.ort_provenance(cfg.threads, cfg.ort_opt_level))
+    if cfg.runtime in BACKEND_RUNTIMES:
+        info.update(backend_provenance(cfg))
     if cfg.realtime:
         with realtime_priority(True) as rt:
             info["realtime_active"] = rt.active
-    if cfg.steady_allocator and cfg.runtime != "onnxruntime":
+    if cfg.steady_allocator and cfg.runtime in TORCH_RUNTIMES:
         info["steady_allocator_active"] = steady_allocator()
     return info
+
+
+def backend_provenance(cfg: HarnessConfig) -> dict[str, Any]:
+    """A deployment backend's own record (:meth:`LatencyBackend.provenance`) for a table:
+    backend, converter, delegate, precision, layout and what the runtime reports under
+    ``cfg``. The table's ``runtime`` stays the backend's name; the runtime's package name
+    is kept as ``runtime_package``."""
+    from nas.cost.backends import BackendConfig, get_backend
+
+    record = get_backend(cfg.runtime).provenance(BackendConfig.from_harness(cfg))
+    record["runtime_package"] = record.pop("runtime")
+    for shared in ("device", "torch_version", "threads", "batch"):
+        record.pop(shared, None)  # the harness records these already
+    return record

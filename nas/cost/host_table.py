@@ -15,6 +15,11 @@ space):
   ``nas-lut build`` does by default) fits ``ms = a * sum + b``: an uncalibrated sum was
   14% off on the project's machine.
 
+For a deployment backend (``latency.backend=litert``, ``executorch``, ``openvino``) no table
+ships: this host's is built the same way through the backend (each key converted and timed
+as its own model, net of the runtime's empty model; the calibration networks converted and
+timed whole), with :data:`BACKEND_HARNESS`.
+
 A later run of the same space on the same host reuses the cached table (a space whose
 definition changed gets the keys it lacks measured, and a new calibration).
 Two processes building the same table take turns (a file lock), so neither repeats work.
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nas._io import default_cache_dir
-from nas.cost.harness import HarnessConfig
+from nas.cost.harness import TORCH_RUNTIMES, HarnessConfig
 from nas.cost.host_check import host_runtime_version, host_device, host_mismatch
 from nas.cost.table_files import PROVENANCE_FILE, SHIPPED_TABLES_DIR, LatencyTableError
 
@@ -58,9 +63,20 @@ def _slug(text: str, limit: int = 32) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")[:limit] or "unknown"
 
 
+#: The harness of an isolated host table without a shipped one to copy (every deployment
+#: backend; onnxruntime where its table is not installed): the shipped
+#: isolated (ONNX Runtime) table's sampling, minimum over all samples as its figure (robust on
+#: a shared machine), without SCHED_FIFO (a long build should not preempt the host's work).
+BACKEND_HARNESS = {"pass_statistic": "min", "repeats": 10, "min_run_time": 0.05,
+                   "max_run_time": 2.0, "warmup": 5, "warmup_time": 0.02}
+
+
 def quick_harness(runtime: str, shipped: Any | None) -> HarnessConfig:
     """The shipped table's harness (same statistic, warm-up, allocator) with fewer passes."""
-    settings = shipped.harness_config().to_dict() if shipped is not None else {"runtime": runtime}
+    if shipped is not None:
+        settings = shipped.harness_config().to_dict()
+    else:
+        settings = dict(BACKEND_HARNESS) if runtime not in TORCH_RUNTIMES else {}
     return HarnessConfig.from_dict({**settings, "runtime": runtime, "passes": QUICK_PASSES})
 
 
@@ -157,5 +173,5 @@ def host_table(space: Any, *, runtime: str, resolution: int, cache_dir: Path | N
     return TableChoice(folder, f"measured on this host now, {calibration} ({why})")
 
 
-__all__ = ["AUTO", "CALIBRATION_NETWORKS", "QUICK_PASSES", "SHIPPED_FOR_RUNTIME", "TableChoice",
+__all__ = ["AUTO", "BACKEND_HARNESS", "CALIBRATION_NETWORKS", "QUICK_PASSES", "SHIPPED_FOR_RUNTIME", "TableChoice",
            "host_table", "host_table_dir", "quick_harness"]

@@ -23,7 +23,10 @@ Two measurement methods (recorded in the provenance):
   figure is the median over those occurrences. Keys not covered by a host are timed in a
   small synthetic host (stem -> the op -> head).
 * ``isolated``: each op alone on a fixed input (:func:`nas.cost.timing.measure`), in
-  ``passes`` interleaved passes. Used for onnxruntime and off-host tables.
+  ``passes`` interleaved passes. Used for onnxruntime, off-host tables and the deployment
+  backends (``litert``, ``executorch``, ``openvino``), whose tables also time each key's
+  empty model (the runtime's per-call cost for the key's shapes) in the same passes and
+  store the key's figure net of it (``raw_ms`` and ``baseline_ms`` kept beside ``ms``).
 
 A missing key is never answered with a default: :meth:`LatencyTable.predict` raises
 :class:`MissingKeysError` naming the keys, or measures them when the caller allows.
@@ -48,7 +51,13 @@ from typing import Any, Callable
 from nas._io import now_iso
 from nas._io import write_text_atomic
 from nas.arch.spec import NetworkSpec
-from nas.cost.harness import HarnessConfig, harness_provenance
+from nas.cost.harness import (
+    BACKEND_RUNTIMES,
+    TORCH_RUNTIMES,
+    HarnessConfig,
+    backend_of,
+    harness_provenance,
+)
 from nas.cost.host_check import host_mismatch
 from nas.cost.keys import SpecsOrSpace, keys_for, parse_key, spec_key_tuple
 from nas.cost.table_files import (
@@ -100,11 +109,12 @@ class LatencyTable(TableMeasuring):
     def create(cls, harness: HarnessConfig, *, resolution: int, method: str | None = None,
                note: str = "") -> LatencyTable:
         """An empty table that will be measured here with ``harness``."""
-        method = method or ("isolated" if harness.runtime == "onnxruntime" else "context")
+        torch_runtime = harness.runtime in TORCH_RUNTIMES
+        method = method or ("context" if torch_runtime else "isolated")
         if method not in METHODS:
             raise LatencyTableError(f"method must be one of {list(METHODS)}, got {method!r}")
-        if method == "context" and harness.runtime == "onnxruntime":
-            raise LatencyTableError("method 'context' needs a torch runtime; onnxruntime "
+        if method == "context" and not torch_runtime:
+            raise LatencyTableError(f"method 'context' needs a torch runtime; {harness.runtime} "
                                     "tables are measured 'isolated'")
         provenance = {
             "schema_version": SCHEMA_VERSION,
@@ -117,6 +127,10 @@ class LatencyTable(TableMeasuring):
             "spaces": [],
             "note": note,
         }
+        if harness.runtime in BACKEND_RUNTIMES:
+            # Each key is its own model: the runtime's per-call cost (its empty model for the
+            # key's shapes) is subtracted, or a network's sum would count it once per op.
+            provenance["net_of_empty_model"] = True
         return cls(provenance)
 
     @classmethod
@@ -223,6 +237,12 @@ class LatencyTable(TableMeasuring):
             have = self._provenance.get(field)
             if have is not None and str(have) != str(value):
                 where = f" ({self.path})" if self.path else ""
+                if field == "runtime" and backend_of(str(have)) != backend_of(str(value)):
+                    raise IncompatibleTableError(
+                        f"latency table{where} was measured with backend {backend_of(str(have))!r} "
+                        f"(runtime {have!r}), asked for backend {backend_of(str(value))!r} "
+                        f"(runtime {value!r}); build a table with 'nas-lut build --backend "
+                        f"{backend_of(str(value))}' or choose latency.table=auto")
                 raise IncompatibleTableError(
                     f"latency table{where} was measured for {field}={have!r}, asked for "
                     f"{field}={value!r}; build a table for {field}={value!r}")

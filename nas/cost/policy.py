@@ -12,7 +12,9 @@ A run answers four questions about its latency table, once, before its first net
   and measures nothing twice. Without it, missing keys stop the run, named.
 * **measured elsewhere**: a table whose provenance names another CPU or runtime version is a
   warning (one line), or an error with ``strict``.
-* **which runtime**: the table must have been measured in ``runtime`` at ``resolution``.
+* **which runtime**: the table must have been measured in ``runtime`` (or the runtime of
+  ``backend``: ``latency.backend=litert``) at ``resolution``; a table of another backend is
+  an error naming both.
 
 :func:`resolve_table` applies the policy and returns the table, loaded once, with the
 reason for the choice; callers predict with it and never measure behind the table's back.
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Union
 
 from nas._io import write_text_atomic
 from nas.config import Config, ConfigError, check_choice, check_int
-from nas.cost.harness import RUNTIMES
+from nas.cost.harness import BACKEND_RUNTIME, BACKEND_RUNTIMES, RUNTIMES, HarnessError, runtime_for_backend
 from nas.cost.table_files import MissingKeysError, resolve_table_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,13 +54,19 @@ class LatencyPolicy(Config):
     Attributes:
         table: ``auto`` (this host's) or a table folder / shipped table name (pinned);
             a relative path is read from ``base_dir`` when :func:`resolve_table` gets one.
-        runtime: the runtime the table must have been measured in.
+        backend: the runtime the latency is for, by its backend name (``torch``,
+            ``onnxruntime``, ``litert``, ``executorch``, ``openvino``; see
+            :mod:`nas.cost.backends`); sets ``runtime``. ``None``: ``runtime`` says it.
+        runtime: the harness runtime the table must have been measured in (``torch-cpu``,
+            ``torch-cuda``, ``onnxruntime``, or a deployment backend's name); derived from
+            ``backend`` when that is given (the default ``torch-cpu`` then yields to it).
         resolution: the deployment input side the table must key (``None``: any).
         measure_missing: measure keys the table lacks into the run's copy.
         strict: a table measured on another CPU or runtime version is an error.
     """
 
     table: str = AUTO
+    backend: str | None = None
     runtime: str = "torch-cpu"
     resolution: int | None = 224
     measure_missing: bool = False
@@ -69,6 +77,15 @@ class LatencyPolicy(Config):
             raise ConfigError(f"latency.table must be 'auto' or a table folder, got {self.table!r}")
         object.__setattr__(self, "table", str(self.table))
         check_choice("latency", "runtime", self.runtime, RUNTIMES)
+        if self.backend is not None:
+            check_choice("latency", "backend", self.backend, tuple(BACKEND_RUNTIME))
+            # ``runtime`` defaults to torch-cpu: read that as unset when a backend is named.
+            given = None if self.runtime == "torch-cpu" and self.backend != "torch" else self.runtime
+            try:
+                runtime = runtime_for_backend(self.backend, given)
+            except HarnessError as err:
+                raise ConfigError(f"latency: {err}") from None
+            object.__setattr__(self, "runtime", runtime)
         check_int("latency", "resolution", self.resolution, minimum=8, optional=True)
         for name in ("measure_missing", "strict"):
             if not isinstance(getattr(self, name), bool):
@@ -151,6 +168,10 @@ def resolve_table(policy: LatencyPolicy, needs: Needs, run_dir: Path | None, *, 
     from nas.cost.lut import LatencyTable
     from nas.cost.table_files import HostMismatchWarning
 
+    if policy.runtime in BACKEND_RUNTIMES:
+        from nas.cost.backends import get_backend
+
+        get_backend(policy.runtime)  # a missing extra stops here, in one line naming it
     if space is None and isinstance(needs, SearchSpace):
         space = needs
     copy = run_dir / RUN_COPY if run_dir is not None else None

@@ -10,9 +10,11 @@ from typing import Any, Callable, Iterable
 from nas._io import now_iso
 from nas.arch.spec import NetworkSpec
 from nas.cost import sampling
+from nas.cost.backend_items import key_empty_name, merge_coverage, net_figures, with_empty_models
 from nas.cost.harness import HarnessConfig
 from nas.cost.key_hosts import cover_hosts, synthetic_host
-from nas.cost.keys import SpecsOrSpace, parse_key, spec_key_tuple
+from nas.cost.keys import SpecsOrSpace, build_op, parse_key, spec_key_tuple
+from nas.cost.timing import item_measurer
 from nas.cost.table_files import (
     LOG_COLUMNS,
     LOG_FILE,
@@ -74,22 +76,41 @@ class TableMeasuring:
         passes = passes or cfg.passes
         save_dir = Path(save_to) if save_to is not None else None
         log_path = save_dir / LOG_FILE if save_dir is not None else None
-        units = self._units(keys, hosts or [], method, passes, cfg.seed)
+        # Tables measured through a deployment backend time each key's empty model too (in
+        # the same interleaved passes) and store the key's figure net of it.
+        net = bool(self._provenance.get("net_of_empty_model"))
+        empties = {k: key_empty_name(k) for k in keys} if net else {}
+        units = self._units(keys + sorted(set(empties.values())), hosts or [], method, passes, cfg.seed)
+        measure_one = None
+        if method == "isolated":
+            measure_one = item_measurer(with_empty_models(build_op) if net else build_op, cfg)
         started = time.perf_counter()
         load_start = sampling.loadavg()
-        rows = self._run_units(units, set(keys), cfg, method, log_path, progress, callback, save_dir)
+        rows = self._run_units(units, set(keys) | set(empties.values()), cfg, method, log_path,
+                               progress, callback, measure_one)
         by_key: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_key.setdefault(row["key"], []).append(row)
+
+        def figures_of(name: str) -> dict[str, Any]:
+            if name not in by_key:  # pragma: no cover - every key has a unit
+                raise RuntimeError(f"no measurement for {name}")
+            return sampling.aggregate([{**r, "pass": i} for i, r in enumerate(by_key[name])],
+                                      cfg.pass_statistic)
+
         added = []
         for key in keys:
-            if key not in by_key:  # pragma: no cover - every key has a unit
-                raise RuntimeError(f"no measurement for {key}")
-            figures = sampling.aggregate([{**r, "pass": i} for i, r in enumerate(by_key[key])],
-                                           cfg.pass_statistic)
+            figures = figures_of(key)
+            if net:
+                figures = net_figures(figures, figures_of(empties[key]))
             figures["method"] = method
             self._set(key, figures)
             added.append(key)
+        if measure_one is not None and measure_one.converted is not None:
+            details = {k: measure_one.converted.artifact(k).details for k in added}
+            coverage = merge_coverage(self._provenance.get("delegate_coverage"), details)
+            if coverage is not None:
+                self._provenance["delegate_coverage"] = coverage
         self._provenance.setdefault("builds", []).append({
             "date": now_iso(), "keys": len(added), "units": len(units),
             "wall_s": round(time.perf_counter() - started, 1),
@@ -140,10 +161,9 @@ class TableMeasuring:
         return units
 
     def _run_units(self, units, wanted: set[str], cfg: HarnessConfig, method: str,
-                   log_path: Path | None, progress: bool, callback, save_dir: Path | None):
+                   log_path: Path | None, progress: bool, callback, measure_one):
         from nas.cost.harness import harness_context
-        from nas.cost.keys import build_op
-        from nas.cost.timing import item_measurer, measure_in_context
+        from nas.cost.timing import measure_in_context
 
         done_rows = read_log(log_path) if log_path is not None else []
         done_units = {r["unit"] for r in done_rows}
@@ -158,9 +178,7 @@ class TableMeasuring:
         handle = writer = None
         if log_path is not None and todo:
             handle, writer = sampling.open_csv_log(log_path, LOG_COLUMNS)
-        measure_one = None
-        if method == "isolated":
-            measure_one = item_measurer(build_op, cfg)
+        if measure_one is not None:
             measure_one.prepare([payload for _, payload in todo], progress=progress)
         try:
             with harness_context(cfg):

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nas.cost import ort_runner, sampling
-from nas.cost.harness import HarnessConfig, HarnessError, Timing, torch_dtype, harness_context
+from nas.cost.harness import (
+    BACKEND_RUNTIMES,
+    TORCH_RUNTIMES,
+    HarnessConfig,
+    HarnessError,
+    Timing,
+    harness_context,
+    torch_dtype,
+)
 from nas.cost.sampling import pinned_cpu, realtime_priority, run_samples
 
 
@@ -89,9 +97,15 @@ def measure(module, input_shape: Sequence[int], cfg: HarnessConfig | None = None
     """Time ``module`` on a random input of shape ``(cfg.batch, *input_shape)``.
 
     ``input_shape`` excludes the batch dimension (``(3, 224, 224)`` for a network). For
-    onnxruntime the module is exported to a temporary file first.
+    onnxruntime and the deployment backends the module is exported to a temporary file first.
     """
     cfg = cfg or HarnessConfig()
+    if cfg.runtime in BACKEND_RUNTIMES:
+        from nas.cost.backends import BackendConfig, measure as backend_measure
+
+        with harness_context(cfg):
+            return backend_measure(cfg.runtime, module, input_shape, BackendConfig.from_harness(cfg),
+                                   settings=cfg.sampling(), baseline=False).timing
     with harness_context(cfg):
         if cfg.runtime == "onnxruntime":
             with tempfile.TemporaryDirectory(prefix="nas-ort-") as tmp:
@@ -135,6 +149,13 @@ class ItemMeasurer:
         self.cfg = cfg
         self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else default_onnx_cache()
         self.shapes: dict[str, Sequence[int]] = {}
+        self.converted = None
+        if cfg.runtime in BACKEND_RUNTIMES:
+            from nas.cost.backend_items import BackendItems
+
+            # Converted artifacts live beside the ONNX cache (or in the folder given).
+            root = self.onnx_dir.parent if onnx_dir is None else self.onnx_dir
+            self.converted = BackendItems(build, cfg, cache_dir=root, file_stem=_file_stem)
 
     def onnx_path(self, name: str) -> Path:
         # Files of the default exporter keep their historical names (existing caches).
@@ -142,7 +163,11 @@ class ItemMeasurer:
         return self.onnx_dir / f"{_file_stem(name)}_b{self.cfg.batch}{suffix}.onnx"
 
     def prepare(self, names: Sequence[str], progress: bool = False) -> None:
-        """Export the ONNX files of ``names`` (onnxruntime only; a no-op otherwise)."""
+        """Export the ONNX files of ``names`` (onnxruntime), or convert them for a deployment
+        backend (cached); a no-op for torch."""
+        if self.converted is not None:
+            self.converted.prepare(names, progress=progress)
+            return
         if self.cfg.runtime != "onnxruntime":
             return
         todo = list(dict.fromkeys(names))
@@ -176,6 +201,8 @@ class ItemMeasurer:
     def __call__(self, name: str) -> dict[str, Any]:
         import torch
 
+        if self.converted is not None:
+            return self.converted(name)
         if self.cfg.runtime == "onnxruntime":
             path = self._exported(name)
             return run_samples(ort_sampler(path, self.shapes[name], self.cfg), **self.cfg.sampling())
@@ -251,8 +278,8 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
     from nas.models.builder import build_model
 
     cfg = cfg or HarnessConfig()
-    if cfg.runtime == "onnxruntime":
-        raise HarnessError("in-context op timing needs a torch runtime; onnxruntime tables "
+    if cfg.runtime not in TORCH_RUNTIMES:
+        raise HarnessError(f"in-context op timing needs a torch runtime; {cfg.runtime} tables "
                            "time exported ops (method 'isolated')")
     spec = spec.resolved()
     keys = keys_for_spec(spec)

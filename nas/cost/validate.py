@@ -141,8 +141,12 @@ def validate(
     recalibrate: int = 0,
     calibration_seed: int = CALIBRATION_SEED,
     measure_missing: bool = False,
+    log_path: str | Path | None = None,
 ) -> ValidationReport:
-    """Predict and measure ``n`` random specs of ``space``; write the report to ``out_dir``."""
+    """Predict and measure ``n`` random specs of ``space``; write the report to ``out_dir``.
+
+    ``log_path`` keeps every end-to-end measurement as it is taken, so an interrupted
+    validation repeated with the same arguments measures only what is left."""
     started = time.perf_counter()
     harness = harness or table.harness_config()
     table.check_compatible(runtime=harness.runtime, resolution=space.base.resolution,
@@ -168,7 +172,7 @@ def validate(
     raw = [table.predict(s, calibrated=False) for s in specs]
     load_start = sampling.loadavg()
     measured_all = measure_end_to_end(specs + cal_specs, harness, rounds=rounds, progress=progress,
-                                      desc=f"validate {space.name}")
+                                      desc=f"validate {space.name}", log_path=log_path)
     load_end = sampling.loadavg()
     measured = measured_all[:len(specs)]
     meas_ms = [m["ms"] for m in measured]

@@ -1,0 +1,161 @@
+"""Latency tables built through the deployment backends (LiteRT, OpenVINO): each key
+converted and timed as its own model net of the runtime's empty model, calibrated on whole
+networks converted the same way, resumable, and refused where another backend is asked for.
+
+A 32 px space of a few keys, short sampling; converted files go to a temporary cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nas.arch.space import load_space
+from nas.cli.lut import main
+from nas.cost.backends import BackendUnavailableError, OpenVINOBackend
+from nas.cost.calibrate import CALIBRATION_SEED, calibrate, measure_end_to_end, sample_specs
+from nas.cost.harness import HarnessConfig
+from nas.cost.host_table import host_table
+from nas.cost.lut import LatencyTable, build_table
+from nas.cost.policy import LatencyPolicy, resolve_table
+from nas.cost.table_files import IncompatibleTableError, LOG_FILE
+from nas.config import ConfigError
+from tests.cost.test_cli_lut import write_space
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def fast(runtime: str, passes: int = 2) -> HarnessConfig:
+    return HarnessConfig(runtime=runtime, warmup=2, warmup_time=0.0, repeats=5, min_run_time=0.01,
+                         max_run_time=0.1, passes=passes, pass_statistic="min")
+
+
+@pytest.fixture(autouse=True)
+def artifact_cache(tmp_path_factory, monkeypatch) -> Path:
+    folder = tmp_path_factory.getbasetemp() / "converted"
+    monkeypatch.setenv("NAS_LUT_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    # 32 px, kernel 3, no SE, RE or HS per block: a few keys, a dozen distinct networks.
+    return write_space(tmp_path_factory.mktemp("space"), se=(False,), exp1=(8,), exp2=(32,))
+
+
+@pytest.fixture(scope="module")
+def space(space_file):
+    return load_space(space_file)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "litert"])
+def test_backend_table_predicts_held_out_networks_after_calibration(backend, space, tmp_path):
+    harness = fast(backend)
+    table = build_table(space, tmp_path / "table", harness, progress=False)
+    prov = table.provenance
+    assert prov["runtime"] == backend and prov["method"] == "isolated" and prov["net_of_empty_model"]
+    assert prov["runtime_version"] and prov["precision"] == "fp32" and prov["threads"] == 1
+    assert prov["delegate"] == {"litert": "XNNPACK", "openvino": "CPU plugin"}[backend]
+    if backend == "litert":
+        coverage = prov["delegate_coverage"]
+        assert coverage["keys"] == len(table) and coverage["fully_delegated"] <= len(table)
+    for key in table.keys:  # the figure is net of the empty model; both are kept
+        entry = table.entry(key)
+        assert entry["baseline_ms"] > 0 and entry["raw_ms"] >= entry["ms"] > 0
+        assert entry["ms"] == pytest.approx(max(entry["raw_ms"] - entry["baseline_ms"], 0.001))
+
+    calibration = sample_specs(space, 4, CALIBRATION_SEED)
+    record = calibrate(table, calibration, harness, rounds=3, progress=False)
+    assert record["n"] == 4 and record["a"] > 0
+    held_out = [s for s in sample_specs(space, 6, 0) if s not in calibration][:2]
+    assert held_out
+    measured = measure_end_to_end(held_out, harness, rounds=3, progress=False)
+    for spec, m in zip(held_out, measured):
+        assert abs(table.predict(spec) - m["ms"]) / m["ms"] < 0.3, (spec, table.predict(spec), m)
+
+
+def test_a_resumed_build_measures_and_converts_nothing_twice(space, tmp_path, monkeypatch):
+    out, harness = tmp_path / "table", fast("openvino", passes=1)
+    first: list[str] = []
+
+    def stop_after_four(done: int, total: int, unit: str) -> None:
+        first.append(unit)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_table(space, out, harness, progress=False, callback=stop_after_four)
+    assert (out / LOG_FILE).is_file() and len(first) == 4
+
+    exports: list[str] = []
+    original = OpenVINOBackend.export
+
+    def counting_export(self, module, shape, path, **kw):
+        exports.append(kw.get("unit"))
+        return original(self, module, shape, path, **kw)
+
+    monkeypatch.setattr(OpenVINOBackend, "export", counting_export)
+    second: list[str] = []
+    table = build_table(space, out, harness, progress=False,
+                        callback=lambda done, total, unit: second.append(unit))
+    assert not set(first) & set(second)
+    assert exports == []  # every unit was converted before the first was timed, and cached
+    assert not table.missing_keys(space)
+    assert not (out / LOG_FILE).exists()
+
+
+def test_a_table_of_another_backend_is_refused_naming_both(space, space_file, tmp_path, capsys):
+    table = LatencyTable.create(fast("openvino"), resolution=32)
+    for key in sorted(space_keys(space)):
+        table.set_entry(key, 0.05)
+    table.save(tmp_path / "ov")
+    with pytest.raises(IncompatibleTableError) as info:
+        resolve_table(LatencyPolicy(table=str(tmp_path / "ov"), backend="litert", resolution=32),
+                      space, None)
+    assert "'openvino'" in str(info.value) and "'litert'" in str(info.value)
+    with pytest.raises(SystemExit) as code:
+        main(["validate", "--table", str(tmp_path / "ov"), "--space", str(space_file),
+              "--backend", "litert", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and err.count("\n") == 1
+    assert "backend 'openvino'" in err and "backend 'litert'" in err
+
+
+def test_missing_extra_is_one_line_through_the_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ai_edge_litert", None)  # as if not installed
+    with pytest.raises(SystemExit) as code:
+        main(["build", "--backend", "litert", "--space", "mobilenetv3_small", "--out",
+              str(tmp_path / "t"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "pip install 'mnv3-nas[litert]'" in err
+    assert not (tmp_path / "t").exists()  # stopped before anything was written
+    with pytest.raises(BackendUnavailableError, match=r"mnv3-nas\[litert\]"):
+        resolve_table(LatencyPolicy(backend="litert"), load_space("mobilenetv3_small"), None)
+
+
+def test_policy_backend_sets_the_runtime():
+    assert LatencyPolicy(backend="litert").runtime == "litert"
+    assert LatencyPolicy(backend="onnxruntime").runtime == "onnxruntime"
+    assert LatencyPolicy(backend="torch", runtime="torch-cuda").runtime == "torch-cuda"
+    assert LatencyPolicy(runtime="onnxruntime").backend is None  # runtime alone still works
+    with pytest.raises(ConfigError, match="'litert' and runtime 'onnxruntime'"):
+        LatencyPolicy(backend="litert", runtime="onnxruntime")
+    with pytest.raises(ConfigError, match="backend"):
+        LatencyPolicy(backend="tflite")
+
+
+def test_auto_builds_and_calibrates_this_hosts_table_for_a_backend(space, tmp_path):
+    choice = host_table(space, runtime="openvino", resolution=32, cache_dir=tmp_path, progress=False)
+    table = LatencyTable.load(choice.path)
+    assert "measured on this host now" in choice.reason and "no table ships" in choice.reason
+    assert table.runtime == "openvino" and table.calibration and not table.missing_keys(space)
+    again = host_table(space, runtime="openvino", resolution=32, cache_dir=tmp_path, progress=False)
+    assert again.path == choice.path and "cached" in again.reason
+
+
+def space_keys(space) -> list[str]:
+    from nas.cost.keys import keys_for_space
+
+    return list(keys_for_space(space))
