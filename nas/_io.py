@@ -33,8 +33,19 @@ class OutOfSpaceError(NASError, OSError):
         return str(self.strerror)
 
 
-def is_out_of_space(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS
+def is_out_of_space(err: BaseException, path: str | Path | None = None) -> bool:
+    """Whether ``err`` means the disk is full. ``torch.save`` reports a full disk as a
+    ``RuntimeError`` from its C++ writer (no errno): for that, the file system of ``path``
+    having (almost) no space left decides."""
+    if isinstance(err, OSError):
+        return err.errno in NO_SPACE_ERRNOS
+    if isinstance(err, RuntimeError) and path is not None:
+        try:
+            stat = os.statvfs(Path(path).parent)
+        except OSError:
+            return False
+        return stat.f_bavail * stat.f_frsize < (1 << 20)
+    return False
 
 
 @contextmanager
@@ -46,7 +57,7 @@ def writing(path: str | Path, what: str, *, partial: Path | None = None) -> Iter
     except BaseException as err:
         if partial is not None:
             partial.unlink(missing_ok=True)
-        if is_out_of_space(err) and not isinstance(err, OutOfSpaceError):
+        if is_out_of_space(err, path) and not isinstance(err, OutOfSpaceError):
             raise OutOfSpaceError(path, what) from None
         raise
 
