@@ -84,7 +84,7 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
     rows = [{**row, "backend": backend, "madds_m": round(profile_spec(spec).madds_m, 3),
              "madds_predicted_ms": round(m, 4)}
             for row, spec, m in zip(report.rows, specs, madds_ms)]
-    stem = f"{backend}_{space_name}"
+    stem = f"{backend}_{space.name}"
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(args.out / f"{stem}.csv", index=False)

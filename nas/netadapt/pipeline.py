@@ -86,12 +86,19 @@ def start_spec(cfg: dict[str, Any]) -> NetworkSpec:
 def make_latency(cfg: dict[str, Any], spec: NetworkSpec, run_dir: Path, *, resume: bool):
     """The latency model NetAdapt steers by: the table the ``latency`` policy names
     (:mod:`nas.cost.policy`), keys measured on demand into the run's copy of it."""
+    from nas.cost.harness import TORCH_RUNTIMES
     from nas.cost.policy import LatencyPolicy, resolve_table
     from nas.netadapt.latency import TableLatency
 
     lat = dict(cfg["latency"])
     mode = str(lat.pop("measure", "table"))
     policy = LatencyPolicy.from_dict({"resolution": None, **lat})
+    if mode == "anchored" and policy.runtime not in TORCH_RUNTIMES:
+        # Anchoring times keys inside a torch forward pass; a backend's keys are converted
+        # and timed alone, as its table was built.
+        log.info("latency.measure=anchored needs a torch runtime; %s keys are measured as the "
+                 "table measures them (latency.measure=table)", policy.runtime)
+        mode = "table"
     # The start network's keys now (a table that lacks them and may not measure stops here);
     # the proposals' keys as NetAdapt meets them, into the same run copy.
     resolved = resolve_table(policy, spec, run_dir, resume=resume)
