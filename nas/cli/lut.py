@@ -186,6 +186,16 @@ def _export_ops(args: argparse.Namespace) -> None:
     from nas.cost.offhost import export_ops
 
     spaces = _spaces(args.space, args.resolution)
+    if args.backend is not None:
+        from nas.cost.offhost_kits import export_kit
+
+        manifest = export_kit(spaces, args.out, args.backend, batch=args.batch,
+                              progress=not args.no_progress)
+        units = json.loads(manifest.read_text())["ops"]
+        print(f"wrote {len(units)} {args.backend} units (keys and empty models), {manifest} and "
+              f"{Path(args.out) / 'kit_runner.py'}")
+        print(f"on the device: python kit_runner.py {args.out} --threads 1 --out table.csv")
+        return
     manifest = export_ops(spaces, args.out, batch=args.batch, progress=not args.no_progress,
                           exporter=args.exporter)
     ops = json.loads(manifest.read_text())["ops"]
@@ -197,9 +207,10 @@ def _export_ops(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from nas.cost.offhost import import_runner_csv
 
-    table = import_runner_csv(args.runner_csv, args.out)
+    table = import_runner_csv(args.runner_csv, args.out, kit_dir=args.kit)
     print(f"{args.out}: {len(table)} keys from {table.provenance['device']} "
-          f"(onnxruntime {table.provenance['runtime_version']}, {table.provenance['threads']} thread(s))")
+          f"({table.provenance['runtime']} {table.provenance['runtime_version']}, "
+          f"{table.provenance['threads']} thread(s))")
 
 
 def _add_harness_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -306,12 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exporter", choices=["dynamo", "torchscript"], default="torchscript",
                         help="torch.onnx exporter (default torchscript: graphs tested equivalent "
                              "to dynamo's, much faster per op)")
+    export.add_argument("--backend", choices=["litert", "executorch", "openvino", "onnxruntime"],
+                        default=None,
+                        help="convert for this runtime with its empty models and kit_runner.py "
+                             "(default: the ONNX kit run by ort_runner.py)")
     export.add_argument("--no-progress", action="store_true")
     export.set_defaults(func=_export_ops)
 
-    imp = sub.add_parser("import", help="turn an ort_runner.py CSV into a table")
+    imp = sub.add_parser("import", help="turn an ort_runner.py or kit_runner.py CSV into a table")
     imp.add_argument("runner_csv", type=Path)
     imp.add_argument("--out", required=True, type=Path)
+    imp.add_argument("--kit", type=Path, default=None,
+                     help="the kit folder the CSV must have been measured with")
     imp.set_defaults(func=_import)
     return parser
 

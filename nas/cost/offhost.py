@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nas._io import now_iso
-from nas.cost import ort_runner, sampling
+from nas.cost import kit_runner, ort_runner, sampling
 from nas.cost.keys import build_op, keys_for, parse_key
 from nas.cost.lut import LatencyTable
+from nas.cost.offhost_kits import check_kit, table_from_kit_csv
 from nas.cost.table_files import SCHEMA_VERSION, LatencyTableError
 
 RUNNER_SOURCE = Path(ort_runner.__file__)
@@ -111,8 +112,10 @@ def export_ops(
     return out_dir / ort_runner.MANIFEST_NAME
 
 
-def import_runner_csv(csv_path: str | Path, out_dir: str | Path | None = None) -> LatencyTable:
-    """A table from ``ort_runner.py``'s CSV (provenance from the runner); saved to ``out_dir``."""
+def import_runner_csv(csv_path: str | Path, out_dir: str | Path | None = None, *,
+                      kit_dir: str | Path | None = None) -> LatencyTable:
+    """A table from the CSV of ``ort_runner.py`` or ``kit_runner.py`` (provenance from the
+    runner); saved to ``out_dir``. With ``kit_dir`` the CSV must come from that kit."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise LatencyTableError(f"{csv_path}: no such file")
@@ -124,9 +127,16 @@ def import_runner_csv(csv_path: str | Path, out_dir: str | Path | None = None) -
     except (ValueError, json.JSONDecodeError) as err:
         message = str(err)
         raise LatencyTableError(message if str(csv_path) in message else f"{csv_path}: {message}") from None
-    if runner.get("format") != ort_runner.RUNNER_FORMAT:
+    formats = (ort_runner.RUNNER_FORMAT, kit_runner.RUNNER_FORMAT)
+    if runner.get("format") not in formats:
         raise LatencyTableError(f"{csv_path}: written by runner format {runner.get('format')!r}, "
-                                f"this code imports {ort_runner.RUNNER_FORMAT}")
+                                f"this code imports {' or '.join(formats)}")
+    from_kit = runner["format"] == kit_runner.RUNNER_FORMAT
+    if kit_dir is not None:
+        if not from_kit:
+            raise LatencyTableError(f"{csv_path}: written by ort_runner.py for an ONNX kit, "
+                                    f"not by kit_runner.py for the kit in {kit_dir}")
+        check_kit(csv_path, runner, kit_dir)
     resolution = runner.get("resolution")
     if not isinstance(resolution, int):
         raise LatencyTableError(f"{csv_path}: the runner records resolution {resolution!r}; a "
@@ -159,6 +169,11 @@ def import_runner_csv(csv_path: str | Path, out_dir: str | Path | None = None) -
         "created": runner.get("date"),
         "spaces": list(runner.get("spaces") or []),
     }
+    if from_kit:
+        table = table_from_kit_csv(csv_path, runner, rows, provenance)
+        if out_dir is not None:
+            table.save(out_dir)
+        return table
     table = LatencyTable(provenance)
     for row in rows:
         figures = {k: row.get(k) for k in ("median_ms", "q25_ms", "min_ms", "iqr_ms",

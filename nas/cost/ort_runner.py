@@ -141,11 +141,19 @@ def measure_manifest(
     keys: Sequence[str] | None = None,
     show_progress: bool = True,
     callback: Callable[[int, int, str], None] | None = None,
+    manifest: dict[str, Any] | None = None,
+    open_op: Callable[[dict[str, Any]], Callable[[], None]] | None = None,
+    runtime_record: dict[str, Any] | None = None,
+    runner_format: str = RUNNER_FORMAT,
 ) -> Path:
-    """Time every op of a manifest with onnxruntime and write the result CSV to ``out``."""
+    """Time every op of a manifest and write the result CSV to ``out``.
+
+    By default with onnxruntime; ``kit_runner.py`` passes the kit's ``manifest``, an
+    ``open_op(op) -> call`` of its runtime, that runtime's ``runtime_record`` and its
+    ``runner_format``, so every runtime shares this schedule, log and CSV."""
     directory = Path(directory)
     out = Path(out)
-    manifest = load_manifest(directory)
+    manifest = manifest if manifest is not None else load_manifest(directory)
     ops = {op["key"]: op for op in manifest["ops"]}
     wanted = list(keys) if keys is not None else list(ops)
     unknown = [k for k in wanted if k not in ops]
@@ -159,10 +167,14 @@ def measure_manifest(
     load_start = sampling.loadavg()
     started = time.perf_counter()
 
-    def measure_one(key: str) -> dict[str, float]:
-        op = ops[key]
+    def open_ort(op: dict[str, Any]) -> Callable[[], None]:
         session = make_session(directory / op["file"], threads, opt_level=opt_level)
-        call = session_callable(session, op["input_shape"], manifest.get("dtype", "float32"))
+        return session_callable(session, op["input_shape"], manifest.get("dtype", "float32"))
+
+    opener = open_op or open_ort
+
+    def measure_one(key: str) -> dict[str, float]:
+        call = opener(ops[key])
         return sampling.run_samples(sampling.perf_counter_sample(call), warmup=warmup,
                                     repeats=repeats, min_run_time=min_run_time,
                                     max_run_time=max_run_time)
@@ -172,7 +184,8 @@ def measure_manifest(
         try:
             from tqdm import tqdm  # optional on the board
 
-            bar = tqdm(total=len(wanted) * passes, desc="ort ops", unit="op")
+            bar = tqdm(total=len(wanted) * passes, desc=f"{manifest.get('runtime', 'ort')} ops",
+                       unit="op")
         except ImportError:
             bar = None
     log_path = out.with_name(out.name + ".passes.csv")
@@ -189,9 +202,9 @@ def measure_manifest(
         row = {"key": key, **sampling.aggregate(results[key], statistic)}
         rows.append(row)
     provenance = {
-        "format": RUNNER_FORMAT,
+        "format": runner_format,
         "device": sampling.device_info(),
-        **ort_provenance(threads, opt_level),
+        **(runtime_record if runtime_record is not None else ort_provenance(threads, opt_level)),
         "batch": manifest.get("batch"),
         "dtype": manifest.get("dtype", "float32"),
         "resolution": manifest.get("resolution"),
@@ -209,12 +222,9 @@ def measure_manifest(
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ort_runner.py",
-        description="Time the ONNX ops of a nas-lut export-ops manifest with onnxruntime "
-                    "(CPU execution provider) and write a CSV for 'nas-lut import'.")
-    parser.add_argument("manifest_dir", type=Path, help="folder holding manifest.json and ops/")
+def add_timing_options(parser: argparse.ArgumentParser) -> None:
+    """The options every runner shares (kit folder, threads, output, sampling protocol)."""
+    parser.add_argument("manifest_dir", type=Path, help="folder holding manifest.json and the ops")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--out", type=Path, required=True, help="output CSV")
     parser.add_argument("--passes", type=int, default=5,
@@ -225,8 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=sampling.DEFAULT_MIN_RUN_TIME,
                         help="minimum seconds of samples per op and pass")
     parser.add_argument("--max-run-time", type=float, default=sampling.DEFAULT_MAX_RUN_TIME)
-    parser.add_argument("--opt-level", choices=["disable", "basic", "extended", "all"],
-                        default="all", help="onnxruntime graph optimisation level")
     parser.add_argument("--pin-cpu", type=int, default=None,
                         help="pin the timing thread to this CPU (Linux only)")
     parser.add_argument("--statistic", choices=list(sampling.PASS_STATISTICS), default="median",
@@ -234,20 +242,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--realtime", action="store_true",
                         help="time under SCHED_FIFO (needs root/CAP_SYS_NICE; a shared machine)")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+
+
+def timing_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`measure_manifest` keyword arguments of :func:`add_timing_options`' options."""
+    return {"threads": args.threads, "passes": args.passes, "warmup": args.warmup,
+            "repeats": args.repeats, "min_run_time": args.min_run_time,
+            "max_run_time": args.max_run_time, "pin_cpu": args.pin_cpu,
+            "realtime": args.realtime, "statistic": args.statistic,
+            "show_progress": not args.no_progress}
+
+
+def run_cli(prog: str, measure: Callable[[], Path]) -> int:
+    """Run ``measure``; a bad kit or manifest is one line on stderr and exit status 2."""
     try:
-        out = measure_manifest(args.manifest_dir, args.out, threads=args.threads,
-                               passes=args.passes, warmup=args.warmup, repeats=args.repeats,
-                               min_run_time=args.min_run_time, max_run_time=args.max_run_time,
-                               opt_level=args.opt_level, pin_cpu=args.pin_cpu,
-                               realtime=args.realtime, statistic=args.statistic,
-                               show_progress=not args.no_progress)
+        out = measure()
     except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"ort_runner.py: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ort_runner.py",
+        description="Time the ONNX ops of a nas-lut export-ops manifest with onnxruntime "
+                    "(CPU execution provider) and write a CSV for 'nas-lut import'.")
+    add_timing_options(parser)
+    parser.add_argument("--opt-level", choices=["disable", "basic", "extended", "all"],
+                        default="all", help="onnxruntime graph optimisation level")
+    args = parser.parse_args(argv)
+    return run_cli(parser.prog, lambda: measure_manifest(
+        args.manifest_dir, args.out, opt_level=args.opt_level, **timing_options(args)))
 
 if __name__ == "__main__":
     sys.exit(main())
