@@ -231,11 +231,15 @@ def markdown(summary: dict[str, Any]) -> list[str]:
     lines += ["", "Kendall tau, Tiny-ImageNet seed mean against the CIFAR-10 reference seed mean "
               "(90% bootstrap interval over networks):", ""]
     for label, t in summary["kendall_tau"].items():
-        lines.append(f"- {label}: tau {t['tau']} over {t['networks']} networks, interval {t['interval_90']}")
+        lines.append(f"- {label}: tau {t['tau']} over {t['networks']} networks, interval {t['interval_90']}"
+                     if t["tau"] is not None else
+                     f"- {label}: {t['networks']} network(s) with both figures; tau needs 3")
     found = summary.get("found_vs_canonical") or {}
-    if found:
-        lines += ["", f"Found networks against canonical Small (pooled seed std "
-                      f"{found['seed_std_pooled_points']} points; beyond two std is a difference):", ""]
+    if any(name in found for name in FOUND):
+        noise = (f"pooled seed std {found['seed_std_pooled_points']} points; beyond two std is a "
+                 "difference" if found["seed_std_pooled_points"] is not None
+                 else "no network has two seeds yet: no noise estimate")
+        lines += ["", f"Found networks against canonical Small ({noise}):", ""]
         for name in FOUND:
             if name in found:
                 f = found[name]
