@@ -4,13 +4,12 @@ the environment a measurement runs in (threads, pinning, allocator, provenance).
 from __future__ import annotations
 
 import dataclasses
-import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from nas.config import Config
-from nas.cost import ort_runner, sampling
+from nas.cost import sampling
 from nas.cost.sampling import pinned_cpu, realtime_priority
 from nas.errors import NASError
 
@@ -225,21 +224,6 @@ def harness_context(cfg: HarnessConfig) -> Iterator[None]:
         torch.set_num_threads(saved_threads)
 
 
-def runtime_version(runtime: str) -> str:
-    """The version of ``runtime`` here (:class:`ImportError` when a backend's extra is missing)."""
-    if runtime in BACKEND_RUNTIMES:
-        from nas.cost.backends import get_backend
-
-        return get_backend(runtime).version()
-    if runtime == "onnxruntime":
-        import onnxruntime
-
-        return onnxruntime.__version__
-    import torch
-
-    return torch.__version__
-
-
 def device_name(cfg: HarnessConfig) -> str:
     """The GPU name for torch-cuda, else the CPU model from /proc/cpuinfo."""
     if cfg.runtime == "torch-cuda":
@@ -250,42 +234,3 @@ def device_name(cfg: HarnessConfig) -> str:
     return sampling.cpu_model()
 
 
-def harness_provenance(cfg: HarnessConfig) -> dict[str, Any]:
-    """What a table must record about the harness that measured it."""
-    import torch
-
-    info = {
-        "runtime": cfg.runtime,
-        "runtime_version": runtime_version(cfg.runtime),
-        "torch_version": torch.__version__,
-        "device": device_name(cfg),
-        "host": sampling.device_info(),
-        "threads": cfg.threads,
-        "batch": cfg.batch,
-        "dtype": cfg.dtype,
-        "harness": cfg.to_dict(),
-    }
-    if cfg.runtime == "onnxruntime":
-        info.update(ort_runner.ort_provenance(cfg.threads, cfg.ort_opt_level))
-    if cfg.runtime in BACKEND_RUNTIMES:
-        info.update(backend_provenance(cfg))
-    if cfg.realtime:
-        with realtime_priority(True) as rt:
-            info["realtime_active"] = rt.active
-    if cfg.steady_allocator and cfg.runtime in TORCH_RUNTIMES:
-        info["steady_allocator_active"] = steady_allocator()
-    return info
-
-
-def backend_provenance(cfg: HarnessConfig) -> dict[str, Any]:
-    """A deployment backend's own record (:meth:`LatencyBackend.provenance`) for a table:
-    backend, converter, delegate, precision, layout and what the runtime reports under
-    ``cfg``. The table's ``runtime`` stays the backend's name; the runtime's package name
-    is kept as ``runtime_package``."""
-    from nas.cost.backends import BackendConfig, get_backend
-
-    record = get_backend(cfg.runtime).provenance(BackendConfig.from_harness(cfg))
-    record["runtime_package"] = record.pop("runtime")
-    for shared in ("device", "torch_version", "threads", "batch"):
-        record.pop(shared, None)  # the harness records these already
-    return record

@@ -6,7 +6,7 @@ import platform
 from typing import Any
 
 from nas.cost import sampling
-from nas.cost.harness import runtime_version
+from nas.cost.provenance import runtime_version
 
 
 # ---------------------------------------------------------------------------- host check

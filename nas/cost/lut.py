@@ -56,9 +56,9 @@ from nas.cost.harness import (
     TORCH_RUNTIMES,
     HarnessConfig,
     backend_of,
-    harness_provenance,
 )
 from nas.cost.host_check import host_mismatch
+from nas.cost.provenance import harness_provenance
 from nas.cost.keys import SpecsOrSpace, keys_for, parse_key, spec_key_tuple
 from nas.cost.table_files import (
     CSV_COLUMNS,

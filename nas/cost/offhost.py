@@ -52,7 +52,7 @@ def export_ops(
     import torch
 
     from nas.cost.harness import HarnessConfig
-    from nas.cost.timing import export_for_ort
+    from nas.cost.samplers import export_for_ort
     from nas.arch.space import SearchSpace
 
     out_dir = Path(out_dir)

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nas.cost import ort_runner, sampling
+from nas.cost import sampling
 from nas.cost.harness import (
     BACKEND_RUNTIMES,
     TORCH_RUNTIMES,
@@ -42,54 +42,7 @@ from nas.cost.harness import (
     torch_dtype,
 )
 from nas.cost.sampling import pinned_cpu, realtime_priority, run_samples
-
-
-# ---------------------------------------------------------------------------- samplers
-def _example(input_shape: Sequence[int], cfg: HarnessConfig, device: str = "cpu"):
-    import torch
-
-    generator = torch.Generator().manual_seed(cfg.seed)
-    x = torch.randn((cfg.batch, *input_shape), generator=generator)
-    return x.to(device=device, dtype=torch_dtype(cfg.dtype))
-
-
-def torch_sampler(module, input_shape: Sequence[int], cfg: HarnessConfig) -> Callable[[int], float]:
-    """``sample(number)`` for torch-cpu (wall clock) or torch-cuda (CUDA events)."""
-    import torch
-
-    if cfg.runtime == "torch-cuda":
-        module = module.eval().to(device="cuda", dtype=torch_dtype(cfg.dtype))
-        x = _example(input_shape, cfg, "cuda")
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-
-        def sample(number: int) -> float:
-            torch.cuda.synchronize()
-            start.record()
-            for _ in range(number):
-                module(x)
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-
-        return sample
-    module = module.eval().to(dtype=torch_dtype(cfg.dtype))
-    x = _example(input_shape, cfg)
-    return sampling.perf_counter_sample(lambda: module(x))
-
-
-def export_for_ort(module, input_shape: Sequence[int], cfg: HarnessConfig, path: str | Path) -> Path:
-    """Export ``module`` for an input of ``(cfg.batch, *input_shape)`` (native HardSwish)."""
-    from nas.models.export import export_module
-
-    return export_module(module.eval().float(), _example(input_shape, cfg.replace(dtype="float32")), path,
-                         exporter=cfg.onnx_exporter)
-
-
-def ort_sampler(path: str | Path, input_shape: Sequence[int], cfg: HarnessConfig) -> Callable[[int], float]:
-    session = ort_runner.make_session(path, cfg.threads, opt_level=cfg.ort_opt_level)
-    call = ort_runner.session_callable(session, (cfg.batch, *input_shape), "float32", seed=cfg.seed)
-    return sampling.perf_counter_sample(call)
+from nas.cost.samplers import example_input, export_for_ort, ort_sampler, torch_sampler
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -305,7 +258,7 @@ def measure_in_context(spec, cfg: HarnessConfig | None = None, *, model=None) ->
             return wrappers[-1](x)
 
     wrapped = _Wrapped()
-    x = _example((3, spec.resolution, spec.resolution), cfg, device)
+    x = example_input((3, spec.resolution, spec.resolution), cfg, device)
 
     def collect_cuda() -> None:
         for i, events in enumerate(pending):

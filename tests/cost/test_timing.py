@@ -148,7 +148,8 @@ def test_interleaved_passes_resume_from_their_log(tmp_path):
 
 
 def test_steady_allocator_is_recorded_in_the_provenance():
-    from nas.cost.harness import harness_provenance, steady_allocator
+    from nas.cost.harness import steady_allocator
+    from nas.cost.provenance import harness_provenance
 
     applied = steady_allocator()
     assert isinstance(applied, bool)

@@ -3,7 +3,7 @@
 A backend turns a torch module into its runtime's artifact (:meth:`LatencyBackend.export`)
 and returns a ``sample(number) -> seconds`` function (:meth:`LatencyBackend.sampler`) that
 :func:`nas.cost.sampling.run_samples` times with the harness's statistics, the same contract
-as :func:`nas.cost.timing.torch_sampler` and :func:`nas.cost.timing.ort_sampler`.
+as :func:`nas.cost.samplers.torch_sampler` and :func:`nas.cost.samplers.ort_sampler`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``onnxruntime``: ONNX export (native HardSwish) timed in an onnxruntime CPU session.
 
-Wraps today's code: :func:`nas.cost.timing.export_for_ort` writes the ``.onnx`` file and
-:func:`nas.cost.timing.ort_sampler` times it (``cfg.threads`` intra-op threads, one inter-op
+Wraps today's code: :func:`nas.cost.samplers.export_for_ort` writes the ``.onnx`` file and
+:func:`nas.cost.samplers.ort_sampler` times it (``cfg.threads`` intra-op threads, one inter-op
 thread, sequential execution, all graph optimisations).
 """
 
@@ -34,7 +34,7 @@ class OnnxRuntimeBackend(LatencyBackend):
         return {**ort_runner.ort_provenance(cfg.threads, "all"), "inter_op_threads": 1}
 
     def _export(self, module: Any, example: Any, path: Path, unit: str) -> Artifact:
-        from nas.cost.timing import export_for_ort
+        from nas.cost.samplers import export_for_ort
 
         cfg = BackendConfig(batch=int(example.shape[0]))
         export_for_ort(module, tuple(example.shape[1:]), harness_config(cfg, "onnxruntime"), path)
@@ -58,7 +58,7 @@ class OnnxRuntimeBackend(LatencyBackend):
 
     def sampler(self, artifact: Artifact, input_shape: Sequence[int],
                 cfg: BackendConfig | None = None) -> Callable[[int], float]:
-        from nas.cost.timing import ort_sampler
+        from nas.cost.samplers import ort_sampler
 
         cfg = cfg or BackendConfig()
         self.check(artifact, input_shape, cfg)

@@ -1,7 +1,7 @@
 """``torch``: the module itself in PyTorch eager on the CPU (today's ``torch-cpu`` harness).
 
 Nothing is converted or written: the artifact holds the module. Sampling is
-:func:`nas.cost.timing.torch_sampler`, run inside :func:`nas.cost.harness.harness_context`
+:func:`nas.cost.samplers.torch_sampler`, run inside :func:`nas.cost.harness.harness_context`
 (intra-op threads set and restored, ``torch.inference_mode``, the steady allocator).
 """
 
@@ -52,7 +52,7 @@ class TorchBackend(LatencyBackend):
     def sampler(self, artifact: Artifact, input_shape: Sequence[int],
                 cfg: BackendConfig | None = None) -> Callable[[int], float]:
         from nas.cost.harness import harness_context
-        from nas.cost.timing import torch_sampler
+        from nas.cost.samplers import torch_sampler
 
         cfg = cfg or BackendConfig()
         self.check(artifact, input_shape, cfg)
