@@ -41,6 +41,11 @@ RUNTIME_MODULES = {"litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
 Call = Callable[[], None]
 
 
+#: Runs on a device without ``nas``: its errors cannot derive from ``nas.errors.NASError``
+#: (the host turns them into one, :func:`nas.cost.offhost_kits.check_kit`).
+DEVICE_SIDE = True
+
+
 class KitError(ValueError):
     """A kit or its runtime cannot be used here; the message names the file and the fault."""
 

@@ -133,7 +133,10 @@ def export_kit(specs_or_space: Any, out_dir: str | Path, backend_name: str, *, b
 def check_kit(csv_path: Path, runner: dict[str, Any], kit_dir: str | Path) -> None:
     """Refuse a CSV measured with another kit than the one in ``kit_dir``."""
     manifest_path = Path(kit_dir) / ort_runner.MANIFEST_NAME
-    manifest = kit_runner.load_kit(kit_dir)
+    try:
+        manifest = kit_runner.load_kit(kit_dir)
+    except kit_runner.KitError as err:  # the device-side runner's error, as the host's
+        raise LatencyTableError(str(err)) from None
     kit = runner.get("kit") or {}
     if kit.get("kit_id") != manifest.get("kit_id"):
         raise LatencyTableError(
