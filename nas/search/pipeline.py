@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
+from optuna.storages import BaseStorage
 
 from nas.arch.space import SearchSpace, space_from_dict
 from nas.cost.policy import resolve_table
@@ -144,9 +145,9 @@ class SearchRun:
         return StorageSettings(run_dir=str(self.run_dir), url=reveal(self.config.storage),
                                heartbeat_interval=interval, grace_period=3 * interval)
 
-    def _open_study(self, space: SearchSpace, table: LatencyTable) -> optuna.Study:
+    def _open_study(self, storage: BaseStorage, space: SearchSpace, table: LatencyTable) -> optuna.Study:
         config, settings = self.config, self.config.study_settings
-        study = load_or_create_study(open_storage(self._storage_settings()), study_name=config.study_name,
+        study = load_or_create_study(storage, study_name=config.study_name,
                                      directions=settings.directions, sampler=make_sampler(settings),
                                      resume=config.resume)
         # Before anything of this start reaches the study: refuse settings that differ from it.
@@ -173,7 +174,9 @@ class SearchRun:
         self.report(f"latency table {resolved.source}: {resolved.reason}")
         for line in resolved.warnings:
             self.report(f"warning: {line}")
-        study = self._open_study(space, resolved.table)
+        storage_settings = self._storage_settings()
+        storage = open_storage(storage_settings)  # one storage for this process's reads
+        study = self._open_study(storage, space, resolved.table)
         recover_dead_workers(study, heartbeat=config.storage is not None)
         retried = requeue_failed(study)
         if retried:
@@ -185,7 +188,7 @@ class SearchRun:
         interrupted = False
         try:
             if done < config.trials:
-                job = WorkerJob(storage=self._storage_settings(), study_name=config.study_name,
+                job = WorkerJob(storage=storage_settings, study_name=config.study_name,
                                 factory=build_objective,
                                 factory_args=WorkerArgs(config, str(self.run_dir), resolved.table,
                                                         self.space_origin),
@@ -197,8 +200,7 @@ class SearchRun:
             interrupted = True
             log.warning("interrupted: writing the outputs of the finished trials")
         finally:
-            study = optuna.load_study(study_name=config.study_name,
-                                      storage=open_storage(self._storage_settings()))
+            study = optuna.load_study(study_name=config.study_name, storage=storage)
             self.outputs = write_outputs(study, self.run_dir)
         if interrupted:
             raise SearchInterrupted(study)
