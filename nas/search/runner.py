@@ -273,13 +273,13 @@ def claim_network(study: optuna.Study, trial: optuna.Trial, spec: str,
     one trial evaluates a network and the others wait for it.
     """
     while True:
-        original = evaluated_trial(study, spec)
-        if original is not None:
-            return original
+        # Running trials first, completed ones after: a trial that leaves RUNNING between the
+        # two reads is then already COMPLETE in the second. Read the other way round, a trial
+        # finishing in between is missed by both and its network is evaluated twice.
         before = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                   if t.number < trial.number]
         if not any("spec" not in t.user_attrs or t.user_attrs["spec"] == spec for t in before):
-            return None
+            return evaluated_trial(study, spec)
         _wait_a_moment(study, job)
 
 
