@@ -208,7 +208,8 @@ class BudgetReached(Exception):
 
 
 class GiveWay(Exception):
-    """Raised inside a waiting trial when a retry of an earlier trial is waiting to run."""
+    """Raised inside a waiting trial when a retry of an earlier trial is waiting to run, or
+    when the trial is a second retry of one failed trial."""
 
 
 def _retry_parent(trial: optuna.trial.FrozenTrial) -> int | None:
@@ -237,6 +238,13 @@ def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
         if done >= job.budget:
             raise BudgetReached(f"budget of {job.budget} complete trials reached by other workers")
         trials = study.get_trials(deepcopy=False)
+        # Two machines may both enqueue a retry of one failed trial (a restart's
+        # requeue_failed and another machine's heartbeat callback, in the same moment): the
+        # lowest-numbered retry runs, the others give way.
+        parent = _retry_parent(next(t for t in trials if t.number == trial.number))
+        first = min((t.number for t in trials if _retry_parent(t) == parent), default=trial.number)
+        if parent is not None and first != trial.number:
+            raise GiveWay(f"trial {first} already retries trial {parent}")
         slots = _slots(trials)
         mine = slots[trial.number]
         # A retry numbered after this waiting trial but retrying an earlier one would find its

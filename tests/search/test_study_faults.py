@@ -121,6 +121,36 @@ def test_two_workers_released_together_on_an_empty_postgresql_study_run_each_net
                           grace_period=15), f"race_{os.getpid()}_{int(time.time())}", tmp_path, budget=5)
 
 
+def test_a_failed_trial_retried_twice_at_once_is_evaluated_once(tmp_path: Path):
+    """A restart's requeue and another machine's heartbeat callback may both enqueue a retry
+    of one failed trial; the lowest-numbered retry runs, the other gives way unevaluated."""
+    settings = StorageSettings(run_dir=str(tmp_path / "run"))
+    storage = open_storage(settings)
+    study = load_or_create_study(storage, study_name="retries", directions=["maximize", "minimize"],
+                                 sampler=optuna.samplers.RandomSampler(), resume=False)
+    space = load_space(SPACE)
+    params = space.params_of(space.canonical())
+    study.enqueue_trial(params)
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    for _ in range(2):  # the two retries, enqueued in the same moment
+        study.enqueue_trial(params, user_attrs={"retries": 1, "retry_of": failed.number},
+                            skip_if_exists=False)
+    log = tmp_path / "evaluations.log"
+    job = WorkerJob(storage=settings, study_name="retries", factory=logging_objective,
+                    factory_args=(str(log), 0.0), budget=3, sampler_factory=same_sequence_sampler,
+                    sampler_args=0, poll_seconds=0.05)
+    run_worker(job)
+    evaluated = log.read_text().splitlines()
+    assert len(evaluated) == len(set(evaluated)) == 3
+    study = optuna.load_study(study_name="retries", storage=storage)
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == failed.number]
+    assert [t.state for t in retries] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert retries[1].user_attrs["fail_reason"] == (
+        f"not run: trial {retries[0].number} already retries trial {failed.number}")
+    assert "duplicate_of" not in retries[0].user_attrs  # the retry itself was evaluated
+
+
 # ---------------------------------------------------------------------------- fingerprint
 def _cfg(epochs: int = 1) -> dict:
     return {"space": {"name": "tiny", "choices": {"kernel": [3, 5]}}, "mode": "pareto",
