@@ -20,11 +20,14 @@ from nas.ablate.results import Results, e2e_key, protocol_key, trained_arch
 from nas.ablate.variants import AblationError, Variant, variant_from_dict
 from nas.arch.codecs import save_spec, to_string
 from nas.arch.spec import NetworkSpec
-from nas.cost.policy import LatencyPolicy
-from nas.config import Config, check_int, config_from_dict
+from nas.config import Config, ConfigError, check_int, config_from_dict
+from nas.cost.harness import HarnessConfig
+from nas.cost.policy import AUTO, LatencyPolicy
 from nas.cost.sampling import loadavg
 
 log = logging.getLogger("nas-ablate")
+
+NO_TABLE = "none"  # ``latency.table: none``: end-to-end figures only
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,9 @@ class LatencySettings(Config):
     """Where latency comes from: the latency policy's table (``auto``: this host's for
     ``space``, as ``nas-search`` chooses it), extended with the variants' missing keys in
     the run folder, and ``rounds`` interleaved end-to-end rounds with the table's harness
-    (0: no end-to-end figure)."""
+    (0: no end-to-end figure). ``table: none`` skips the table: the variants are only timed
+    end to end, in the runtime of ``backend`` with its default harness (no table build,
+    which takes hours for some runtimes; the paper's ablation latencies are end to end)."""
 
     table: str = "auto"
     space: str = "mobilenetv3_large"   # the space whose table ``auto`` finds or builds
@@ -43,12 +48,32 @@ class LatencySettings(Config):
 
     def __post_init__(self) -> None:
         check_int("latency", "rounds", self.rounds, minimum=0)
+        if not self.uses_table and self.rounds == 0:
+            raise ConfigError("latency.table=none leaves only the end-to-end figure: "
+                              "latency.rounds must be at least 1")
         self.policy()  # table, runtime and strict are checked by the policy
+
+    @property
+    def uses_table(self) -> bool:
+        return self.table != NO_TABLE
 
     def policy(self) -> LatencyPolicy:
         """The latency policy of an ablation: variants' missing keys are always measured."""
-        return LatencyPolicy(table=self.table, backend=self.backend, runtime=self.runtime,
-                             resolution=None, measure_missing=True, strict=self.strict)
+        return LatencyPolicy(table=self.table if self.uses_table else AUTO, backend=self.backend,
+                             runtime=self.runtime, resolution=None, measure_missing=True,
+                             strict=self.strict)
+
+    def end_to_end_harness(self, run_dir: Path, progress: bool) -> HarnessConfig:
+        """The table's harness, so table and end-to-end figures are comparable; without a
+        table, the runtime's default one (:func:`nas.cost.host_table.quick_harness`)."""
+        from nas.arch.space import load_space
+        from nas.cost.host_table import quick_harness
+        from nas.cost.policy import resolve_table
+
+        if not self.uses_table:
+            return quick_harness(self.policy().runtime, None)
+        return resolve_table(self.policy(), [], run_dir, resume=True, space=load_space(self.space),
+                             progress=progress).table.harness_config()
 
 
 @dataclass(frozen=True)
@@ -124,7 +149,7 @@ def table_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
 
     _check_table_source(study, results)
     todo = {n: s for n, s in specs.items() if results.get("table", to_string(s)) is None}
-    if not todo:
+    if not todo or not study.latency.uses_table:
         return
     resolved = resolve_table(study.latency.policy(), [], run_dir, resume=True,
                              space=load_space(study.latency.space), progress=progress)
@@ -158,9 +183,7 @@ def _check_table_source(study: Study, results: Results) -> None:
 def end_to_end_latency(study: Study, specs: dict[str, NetworkSpec], results: Results,
                        run_dir: Path, progress: bool) -> None:
     """All variants in the same interleaved rounds (so their ratios share the machine's state)."""
-    from nas.arch.space import load_space
     from nas.cost.calibrate import measure_end_to_end
-    from nas.cost.policy import resolve_table
 
     rounds = study.latency.rounds
     key = e2e_key(specs, rounds)
@@ -168,8 +191,7 @@ def end_to_end_latency(study: Study, specs: dict[str, NetworkSpec], results: Res
         return
     # The harness of the table the variants were predicted with (the policy's choice is
     # recorded in the run folder, so this is the same table).
-    harness = resolve_table(study.latency.policy(), [], run_dir, resume=True,
-                            space=load_space(study.latency.space), progress=progress).table.harness_config()
+    harness = study.latency.end_to_end_harness(run_dir, progress)
     distinct = {to_string(s): s for s in specs.values()}
     figures = measure_end_to_end(list(distinct.values()), harness, rounds=rounds,
                                  progress=progress, desc="end to end")

@@ -65,6 +65,21 @@ def warn_on_other_data(run: Path, data: dict[str, Any]) -> None:
                     "search's data", run, "; ".join(differ))
 
 
+def _searched_space(search_run: str | None) -> str:
+    """The space a ``nas-search`` run searched (its composed config names it): the space
+    whose keys ``latency.table=auto`` builds a table for."""
+    import yaml
+
+    composed = _path(search_run) / ".hydra" / "config.yaml" if search_run else None
+    if composed is not None and composed.is_file():
+        space = (yaml.safe_load(composed.read_text(encoding="utf-8")) or {}).get("space") or {}
+        if isinstance(space, dict) and space.get("name"):
+            return str(space["name"])
+    raise NetAdaptRunError("latency.table=auto builds this host's table for a search space: give "
+                           "latency.space=mobilenetv3_small or mobilenetv3_large (or a search_run "
+                           "whose .hydra/config.yaml names its space), or pin latency.table=<folder>")
+
+
 def start_spec(cfg: dict[str, Any]) -> NetworkSpec:
     """The network to adapt: ``arch`` (a YAML or canonical name) or ``search_run``'s best."""
     from nas.arch.codecs import load_spec
@@ -87,11 +102,13 @@ def make_latency(cfg: dict[str, Any], spec: NetworkSpec, run_dir: Path, *, resum
     """The latency model NetAdapt steers by: the table the ``latency`` policy names
     (:mod:`nas.cost.policy`), keys measured on demand into the run's copy of it."""
     from nas.cost.harness import TORCH_RUNTIMES
-    from nas.cost.policy import LatencyPolicy, resolve_table
+    from nas.arch.space import load_space
+    from nas.cost.policy import AUTO, LatencyPolicy, resolve_table
     from nas.netadapt.latency import TableLatency
 
     lat = dict(cfg["latency"])
     mode = str(lat.pop("measure", "table"))
+    space_name = lat.pop("space", None)
     policy = LatencyPolicy.from_dict({"resolution": None, **lat})
     if mode == "anchored" and policy.runtime not in TORCH_RUNTIMES:
         # Anchoring times keys inside a torch forward pass; a backend's keys are converted
@@ -101,7 +118,10 @@ def make_latency(cfg: dict[str, Any], spec: NetworkSpec, run_dir: Path, *, resum
         mode = "table"
     # The start network's keys now (a table that lacks them and may not measure stops here);
     # the proposals' keys as NetAdapt meets them, into the same run copy.
-    resolved = resolve_table(policy, spec, run_dir, resume=resume)
+    space = None
+    if policy.table == AUTO:
+        space = load_space(space_name or _searched_space(cfg.get("search_run")))
+    resolved = resolve_table(policy, spec, run_dir, resume=resume, space=space)
     log.info("latency table %s: %s", resolved.source, resolved.reason)
     for line in resolved.warnings:
         log.warning("%s", line)

@@ -127,7 +127,7 @@ def _tiny_study(tmp_path: Path) -> Path:
         "variants": {"base": {"paper": {"top1": 75.2, "ms": 51.4}},
                      "relu": {"activation": "RE"},
                      "unfused": {"set": {"hswish": "decomposed"}}},
-        "latency": {"table": str(tmp_path / "table"), "rounds": 2},
+        "latency": {"table": str(tmp_path / "table"), "backend": None, "rounds": 2},
         "accuracy": {"protocol": str(protocol), "seeds": [0, 1]}}))
     return tmp_path
 
@@ -172,14 +172,30 @@ def test_a_study_runs_end_to_end_and_a_second_start_measures_nothing_again(tmp_p
     assert other.returncode == 2 and "start a new run folder" in other.stderr
 
 
+def test_a_study_without_a_table_times_its_variants_end_to_end_in_the_backend(tmp_path: Path):
+    root = _tiny_study(tmp_path)
+    run = tmp_path / "run"
+    result = _ablate(root, run, "ablation.latency.table=none", "ablation.latency.backend=onnxruntime",
+                     "ablation.accuracy.seeds=[]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    frame = pd.read_csv(run / "ablation.csv")
+    assert frame["table_ms"].isna().all() and (frame["e2e_ms"] > 0).all()
+    assert frame.loc[0, "e2e_ratio"] == 1.0
+    records = [json.loads(r) for r in (run / "results.jsonl").read_text().splitlines()]
+    source = next(r for r in records if r["kind"] == "table_source")
+    assert source["table"] == "none" and source["runtime"] == "onnxruntime"
+    assert not (run / "latency_table").exists()  # nothing was built
+
+
 @pytest.mark.parametrize("override, message", [
     ("ablation.baseline=nope", "ablation tiny: baseline 'nope' is not one of"),
+    ("ablation.latency.table=none ablation.latency.rounds=0", "latency.rounds must be at least 1"),
     ("ablation.accuracy.seeds=0", "accuracy.seeds must be a list of seeds"),
     ("ablation.accuracy.seeds=[0,-1]", "accuracy.seeds must be an integer >= 0"),
 ])
 def test_a_bad_study_ends_with_one_line(tmp_path: Path, override: str, message: str):
     root = _tiny_study(tmp_path)
-    result = _ablate(root, tmp_path / "run", override)
+    result = _ablate(root, tmp_path / "run", *override.split())
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("nas-ablate: error: ") and message in last, last

@@ -106,3 +106,34 @@ def test_search_run_on_other_data_is_named(tmp_path, caplog):
         warn_on_other_data(run, {"name": "synthetic", "root": None, "resolution": 32, "num_classes": 10})
     assert "name 'cifar10' there, 'synthetic' here" in caplog.text
     assert "root '../shared/datasets/cifar10' there, None here" in caplog.text
+
+
+def test_an_auto_table_is_this_hosts_for_the_named_or_the_searched_space(tmp_path, monkeypatch):
+    import nas.cost.host_table as host_tables
+    from nas.netadapt.pipeline import make_latency
+
+    asked: dict[str, str] = {}
+
+    class Asked(Exception):
+        pass
+
+    def host_table(space, *, runtime, resolution, **_):  # stands in for the hours-long build
+        asked.update(space=space.name, runtime=runtime)
+        raise Asked
+
+    monkeypatch.setattr(host_tables, "host_table", host_table)
+    latency = {"table": "auto", "backend": "onnxruntime", "space": None, "measure": "table",
+               "measure_missing": True, "strict": False}
+    cfg = {"latency": latency, "search_run": None}
+    with pytest.raises(NetAdaptRunError, match="give latency.space=mobilenetv3_small or mobilenetv3_large"):
+        make_latency(cfg, load_spec("small"), tmp_path / "run", resume=False)
+    with pytest.raises(Asked):
+        make_latency({**cfg, "latency": {**latency, "space": "mobilenetv3_large"}}, load_spec("large"),
+                     tmp_path / "run", resume=False)
+    assert asked == {"space": "mobilenetv3_large", "runtime": "onnxruntime"}
+    search = tmp_path / "search"
+    (search / ".hydra").mkdir(parents=True)
+    (search / ".hydra" / "config.yaml").write_text("space: {name: mobilenetv3_small}\n")
+    with pytest.raises(Asked):
+        make_latency({**cfg, "search_run": str(search)}, load_spec("small"), tmp_path / "run", resume=False)
+    assert asked == {"space": "mobilenetv3_small", "runtime": "onnxruntime"}
