@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                 harness.log(f"{name}: recorded, skipped (--force repeats it)")
                 continue
             entry = run_pair(backend, space_name, args)
+            # Read again: another process may have recorded other pairs meanwhile.
+            summary = (yaml.safe_load(summary_path.read_text()) or {}) if summary_path.is_file() else {}
             summary[name] = _plain(entry)
             harness.write_yaml(summary_path, summary)
             harness.write_lines(args.out / "summary.md", markdown(summary))
