@@ -44,7 +44,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 FAST = ["--passes", "2", "--repeats", "3", "--warmup", "1", "--min-run-time", "0",
         "--max-run-time", "0.02", "--no-progress"]
 # ExecuTorch's runtime imports torch (executorch.runtime and its pybindings): its board keeps torch.
-BOARD_BLOCKS = {"litert": "torch,nas", "openvino": "torch,nas", "executorch": "nas"}
+BOARD_BLOCKS = {"litert": "torch,nas", "openvino": "torch,nas", "executorch": "nas",
+                "onnxruntime": "torch,nas"}
 
 
 def tiny_spec() -> NetworkSpec:
