@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas.config import Config, ConfigError, check_int, check_number
+from nas.config import Config, ConfigError, check_choice, check_int, check_number
 from nas.cost.policy import LatencyPolicy
 from nas.search.objective import StudySettings
+from nas.search.selection import SELECTIONS
 
 
 def _mapping(owner: str, name: str, value: Any) -> dict[str, Any]:
@@ -38,6 +39,9 @@ class SearchConfig(Config):
         evaluator: the evaluator section (``kind: proxy | supernet`` and its settings).
         mode, sampler, seed, budget_ms, target_ms, reward_exponent: the study's settings
             (:class:`nas.search.objective.StudySettings`).
+        selection: the split candidates are ranked on: ``holdout`` (carved from train; the
+            data's val is only reported on, after the search) or ``val``
+            (:mod:`nas.search.selection`).
         latency: the latency policy (:class:`nas.cost.policy.LatencyPolicy`).
         trials: complete trials in the study, over all workers and starts.
         storage: an RDB URL, or None for the journal file in the run folder.
@@ -58,6 +62,7 @@ class SearchConfig(Config):
     budget_ms: float | None = None
     target_ms: float | None = None
     reward_exponent: float | None = None
+    selection: str = "holdout"
     latency: LatencyPolicy = field(default_factory=LatencyPolicy)
     trials: int = 60
     storage: str | None = None
@@ -84,6 +89,7 @@ class SearchConfig(Config):
         for name in ("budget_ms", "target_ms", "reward_exponent"):
             low = 0.0 if name != "reward_exponent" else -float("inf")
             check_number(owner, name, getattr(self, name), low=low, low_open=True, optional=True)
+        check_choice(owner, "selection", self.selection, SELECTIONS)
         for name in ("resume", "profile_costs"):
             _flag(f"{owner}.{name}", getattr(self, name))
         for name in ("study_name", "mode", "sampler"):

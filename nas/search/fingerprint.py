@@ -1,12 +1,13 @@
 """What a study's values mean, stored on the study so nothing else is mixed into it.
 
 A trial's (top-1, latency) pair means something only under the settings that produced it:
-the search space, the evaluator and its protocol, the data, the latency table (its runtime,
-host, calibration and the figures of the space's keys), the objectives and the mode. They
-are stored on the study when it is created (the ``fingerprint`` study attribute); a resume or
-a worker joining with any of them changed is refused with one line per difference, before it
-runs a trial. A front that mixes two latency tables or two training schedules would rank
-networks by the difference of the settings rather than of the networks.
+the search space, the evaluator and its protocol, the data and the split candidates are ranked
+on (``selection``), the latency table (its runtime, host, calibration and the figures of the
+space's keys), the objectives and the mode. They are stored on the study when it is created
+(the ``fingerprint`` study attribute); a resume or a worker joining with any of them changed
+is refused with one line per difference, before it runs a trial. A front that mixes two
+latency tables or two training schedules would rank networks by the difference of the settings
+rather than of the networks.
 
 Settings that only say how the work is done may change between starts (:data:`MAY_CHANGE`).
 """
@@ -39,7 +40,10 @@ MAY_CHANGE: tuple[str, ...] = (
 )
 # The groups and keys of the configuration whose values define the study.
 _DEFINING = ("space", "data", "evaluator", "mode", "budget_ms", "target_ms", "reward_exponent",
-             "latency.runtime", "latency.resolution")
+             "selection", "latency.runtime", "latency.resolution")
+# What a study stored before a defining setting existed was made with: such a study ranked its
+# candidates on val, so it resumes with selection=val and refuses selection=holdout.
+_BEFORE_THE_SETTING: dict[str, str] = {"selection": json.dumps("val")}
 
 
 class StudySettingsMismatch(NASError, ValueError):
@@ -113,7 +117,8 @@ def check_or_store(study: optuna.Study, fingerprint: dict[str, str]) -> None:
     if stored is None:
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
         stored = study.user_attrs.get(FINGERPRINT_ATTR)  # re-read: another start may have won
-    lines = differences(stored, fingerprint)
+    before = {key: value for key, value in _BEFORE_THE_SETTING.items() if key in fingerprint}
+    lines = differences({**before, **stored}, fingerprint)
     if lines:
         raise StudySettingsMismatch(
             f"study {study.study_name!r} was created with other settings; its trials would be "

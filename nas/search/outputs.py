@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas._io import write_atomic, write_text_atomic, writing
 from nas.arch.codecs import from_string, to_yaml
 from nas.search.objective import counted_trials, fail_reason, pareto_trials, retried_number
+from nas.search.report import val_report, with_val_column
 
 TRIAL_COLUMNS = [
     "number", "state", "accuracy", "latency_ms", "madds", "params", "reward", "top5",
@@ -97,7 +98,7 @@ def write_outputs(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
         for file_name, spec in wanted.items():
             write_text_atomic(paths["configs"] / file_name, to_yaml(spec),
                               what="a Pareto network's bneck config")
-        pareto = frame[frame["number"].isin(front_numbers)].sort_values("latency_ms")
+        pareto = with_val_column(frame[frame["number"].isin(front_numbers)], study).sort_values("latency_ms")
         write_text_atomic(paths["pareto"], pareto.to_csv(index=False), what="the Pareto front")
         for path in paths["configs"].glob("trial*.yaml"):
             if path.name not in wanted:  # no longer on the front
@@ -208,14 +209,22 @@ def summary_table(study: optuna.Study) -> str:
                          f"latency budget; the fastest, trial {fastest.number} at "
                          f"{fastest.user_attrs['latency_ms']:.3f} ms, is {over:.3f} ms over it")
         return "\n".join(lines)
-    shown = frame[frame["number"].isin({t.number for t in front})].sort_values("latency_ms")
-    lines.append("Pareto front (fastest first):")
-    lines.append(f"{'trial':>5}  {'top-1 %':>7}  {'latency ms':>10}  {'MAdds M':>8}  {'params M':>8}  canonical")
+    shown = with_val_column(frame[frame["number"].isin({t.number for t in front})], study)
+    shown = shown.sort_values("latency_ms")
+    split = study.user_attrs.get("context", {}).get("selection", "val")
+    lines.append(f"Pareto front (fastest first; top-1 %: on {split}, the selection split; "
+                 "val %: on val, the report split):")
+    lines.append(f"{'trial':>5}  {'top-1 %':>7}  {'val %':>6}  {'latency ms':>10}  {'MAdds M':>8}  "
+                 f"{'params M':>8}  canonical")
     for _, row in shown.iterrows():
+        val = f"{100 * row['val_accuracy']:6.2f}" if pd.notna(row["val_accuracy"]) else f"{'-':>6}"
         madds = f"{row['madds'] / 1e6:8.1f}" if pd.notna(row["madds"]) else f"{'-':>8}"
         params = f"{row['params'] / 1e6:8.2f}" if pd.notna(row["params"]) else f"{'-':>8}"
-        lines.append(f"{row['number']:>5}  {100 * row['accuracy']:7.2f}  {row['latency_ms']:10.3f}  "
+        lines.append(f"{row['number']:>5}  {100 * row['accuracy']:7.2f}  {val}  {row['latency_ms']:10.3f}  "
                      f"{madds}  {params}  {'yes' if row['canonical'] else ''}")
+    note = val_report(study).get("note")
+    if note:
+        lines.append(f"val %: {note}")
     seed = frame[frame["canonical"] & (frame["state"] == "COMPLETE")]
     if not seed.empty:
         s = seed.iloc[0]

@@ -28,7 +28,9 @@ from nas.search.credentials import reveal
 from nas.search.fingerprint import check_or_store, study_fingerprint
 from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
 from nas.search.outputs import TrialReporter, write_outputs
+from nas.search.report import report_on_val, search_data
 from nas.search.runner import WorkerJob, load_or_create_study, recover_dead_workers, requeue_failed, run_parallel
+from nas.search.selection import selection_data, selection_note, selection_split
 from nas.search.storage import StorageSettings, open_storage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +63,11 @@ class WorkerArgs:
 
 
 def build_evaluator(config: SearchConfig, run_dir: Path):
-    """The evaluator named by ``evaluator.kind`` (proxy training or the supernet)."""
+    """The evaluator named by ``evaluator.kind`` (proxy training or the supernet).
+
+    Both train and score on the selection data (:func:`nas.search.selection.selection_data`):
+    with ``selection: holdout``, train minus a carved holdout, and that holdout.
+    """
     from nas.training.data_config import DataConfig
 
     kind = config.evaluator.get("kind")
@@ -80,11 +86,13 @@ def build_evaluator(config: SearchConfig, run_dir: Path):
                 "device": train_cfg.device, "progress": train_cfg.progress})
             data_cfg, train_cfg = protocol.data, protocol.train
         cache = run_dir / "proxy_cache.jsonl" if config.evaluator.get("cache", True) else None
-        return ProxyTrainingEvaluator(data_cfg, train_cfg, cache_path=cache)
+        return ProxyTrainingEvaluator(selection_data(data_cfg, config.selection), train_cfg,
+                                      cache_path=cache)
     if kind == "supernet":
         from nas.supernet.evaluator import supernet_evaluator_from_config
 
-        return supernet_evaluator_from_config(config.to_dict(), data_cfg, run_dir)
+        return supernet_evaluator_from_config(config.to_dict(), selection_data(data_cfg, config.selection),
+                                              run_dir)
     raise SearchError(f"evaluator.kind must be 'proxy' or 'supernet', got {kind!r}")
 
 
@@ -159,6 +167,7 @@ class SearchRun:
         study.set_user_attr("context", {  # named in the plot's title and kept with the study
             "space": space.name, "data": f"protocol {protocol}" if protocol else config.data.get("name"),
             "evaluator": config.evaluator.get("kind"), "table": table.path.name if table.path else None,
+            "selection": selection_split(search_data(config), config.selection),
             "budget_ms": config.budget_ms})
         return study
 
@@ -170,6 +179,9 @@ class SearchRun:
         config = self.config
         space = space_from_dict(config.space, self.space_origin)
         self._check_data_root()
+        data_cfg = search_data(config)
+        selection_data(data_cfg, config.selection)  # a data set that cannot be carved stops here
+        self.report(selection_note(data_cfg, config.selection))
         resolved = resolve_table(config.latency, space, self.run_dir, resume=config.resume)
         self.report(f"latency table {resolved.source}: {resolved.reason}")
         for line in resolved.warnings:
@@ -204,6 +216,14 @@ class SearchRun:
             self.outputs = write_outputs(study, self.run_dir)
         if interrupted:
             raise SearchInterrupted(study)
+        try:
+            # Only now is the val split looked at: the Pareto members are reported on it.
+            report_on_val(study, config, self.run_dir, self.report)
+        except KeyboardInterrupt:
+            log.warning("interrupted while scoring the Pareto members on val: their val_accuracy "
+                        "is left empty (a resumed run scores them)")
+            raise SearchInterrupted(study) from None
+        self.outputs = write_outputs(study, self.run_dir)
         return study
 
 

@@ -130,6 +130,7 @@ class SupernetEvaluator:
                               f"{self.loaders.num_classes} (DataConfig.num_classes / class folders)")
         self.cache_batches = cache_batches
         self.channels_last = channels_last
+        self.seed = seed
         self.provenance = dict(provenance or {})
         self._calibration: list[Any] | None = None
         self._validation: list[Any] | None = None
@@ -168,6 +169,21 @@ class SupernetEvaluator:
         if self._validation is None:
             self._validation = list(self._validation_source())
         return self._validation
+
+    def scoring_on(self, data_cfg: DataConfig) -> SupernetEvaluator:
+        """The same supernet and BatchNorm-recalibration batches, scoring ``data_cfg``'s val split.
+
+        A search that ranked candidates on a holdout reports its Pareto members on the data's
+        real val this way: only the scored images change, so the two figures differ by the
+        split alone.
+        """
+        val = make_loaders(data_cfg, seed=self.seed, pin_memory=self.device.type == "cuda").val
+        other = SupernetEvaluator(self.supernet, data_cfg, bn_batches=self.bn_batches,
+                                  device=str(self.device), loaders=self.loaders._replace(val=val),
+                                  cache_batches=self.cache_batches, seed=self.seed,
+                                  channels_last=self.channels_last, provenance=self.provenance)
+        other._calibration = self._calibration
+        return other
 
     # ------------------------------------------------------------------ scoring
     def activate(self, spec: NetworkSpec) -> None:
@@ -212,8 +228,32 @@ def _space_of(cfg: dict[str, Any]) -> SearchSpace:
     return space_from_dict(space, f"space '{space.get('name', '?')}'")
 
 
+def _check_holdout_unseen(path: Path, saved: dict[str, Any], data_cfg: DataConfig,
+                         selection: str | None) -> None:
+    """Refuse a supernet that trained on the images a carved val split would score it on.
+
+    A warning would not do: the holdout's scores of every candidate would be inflated by
+    memorised images, and the ranking would favour the sub-networks that memorise best.
+    """
+    if not data_cfg.carve_val:
+        return
+    carve = ("carve_val", "val_fraction", "seed")  # these fix which images the holdout holds
+    if all(saved.get(key) == getattr(data_cfg, key) for key in carve):
+        return
+    trained = ("the whole train split (data.carve_val=false)" if not saved.get("carve_val") else
+               f"train minus another holdout (data.val_fraction={saved.get('val_fraction')}, "
+               f"data.seed={saved.get('seed')})")
+    scored = ("selection=holdout ranks candidates" if selection == "holdout"
+              else "the search scores candidates")
+    raise SupernetCheckpointError(
+        f"evaluator.checkpoint: {path} was trained on {trained}, but {scored} on a holdout "
+        f"carved from train (data.carve_val=true, val_fraction={data_cfg.val_fraction}, "
+        f"seed={data_cfg.seed}) that it has seen; train one with `nas-supernet train ... --set "
+        "data.carve_val=true` (or leave evaluator.checkpoint=null), or search with selection=val")
+
+
 def _check_checkpoint(path: Path, record: dict[str, Any], space: SearchSpace,
-                      data_cfg: DataConfig) -> None:
+                      data_cfg: DataConfig, selection: str | None = None) -> None:
     if not record["finished"]:
         raise SupernetCheckpointError(
             f"evaluator.checkpoint: {path} is an unfinished run (step {record['progress']['step']}); "
@@ -224,6 +264,7 @@ def _check_checkpoint(path: Path, record: dict[str, Any], space: SearchSpace,
             f"evaluator.checkpoint: {path} was trained for space {trained.name!r}, which differs "
             f"from the search's space {space.name!r} (stages or choices); train one for this space")
     saved = dict(record["settings"]["data"])
+    _check_holdout_unseen(path, saved, data_cfg, selection)
     now = data_cfg.settings()
     for settings in (saved, now):  # ../shared/x and /abs/shared/x are the same data
         if settings.get("root"):
@@ -240,8 +281,10 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
 
     Args:
         cfg: the whole (plain) search config: ``cfg["evaluator"]`` is the
-            :class:`SupernetEvaluatorConfig` mapping, ``cfg["space"]`` the search space.
-        data_cfg: the search's data.
+            :class:`SupernetEvaluatorConfig` mapping, ``cfg["space"]`` the search space,
+            ``cfg["selection"]`` (named in errors) the split candidates are ranked on.
+        data_cfg: the data candidates are trained and ranked on (with ``carve_val`` when the
+            search selects on a holdout: :func:`nas.search.selection.selection_data`).
         run_dir: the run folder; an on-the-fly supernet is trained into ``run_dir/supernet``
             (resumed, or reused when finished, by a resumed search).
     """
@@ -252,7 +295,7 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
     if ev_cfg.checkpoint:
         path = Path(ev_cfg.checkpoint)
         supernet, record = load_supernet(path)
-        _check_checkpoint(path, record, space, data_cfg)
+        _check_checkpoint(path, record, space, data_cfg, cfg.get("selection"))
         steps = record["progress"]["step"]
     else:
         # train.device 'auto' follows the evaluator's device.
@@ -260,10 +303,12 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
         train_cfg = dataclasses.replace(ev_cfg.train, device=train_device)
         folder = Path(run_dir) / RUN_SUBDIR
         with _file_lock(folder / "train.lock"):
-            log.warning("no evaluator.checkpoint given: training a supernet for space %s on data %s%s "
+            log.warning("no evaluator.checkpoint given: training a supernet for space %s on data %s%s%s "
                         "into %s first (resumable; pass evaluator.checkpoint=<supernet.pt> to reuse "
                         "one from `nas-supernet train`)", space.name, data_cfg.name,
-                        f" ({data_cfg.root})" if data_cfg.root else "", folder)
+                        f" ({data_cfg.root})" if data_cfg.root else "",
+                        f" minus its {data_cfg.val_fraction:.0%} holdout" if data_cfg.carve_val else "",
+                        folder)
             result = train_supernet(new_supernet(space, loaders.num_classes, train_cfg), data_cfg,
                                     train_cfg, checkpoint_dir=folder, resume=True, loaders=loaders)
         supernet, path, steps = result.supernet, folder / "supernet.pt", result.steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -85,5 +86,9 @@ def test_the_search_can_score_candidates_with_a_protocol(tmp_path: Path) -> None
                                   "train": {"epochs": 2, "device": "cpu", "progress": False}})
     evaluator = build_evaluator(cfg, tmp_path)
     proxy = load_protocol("proxy")
-    assert evaluator.data_cfg == proxy.data  # the protocol's data replaces the data group
+    # The protocol's data replaces the data group; the search trains and ranks on a holdout
+    # carved from its train split (selection=holdout, the default) ...
+    assert evaluator.data_cfg == dataclasses.replace(proxy.data, carve_val=True)
     assert evaluator.train_cfg.epochs == proxy.train.epochs and evaluator.train_cfg.device == "cpu"
+    # ... or on its val split with selection=val.
+    assert build_evaluator(cfg.replace(selection="val"), tmp_path).data_cfg == proxy.data
