@@ -28,8 +28,10 @@ from nas.training.data_config import DataConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+    import pandas as pd
 
     from nas.search.config import SearchConfig
+    from nas.supernet.evaluator import SupernetEvaluator
 
 VAL_REPORT_ATTR = "val_report"
 
@@ -56,10 +58,16 @@ def search_data(config: SearchConfig) -> DataConfig:
     return DataConfig.from_dict(config.data)
 
 
-def _supernet_scorer(config: SearchConfig, run_dir: Path, data_cfg: DataConfig) -> Any:
-    """The val scorer of a supernet search: its supernet, calibrated as during the search."""
+def _supernet_scorer(config: SearchConfig, run_dir: Path,
+                     data_cfg: DataConfig) -> SupernetEvaluator | None:
+    """The val scorer of a supernet search: its supernet, calibrated as during the search
+    (None: this run folder holds no supernet)."""
+    import torch
+
     from nas.supernet.evaluator import RUN_SUBDIR, supernet_evaluator_from_config
 
+    # As a worker does: more intra-op threads than configured are slower on a shared CPU.
+    torch.set_num_threads(config.threads)
     plain = config.to_dict()
     if not plain["evaluator"].get("checkpoint"):
         # The supernet the search trained into its run folder, loaded (and checked) as a
@@ -92,7 +100,7 @@ def report_on_val(study: optuna.Study, config: SearchConfig, run_dir: Path,
     kind = config.evaluator.get("kind")
     if kind != "supernet":
         note = ("val_accuracy is empty: the proxy evaluator keeps no trained weights, so the Pareto "
-                "members' val figures need a reference training (nas-train <run>/pareto/trial<N>.yaml "
+                "members' val figures need a reference training (e.g. nas-train <run>/pareto/trial<N>.yaml "
                 "--protocol reference)")
     elif not carves(data_cfg, config.selection) or data_cfg.carve_val:
         # Nothing was held out from val (or val is itself the holdout): the selection figure
@@ -103,7 +111,7 @@ def report_on_val(study: optuna.Study, config: SearchConfig, run_dir: Path,
                 "it is biased upward by the selection")
     else:
         missing = [t for t in front if str(t.number) not in figures]
-        evaluator = None
+        evaluator: SupernetEvaluator | None = None
         if missing:
             say(f"scoring the {len(missing)} Pareto member(s) without a val figure on val "
                 "(the same supernet and BatchNorm recalibration as on the holdout)")
@@ -124,7 +132,7 @@ def report_on_val(study: optuna.Study, config: SearchConfig, run_dir: Path,
     return {**report, "figures": merged}
 
 
-def with_val_column(frame: Any, study: optuna.Study) -> Any:
+def with_val_column(frame: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
     """``frame`` (trial rows) with ``val_accuracy`` beside ``accuracy`` (empty where none)."""
     figures = val_figures(study)
     out = frame.copy()
