@@ -4,6 +4,8 @@
         --set train.epochs=12                  # the supernet benchmark's schedule
     nas-supernet train --space mobilenetv3_small --data synthetic --out /tmp/sn \\
         --set train.steps=20 --set data.resolution=32
+    torchrun --standalone --nproc-per-node 2 -m nas.cli.supernet train \\
+        --data cifar10_r32 --out outputs/supernet/ddp      # data-parallel, one supernet
     nas-supernet extract --checkpoint outputs/supernet/small/supernet.pt --which largest \\
         --out outputs/supernet/small/extracted --evaluate
     nas-supernet extract --checkpoint outputs/supernet/small/supernet.pt --spec found.yaml --out nets/
@@ -13,7 +15,9 @@
 ``--set key=value`` overrides (keys under ``data.`` or ``train.``), and trains with the
 sandwich rule into ``--out`` (``supernet.pt``, resumed when present; ``config.yaml``;
 ``history.csv``). Use the checkpoint in a search with ``evaluator=supernet
-evaluator.checkpoint=<out>/supernet.pt``.
+evaluator.checkpoint=<out>/supernet.pt``. Under ``torchrun`` the processes train one supernet
+data-parallel, each on its slice of every global batch (``data.batch_size``); rank 0 writes
+and scores (:mod:`nas.supernet.parallel`).
 
 ``extract`` writes ``<name>.yaml`` (bneck YAML) and ``<name>.pth`` (a state_dict that loads
 into ``nas.models.builder.build_model(spec)``); by default BatchNorm is first recalibrated for the
@@ -100,9 +104,17 @@ def _train(args: argparse.Namespace) -> None:
 
     from nas.arch.space import load_space
     from nas.supernet.evaluator import SupernetEvaluator
-    from nas.supernet.train import SupernetTrainConfig, new_supernet, train_supernet
+    from nas.supernet.parallel import agree_to_start, rank_settings
+    from nas.supernet.train import (
+        SupernetTrainConfig,
+        checkpoint_file,
+        new_supernet,
+        space_to_dict,
+        train_supernet,
+    )
     from nas.training.data import make_loaders
     from nas.training.data_config import DataConfig
+    from nas.training.distributed import init_from_env
     from nas.training.train_config import resolve_device
 
     if args.threads:
@@ -115,23 +127,35 @@ def _train(args: argparse.Namespace) -> None:
     data_cfg = DataConfig.from_dict(config["data"])
     train_cfg = SupernetTrainConfig.from_dict(config["train"])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(
-        {"space": space.name, "data": data_cfg.to_dict(), "train": train_cfg.to_dict()}, sort_keys=False))
-
+    parallel = init_from_env(train_cfg.device)
     loaders = make_loaders(data_cfg, seed=train_cfg.seed,
-                           pin_memory=resolve_device(train_cfg.device).type == "cuda")
+                           pin_memory=resolve_device(train_cfg.device).type == "cuda",
+                           rank=parallel.rank, world=parallel.world)
     supernet = new_supernet(space, loaders.num_classes, train_cfg)
+    resume_from = checkpoint_file(out) if not args.no_resume else None
+    # Before any file is written: ranks started differently stop here, in one line.
+    agree_to_start(parallel, space=space_to_dict(space), data_cfg=data_cfg,
+                   train=rank_settings(train_cfg), loaders=loaders, resume_from=resume_from)
+    if parallel.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(
+            {"space": space.name, "data": data_cfg.to_dict(), "train": train_cfg.to_dict()},
+            sort_keys=False))
     result = train_supernet(supernet, data_cfg, train_cfg, checkpoint_dir=out,
-                            resume=not args.no_resume, loaders=loaders)
+                            resume=not args.no_resume, loaders=loaders, parallel=parallel)
+    if parallel.rank != 0:
+        return
     pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     status = "finished" if result.finished else "unfinished"
-    print(f"supernet {status}: {result.steps} steps in {result.seconds:.0f} s "
+    ranks = f" on {parallel.world} processes" if parallel.world > 1 else ""
+    print(f"supernet {status}: {result.steps} steps in {result.seconds:.0f} s{ranks} "
           f"({result.images_per_second:.1f} images/s); checkpoint {result.checkpoint}")
     if args.no_eval:
         return
+    # Scored by rank 0 alone, on whole batches (a rank's loaders hold its share of each).
     evaluator = SupernetEvaluator(result.supernet, data_cfg, bn_batches=args.bn_batches,
-                                  device=train_cfg.device, loaders=loaders, seed=train_cfg.seed)
+                                  device=train_cfg.device, seed=train_cfg.seed,
+                                  loaders=loaders if parallel.world == 1 else None)
     for label, spec in (("largest", supernet.largest_spec()), ("canonical", space.base),
                         ("smallest", supernet.smallest_spec())):
         score = evaluator.evaluate(spec)
@@ -247,11 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; configuration errors end with one line and exit code 2."""
+    """Console entry point; configuration errors end with one line and exit code 2.
+
+    Under ``torchrun`` a disagreement between the ranks is printed by rank 0 alone (every
+    rank raises the same line); a rank that loses its peers ends with one line and exit code 1.
+    """
+    import torch.distributed as dist
+
     from nas.arch.spec import SpecError
     from nas.arch.space import SpaceError
     from nas.supernet.dynamic_ops import SupernetError
     from nas.supernet.train import SupernetCheckpointError
+    from nas.training.distributed import (
+        CollectiveError,
+        DataParallel,
+        RanksDisagreeError,
+        shutdown,
+    )
 
     args = build_parser().parse_args(argv)
     install_sigint_handler()
@@ -259,8 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (CliError, SpecError, SpaceError, SupernetError, SupernetCheckpointError,
             ValueError, FileNotFoundError) as err:
-        print(f"nas-supernet: error: {err}", file=sys.stderr)
+        if not isinstance(err, RanksDisagreeError) or DataParallel.current().rank == 0:
+            print(f"nas-supernet: error: {err}", file=sys.stderr)
         return 2
+    except (CollectiveError, dist.DistError) as err:
+        # A peer died or the rendezvous failed: the collectives cannot go on. The last
+        # checkpoint stays; the same command resumes from it.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"nas-supernet: error: {first}; the data-parallel processes cannot go on: rerun "
+              "the same command on every rank to resume from the last checkpoint", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
     return 0
 
 

@@ -14,9 +14,12 @@ before progressive shrinking, and re-organises channels before elastic width; Ca
 2020, Sec. 3.2), so that the narrow sub-networks start from the most important channels.
 
 The run is resumable and repeatable: a checkpoint (weights, optimiser, scheduler, progress,
-the sampler's and torch's RNG states) is written every ``checkpoint_every`` steps and at the
-end of every epoch; data order and augmentation are pure functions of (seed, epoch, index)
-(:class:`nas.training.data.EpochSampler`), so a resumed run ends where an uninterrupted one ends.
+torch's RNG states) is written every ``checkpoint_every`` steps and at the end of every
+epoch; data order and augmentation are pure functions of (seed, epoch, index)
+(:class:`nas.training.data.EpochSampler`) and step ``s``'s random sub-networks of (seed, s)
+(:func:`nas.supernet.parallel.step_sampler`), so a resumed run ends where an uninterrupted
+one ends. Under ``torchrun`` the processes train one supernet data-parallel
+(:mod:`nas.supernet.parallel`).
 """
 
 from __future__ import annotations
@@ -38,9 +41,18 @@ from nas.errors import NASError
 from nas.arch.space import SearchSpace, StageSpace
 from nas.supernet.dynamic_ops import IMPORTANCE_NORMS
 from nas.supernet.network import Supernet
+from nas.supernet.parallel import (
+    agree_to_start,
+    average_step,
+    check_share,
+    rank_settings,
+    step_sampler,
+)
 from nas.training.checkpoint import read_checkpoint as _read_checkpoint
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
+from nas.training.distributed import DataParallel
+from nas.training.global_batch import global_batch_layers
 from nas.training.loop import CheckpointSpec, LoopOptions, NonFiniteLossError, StepContext, run_loop
 from nas.training.train import make_optimizer, make_scheduler
 from nas.training.train_config import TrainConfig, resolve_device
@@ -212,12 +224,14 @@ def sandwich_specs(supernet: Supernet, rng: random.Random, num_random: int,
 def sandwich_step(supernet: Supernet, images: torch.Tensor, target: torch.Tensor,
                   specs: list[tuple[str, NetworkSpec]], *, label_smoothing: float = 0.0,
                   distill: bool = True, temperature: float = 1.0,
-                  ctx: StepContext | None = None) -> dict[str, float]:
+                  ctx: StepContext | None = None, check_finite: bool = True) -> dict[str, float]:
     """Forward and backward every sub-network of ``specs`` on one batch (no optimiser step).
 
     The first spec must be the largest (the teacher). Gradients accumulate in the shared
     weights; call ``optimizer.zero_grad()`` before and ``optimizer.step()`` after.
-    Returns the mean loss per role. Raises :class:`~nas.training.loop.NonFiniteLossError`. Under
+    Returns the mean loss per role. Raises :class:`~nas.training.loop.NonFiniteLossError`
+    (``check_finite=False``: returns the non-finite loss; data-parallel ranks must all reach
+    the step's collectives, and stop together once the losses are averaged). Under
     :func:`nas.training.loop.run_loop`, ``ctx`` supplies autocast and the (scaled) backward pass.
     """
     if not specs or specs[0][0] != "largest":
@@ -236,7 +250,7 @@ def sandwich_step(supernet: Supernet, images: torch.Tensor, target: torch.Tensor
         if role == "largest":
             teacher = logits.detach()
         value = float(loss.detach())
-        if not math.isfinite(value):
+        if check_finite and not math.isfinite(value):
             raise NonFiniteLossError(f"non-finite {role} sub-network loss {value}; the supernet "
                                      "diverged: lower the learning rate or add warm-up", loss=value)
         if ctx is not None:
@@ -298,6 +312,8 @@ class SupernetTrainResult:
         history: one dict per epoch: epoch, step, lr, mean loss per role, seconds.
         checkpoint: the checkpoint file (None when checkpoints are off).
         settings: the data and training settings.
+        processes: data-parallel processes that trained it (``images_per_second`` counts
+            the images of all of them).
     """
 
     supernet: Supernet
@@ -308,6 +324,7 @@ class SupernetTrainResult:
     history: list[dict[str, Any]]
     checkpoint: Path | None
     settings: dict[str, Any]
+    processes: int = 1
 
 
 def train_supernet(
@@ -320,6 +337,7 @@ def train_supernet(
     loaders: Loaders | None = None,
     stop_after: int | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> SupernetTrainResult:
     """Train ``supernet`` on ``data_cfg`` with the sandwich rule (see the module docstring).
 
@@ -334,13 +352,19 @@ def train_supernet(
         loaders: prebuilt :func:`~nas.training.data.make_loaders` output for ``data_cfg``.
         stop_after: return (checkpointed, unfinished) after this many steps in this call.
         on_step: called after every optimiser step with ``(step, losses by role)``.
+        parallel: data-parallel training over ``torch.distributed`` processes (default: the
+            process group when one is initialised, e.g. under ``torchrun``); ``loaders`` must
+            then be this rank's (``make_loaders(..., rank=, world=)``). Only rank 0 writes.
     """
     if cfg.kernel_transform != supernet.kernel_transform:
         raise ConfigError(f"SupernetTrainConfig.kernel_transform is {cfg.kernel_transform} but the "
                           f"supernet was built with kernel_transform={supernet.kernel_transform}")
     device = resolve_device(cfg.device)
+    parallel = parallel or DataParallel.current()
     if loaders is None:
-        loaders = make_loaders(data_cfg, seed=cfg.seed, pin_memory=device.type == "cuda", device=device)
+        loaders = make_loaders(data_cfg, seed=cfg.seed, pin_memory=device.type == "cuda", device=device,
+                               rank=parallel.rank, world=parallel.world)
+    check_share(loaders, parallel)
     if loaders.num_classes != supernet.num_classes:
         raise ConfigError(f"the supernet has {supernet.num_classes} classes but the data has "
                           f"{loaders.num_classes} (DataConfig.num_classes / the dataset's folders)")
@@ -355,14 +379,18 @@ def train_supernet(
         supernet.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(supernet, optim_cfg)
     scheduler = make_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps)
-    sampler = random.Random(cfg.seed)
     settings = {"data": data_cfg.settings(), "train": cfg.settings()}
     ckpt_path = checkpoint_file(checkpoint_dir) if checkpoint_dir is not None else None
     resuming = resume and ckpt_path is not None and ckpt_path.is_file()
+    if parallel.world > 1:
+        agree_to_start(parallel, space=space_to_dict(supernet.space), data_cfg=data_cfg,
+                       train=rank_settings(cfg), loaders=loaders,
+                       resume_from=ckpt_path if resuming else None)
     if not resuming:
         torch.manual_seed(cfg.seed)
         if cfg.zero_init_residual:
             zero_init_residual(supernet)
+    parallel.broadcast_state(supernet)  # as DDP starts: rank 0's weights (a resume reloads them)
 
     def step(images: torch.Tensor, target: torch.Tensor, ctx: StepContext) -> dict[str, float]:
         state = ctx.state
@@ -372,9 +400,12 @@ def train_supernet(
             # OFA: channels are re-organised once the full network is trained.
             supernet.sort_channels(cfg.importance, optimizer=optimizer)
             state.flags["sorted"] = True
-        specs = sandwich_specs(supernet, sampler, cfg.num_random, largest_only)
+        specs = sandwich_specs(supernet, step_sampler(cfg.seed, state.step), cfg.num_random,
+                               largest_only)
         losses = sandwich_step(supernet, images, target, specs, label_smoothing=cfg.label_smoothing,
-                               distill=cfg.distill, temperature=cfg.kd_temperature, ctx=ctx)
+                               distill=cfg.distill, temperature=cfg.kd_temperature, ctx=ctx,
+                               check_finite=parallel.world == 1)
+        losses = average_step(parallel, supernet, losses)
         return {f"loss_{role}": value for role, value in losses.items()}
 
     def on_step_roles(number: int, metrics: dict[str, float]) -> None:
@@ -387,18 +418,21 @@ def train_supernet(
         hint="; write one with `nas-supernet train`")
     options = LoopOptions(total_steps=total_steps, device=device, precision=cfg.precision,
                           channels_last=cfg.channels_last, grad_clip_norm=cfg.grad_clip_norm,
-                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
-                          desc="supernet")
-    state = run_loop(supernet, optimizer, scheduler, loaders.train, step, options,
-                     checkpoint=checkpoint, resume=resume, sampler=sampler, on_step=on_step_roles,
-                     stop_after=stop_after)
+                          checkpoint_every=cfg.checkpoint_every,
+                          progress=cfg.progress and parallel.rank == 0, desc="supernet")
+    with global_batch_layers(supernet, parallel):
+        state = run_loop(supernet, optimizer, scheduler, loaders.train, step, options,
+                         checkpoint=checkpoint, resume=resume, on_step=on_step_roles,
+                         stop_after=stop_after, write_checkpoints=parallel.rank == 0)
     supernet.eval()
     supernet.set_active(supernet.largest_spec())
     return SupernetTrainResult(
         supernet=supernet, steps=state.step, finished=state.step >= total_steps,
         seconds=state.seconds,
-        images_per_second=state.images / state.train_seconds if state.train_seconds else 0.0,
-        history=state.history, checkpoint=ckpt_path, settings=settings,
+        # state.images counts this rank's share of every batch.
+        images_per_second=(state.images * parallel.world / state.train_seconds
+                           if state.train_seconds else 0.0),
+        history=state.history, checkpoint=ckpt_path, settings=settings, processes=parallel.world,
     )
 
 

@@ -35,11 +35,11 @@ mid-epoch from a checkpoint sees exactly the images the uninterrupted run saw.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from nas.config import ConfigError
 from nas.training.data_config import (
@@ -182,7 +182,8 @@ def make_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
 class Loaders(NamedTuple):
     """Training and validation loaders with the dataset's class count.
 
-    ``train``/``val`` are torch ``DataLoader`` objects (``synthetic``, ``imagefolder``) or
+    ``train``/``val`` are torch ``DataLoader`` objects (``synthetic``, ``imagefolder``; a
+    data-parallel rank's ``train``: :class:`RankSlicedLoader`) or
     :class:`nas.training.tensor_data.TensorLoader` objects (``cifar10``, ``webdataset``) or
     :class:`nas.training.shard_stream.ShardStream` objects (streamed shards); all iterate
     ``(images, labels)`` batches and expose ``sampler.set_epoch(epoch, start)``.
@@ -265,8 +266,9 @@ def make_loaders(cfg: DataConfig, *, seed: int = 0, pin_memory: bool = False,
     :class:`nas.training.tensor_data.BatchOrder`; call ``set_epoch`` each epoch); it drops the last
     incomplete batch so BatchNorm never sees a batch of one. ``device`` is where the
     tensor-cache sources keep their tensors and build batches (the training device);
-    ``rank``/``world`` give a data-parallel process its share of every batch (``cifar10``,
-    ``webdataset``; streamed shards: its share of the shards, :mod:`nas.training.shard_stream`).
+    ``rank``/``world`` give a data-parallel process its share of every batch (streamed
+    shards: its share of the shards, :mod:`nas.training.shard_stream`; the ``DataLoader``
+    sources: :class:`RankSlicedLoader`).
     """
     if cfg.name == "webdataset" and cfg.stream:
         from nas.training.shard_stream import stream_loaders
@@ -275,16 +277,89 @@ def make_loaders(cfg: DataConfig, *, seed: int = 0, pin_memory: bool = False,
         return Loaders(train_stream, val_stream, len(classes), classes)
     if cfg.name in ("cifar10", "webdataset"):
         return _tensor_loaders(cfg, seed, device, rank, world, pin_memory)
-    if world != 1:
-        raise ConfigError(f"data-parallel training needs DataConfig.name='cifar10' or "
-                          f"'webdataset' (the tensor and shard sources), got name={cfg.name!r}")
     train_ds, val_ds, num_classes = make_datasets(cfg)
     n_train = len(train_ds)  # type: ignore[arg-type]
-    common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory)
+    drop_last = n_train > cfg.batch_size
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory)
     # Own generators: a DataLoader without one draws worker seeds from the global torch RNG
     # each time it is iterated, which would shift the dropout stream of a resumed run.
-    train = DataLoader(train_ds, sampler=EpochSampler(n_train, seed), drop_last=n_train > cfg.batch_size,
-                       generator=torch.Generator().manual_seed(seed), **common)  # type: ignore[arg-type]
-    val = DataLoader(val_ds, shuffle=False, generator=torch.Generator().manual_seed(seed),
-                     **common)  # type: ignore[arg-type]
+    train: Any
+    if world == 1:
+        train = DataLoader(train_ds, sampler=EpochSampler(n_train, seed), drop_last=drop_last,
+                           batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(seed),
+                           **common)  # type: ignore[arg-type]
+    else:
+        train = RankSlicedLoader(train_ds, EpochSampler(n_train, seed), batch_size=cfg.batch_size,
+                                 rank=rank, world=world, drop_last=drop_last,
+                                 generator=torch.Generator().manual_seed(seed), **common)
+    # Every rank scores the whole val split (as the tensor sources do).
+    val = DataLoader(val_ds, shuffle=False, batch_size=cfg.batch_size,
+                     generator=torch.Generator().manual_seed(seed), **common)  # type: ignore[arg-type]
     return Loaders(train, val, num_classes, _class_names(train_ds))
+
+
+class RankBatches(Sampler[list[Any]]):
+    """This rank's share of every global batch of an :class:`EpochSampler`'s order.
+
+    A batch sampler: global batch ``b`` is positions ``[b * batch_size, (b + 1) * batch_size)``
+    of the epoch's order, and rank ``r`` of ``world`` takes its ``r``-th equal slice. The
+    augmentation of an image is a function of (seed, epoch, index) alone, so the ranks
+    together load exactly the images (and crops) one process loads, each only its own.
+    """
+
+    def __init__(self, order: EpochSampler, batch_size: int, rank: int, world: int,
+                 drop_last: bool) -> None:
+        self.order, self.batch_size, self.rank, self.world = order, batch_size, rank, world
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.order), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        keys = list(self.order)
+        for b in range(len(self)):
+            chunk = keys[b * self.batch_size:(b + 1) * self.batch_size]
+            share = len(chunk) // self.world
+            yield chunk[self.rank * share:(self.rank + 1) * share]
+
+
+class RankSlicedLoader:
+    """A data-parallel rank's training loader for the ``DataLoader`` sources (``synthetic``,
+    ``imagefolder``): its slice of every global batch (:class:`RankBatches`).
+
+    Looks to the training loop as a ``DataLoader`` does: ``sampler`` (the epoch order, whose
+    ``set_epoch(epoch, start)`` counts images of the global batches), ``batch_size`` (the
+    global batch), ``len()`` (global batches left) and iteration; ``rank``/``world`` say
+    whose share it is.
+    """
+
+    def __init__(self, dataset: Dataset, order: EpochSampler, *, batch_size: int, rank: int,
+                 world: int, drop_last: bool, **loader_options: Any) -> None:
+        if batch_size % world:
+            raise ConfigError(f"DataConfig.batch_size={batch_size} (the global batch) is not "
+                              f"divisible by the {world} data-parallel processes")
+        size = len(dataset)  # type: ignore[arg-type]
+        if not drop_last and size % world:
+            raise ConfigError(f"the {size} training images (one batch smaller than "
+                              f"DataConfig.batch_size={batch_size}) do not split evenly over "
+                              f"{world} data-parallel processes")
+        self.dataset, self.sampler, self.batch_size = dataset, order, batch_size
+        self.rank, self.world = rank, world
+        self._loader = DataLoader(dataset, batch_sampler=RankBatches(order, batch_size, rank, world,
+                                                                     drop_last), **loader_options)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._loader)
+
+
+def loader_share(loader: Any) -> tuple[int, int]:
+    """``(rank, world)`` of the share of every global batch a training loader yields
+    (``(0, 1)``: whole batches)."""
+    for holder in (loader, getattr(loader, "sampler", None)):
+        if hasattr(holder, "world") and hasattr(holder, "rank"):
+            return int(holder.rank), int(holder.world)
+    return 0, 1
