@@ -92,8 +92,10 @@ def _batch_norm(bn: nn.BatchNorm2d, parallel: DataParallel, x: torch.Tensor) -> 
     weight = bn.weight[:c] if bn.weight is not None else torch.ones_like(var)
     bias = bn.bias[:c] if bn.bias is not None else torch.zeros_like(var)
     scale = weight * torch.rsqrt(var + bn.eps)
-    shift = bias - global_mean * scale
-    out = xs * scale[None, :, None, None] + shift[None, :, None, None]
+    # Centred before scaling (not x * scale + (bias - mean * scale)): the gradient of the
+    # scale is then a sum of dy * (x - mean), not the difference of two large sums, which
+    # loses digits wherever a channel's mean is large against its spread.
+    out = (xs - global_mean[None, :, None, None]) * scale[None, :, None, None] + bias[None, :, None, None]
     if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
         with torch.no_grad():
             bn.running_mean[:c].mul_(1 - factor).add_(global_mean * factor)
