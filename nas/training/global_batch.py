@@ -48,14 +48,14 @@ class _AllReduce(torch.autograd.Function):
     input reaches every rank's output)."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
         out = tensor.clone(memory_format=torch.contiguous_format)
         with collective("BatchNorm statistics of the global batch"):
             dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone(memory_format=torch.contiguous_format)
         with collective("BatchNorm gradients of the global batch"):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM)
