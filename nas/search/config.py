@@ -36,14 +36,17 @@ class SearchConfig(Config):
     Attributes:
         space: the search space as a mapping (``nas/conf/space/*.yaml`` or a custom space).
         data: the data section (:class:`nas.training.data_config.DataConfig`).
-        evaluator: the evaluator section (``kind: proxy | supernet`` and its settings).
+        evaluator: the evaluator section (``kind: proxy | supernet | predictor`` and its
+            settings).
         mode, sampler, seed, budget_ms, target_ms, reward_exponent: the study's settings
             (:class:`nas.search.objective.StudySettings`).
         selection: the split candidates are ranked on: ``holdout`` (carved from train; the
             data's val is only reported on, after the search) or ``val``
             (:mod:`nas.search.selection`).
         latency: the latency policy (:class:`nas.cost.policy.LatencyPolicy`).
-        trials: complete trials in the study, over all workers and starts.
+        trials: complete trials in the study, over all workers and starts (with
+            ``evaluator=predictor``: the most members of the predicted front the supernet
+            re-scores).
         storage: an RDB URL, or None for the journal file in the run folder.
         study_name: the study's name in the storage.
         resume: continue the study (a missing one is an error; without it an existing one is).

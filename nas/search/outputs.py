@@ -26,7 +26,7 @@ from nas.search.report import val_report, with_val_column
 
 TRIAL_COLUMNS = [
     "number", "state", "accuracy", "latency_ms", "madds", "params", "reward", "top5",
-    "duration_s", "canonical", "duplicate_of", "retry_of", "spec", "fail_reason",
+    "predicted_accuracy", "duration_s", "canonical", "duplicate_of", "retry_of", "spec", "fail_reason",
 ]
 
 
@@ -46,6 +46,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "params": attrs.get("params"),
             "reward": attrs.get("reward"),
             "top5": attrs.get("top5"),
+            # evaluator=predictor: the predictor's figure for a network the supernet re-scored
+            "predicted_accuracy": attrs.get("predicted_top1"),
             "duration_s": duration,
             "canonical": bool(attrs.get("canonical", False)),
             "duplicate_of": attrs.get("duplicate_of"),
@@ -171,6 +173,10 @@ def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str,
         for _, row in best.iterrows():
             ax.annotate(str(int(row["number"])), (row["latency_ms"], 100 * row["accuracy"]),
                         xytext=(3, 3), textcoords="offset points", fontsize=7, color="tab:blue")
+        predicted = done[done["predicted_accuracy"].notna()] if "predicted_accuracy" in done else done[:0]
+        if not predicted.empty:  # evaluator=predictor: what the predictor expected of them
+            ax.scatter(predicted["latency_ms"], 100 * predicted["predicted_accuracy"].astype(float),
+                       marker="x", s=18, color="tab:orange", label="predicted (re-scored)")
         seed = done[done["canonical"]]
         if not seed.empty:
             ax.scatter(seed["latency_ms"], 100 * seed["accuracy"], marker="*", s=220,
@@ -179,7 +185,8 @@ def plot_front(frame: pd.DataFrame, front: set[int], path: Path, *, title: str,
         ax.axvline(budget_ms, color="tab:red", linestyle="--", linewidth=1,
                    label=f"latency budget {budget_ms:g} ms")
     ax.set_xlabel("lookup-table latency (ms)")
-    ax.set_ylabel(f"{evaluator} top-1 (%)")
+    # evaluator=predictor: every point is a supernet score (the predictor's are the crosses).
+    ax.set_ylabel(f"{'supernet' if evaluator == 'predictor' else evaluator} top-1 (%)")
     ax.set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

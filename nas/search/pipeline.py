@@ -63,7 +63,8 @@ class WorkerArgs:
 
 
 def build_evaluator(config: SearchConfig, run_dir: Path):
-    """The evaluator named by ``evaluator.kind`` (proxy training or the supernet).
+    """The evaluator named by ``evaluator.kind`` (proxy training or the supernet; for
+    ``predictor``, the supernet whose scores the predictor is fitted on and that re-scores its front).
 
     Both train and score on the selection data (:func:`nas.search.selection.selection_data`):
     with ``selection: holdout``, train minus a carved holdout, and that holdout.
@@ -88,12 +89,16 @@ def build_evaluator(config: SearchConfig, run_dir: Path):
         cache = run_dir / "proxy_cache.jsonl" if config.evaluator.get("cache", True) else None
         return ProxyTrainingEvaluator(selection_data(data_cfg, config.selection), train_cfg,
                                       cache_path=cache)
-    if kind == "supernet":
+    if kind in ("supernet", "predictor"):
         from nas.supernet.evaluator import supernet_evaluator_from_config
 
-        return supernet_evaluator_from_config(config.to_dict(), selection_data(data_cfg, config.selection),
-                                              run_dir)
-    raise SearchError(f"evaluator.kind must be 'proxy' or 'supernet', got {kind!r}")
+        plain = config.to_dict()
+        if kind == "predictor":  # the predictor is fitted on this supernet's scores
+            from nas.search.predictor_search import supernet_section
+
+            plain["evaluator"] = supernet_section(plain["evaluator"])
+        return supernet_evaluator_from_config(plain, selection_data(data_cfg, config.selection), run_dir)
+    raise SearchError(f"evaluator.kind must be 'proxy', 'supernet' or 'predictor', got {kind!r}")
 
 
 def build_objective(args: WorkerArgs) -> Objective:
@@ -171,14 +176,40 @@ class SearchRun:
             "budget_ms": config.budget_ms})
         return study
 
+    def _check_predictor(self) -> None:
+        """Refuse what ``evaluator=predictor`` cannot do, before the supernet trains."""
+        from nas.search.predictor_search import PredictorEvaluatorConfig
+
+        PredictorEvaluatorConfig.from_dict(self.config.evaluator)  # its keys, checked
+        if self.config.n_workers != 1:
+            raise SearchError(f"evaluator=predictor runs in one process (the supernet scores and the "
+                              f"predictor's search are one sequence): set n_workers=1, got "
+                              f"{self.config.n_workers}")
+
+    def _run_predictor(self, study: optuna.Study, space: SearchSpace, table: LatencyTable) -> None:
+        """The ``evaluator=predictor`` steps (:class:`nas.search.predictor_run.PredictorSearch`)."""
+        import torch
+
+        from nas.search.predictor_run import PredictorSearch
+
+        torch.set_num_threads(self.config.threads)  # as a worker does
+        evaluator = build_evaluator(self.config, self.run_dir)
+        PredictorSearch(self.config, self.run_dir, space, table, evaluator, say=self.report,
+                        after_trial=lambda s: write_outputs(s, self.run_dir)).run(study)
+
     def run(self) -> optuna.Study:
         """Run until the study holds ``config.trials`` counted trials; returns the study.
 
+        With ``evaluator=predictor`` the predictor's steps run instead of the workers (the study
+        then holds the supernet-scored networks: the fitting samples and the re-scored front).
         Raises :class:`SearchInterrupted` (outputs written) on Ctrl-C.
         """
         config = self.config
         space = space_from_dict(config.space, self.space_origin)
         self._check_data_root()
+        predictor = config.evaluator.get("kind") == "predictor"
+        if predictor:
+            self._check_predictor()
         data_cfg = search_data(config)
         selection_data(data_cfg, config.selection)  # a data set that cannot be carved stops here
         self.report(selection_note(data_cfg, config.selection))
@@ -189,17 +220,20 @@ class SearchRun:
         storage_settings = self._storage_settings()
         storage = open_storage(storage_settings)  # one storage for this process's reads
         study = self._open_study(storage, space, resolved.table)
-        recover_dead_workers(study, heartbeat=config.storage is not None)
-        retried = requeue_failed(study)
-        if retried:
-            log.info("retrying failed, killed or interrupted trial(s) %s first", retried)
-        enqueue_canonical(study, space)
+        if not predictor:
+            recover_dead_workers(study, heartbeat=config.storage is not None)
+            retried = requeue_failed(study)
+            if retried:
+                log.info("retrying failed, killed or interrupted trial(s) %s first", retried)
+            enqueue_canonical(study, space)
         done = counted_trials(study)
         log.info("study %s: %d of %d trial(s) complete, %d worker(s) here; run folder %s",
                  config.study_name, done, config.trials, config.n_workers, self.run_dir)
         interrupted = False
         try:
-            if done < config.trials:
+            if predictor:
+                self._run_predictor(study, space, resolved.table)
+            elif done < config.trials:
                 job = WorkerJob(storage=storage_settings, study_name=config.study_name,
                                 factory=build_objective,
                                 factory_args=WorkerArgs(config, str(self.run_dir), resolved.table,

@@ -7,7 +7,8 @@ A search with ``selection: holdout`` ranks candidates on a holdout carved from t
 where :func:`nas.search.outputs.write_outputs` puts them in ``pareto.csv``'s ``val_accuracy``
 column beside the selection ``accuracy``.
 
-* ``evaluator=supernet``: the same supernet weights and BatchNorm recalibration batches, with
+* ``evaluator=supernet`` and ``evaluator=predictor`` (whose Pareto members are supernet
+  scores too): the same supernet weights and BatchNorm recalibration batches, with
   val's images scored instead of the holdout's (:meth:`SupernetEvaluator.scoring_on`). Where
   nothing was carved (``selection=val``, synthetic data) the selection figure is the val
   figure and is copied.
@@ -69,6 +70,10 @@ def _supernet_scorer(config: SearchConfig, run_dir: Path,
     # As a worker does: more intra-op threads than configured are slower on a shared CPU.
     torch.set_num_threads(config.threads)
     plain = config.to_dict()
+    if plain["evaluator"].get("kind") == "predictor":  # its supernet gives the val figures
+        from nas.search.predictor_search import supernet_section
+
+        plain["evaluator"] = supernet_section(plain["evaluator"])
     if not plain["evaluator"].get("checkpoint"):
         # The supernet the search trained into its run folder, loaded (and checked) as a
         # checkpoint: finished, so nothing is trained again.
@@ -98,7 +103,7 @@ def report_on_val(study: optuna.Study, config: SearchConfig, run_dir: Path,
     figures: dict[str, float] = dict(report.get("figures", {}))
     split = selection_split(data_cfg, config.selection)
     kind = config.evaluator.get("kind")
-    if kind != "supernet":
+    if kind not in ("supernet", "predictor"):
         note = ("val_accuracy is empty: the proxy evaluator keeps no trained weights, so the Pareto "
                 "members' val figures need a reference training (e.g. nas-train <run>/pareto/trial<N>.yaml "
                 "--protocol reference)")
