@@ -4,6 +4,7 @@ the predicted front re-scored by the supernet; end to end on synthetic data, res
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -156,7 +157,7 @@ def fitted():
     """A predictor of the tiny space fitted on a known target (bigger kernels and expansions
     score higher) and a latency that grows with them too: a real trade-off."""
     space = load_space(SPACES / "space" / "tiny.yaml")
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     specs = [space.sample(rng) for _ in range(200)]
 
     def quality(spec):
@@ -179,7 +180,7 @@ def test_the_predicted_front_beats_as_many_random_networks(fitted):
     for top1, ms in points:  # non-dominated
         assert not any(t >= top1 and m <= ms and (t, m) != (top1, ms) for t, m in points)
     space = predictor.space
-    rng = __import__("random").Random(1)
+    rng = random.Random(1)
     randoms = [space.sample(rng) for _ in range(400)]
     random_points = list(zip(predictor.predict(randoms), map(latency, randoms)))
     limit = max(m for _, m in random_points + points) + 1
@@ -207,7 +208,7 @@ def test_spread_keeps_the_ends_and_spaces_the_rest():
 def test_the_genome_names_every_parameter_the_space_can_suggest():
     space = load_space("mobilenetv3_small")
     names = dict(genome(space))
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     for _ in range(50):
         for name, value in space.params_of(space.sample(rng)).items():
             assert value in names[name]
