@@ -56,7 +56,7 @@ from nas.search.config import SearchConfig
 from nas.search.objective import Objective, StudySettings, enqueue_canonical, make_sampler
 from nas.search.predictor import AccuracyPredictor, Encoding, PredictorModelConfig
 from nas.search.predictor_data import Score, collect_scores
-from nas.search.predictor_search import predictor_front, spread
+from nas.search.predictor_search import coarse_to_fine, predictor_front, spread
 from nas.search.selection import selection_split
 from nas.training.data_config import DataConfig
 
@@ -261,7 +261,7 @@ def run_predictor(args: argparse.Namespace, space: SearchSpace, scorer: Any, tab
     fit_seconds = time.perf_counter() - started
     front, stats = predictor_front(predictor, table.predict, StudySettings(seed=seed),
                                    population_size=args.population_size, candidates=args.candidates)
-    chosen = spread(front, args.rescore)
+    chosen = coarse_to_fine(spread(front, args.rescore))  # the order nas-search re-scores in
     cache = args.work / f"rescored-seed{seed}.jsonl"  # a network re-scored once per seed
     done = {row["spec"]: row for row in harness.read_rows([cache])}
     have = {s.spec for s in scores}

@@ -39,6 +39,7 @@ from nas.search.predictor_search import (
     RUN_SUBDIR,
     Candidate,
     PredictorEvaluatorConfig,
+    coarse_to_fine,
     predictor_front,
     reward_exponent,
     spread,
@@ -199,7 +200,9 @@ class PredictorSearch:
     def rescore(self, study: optuna.Study, front: list[Candidate]) -> None:
         """Step 5: at most ``trials`` members of the predicted front scored by the supernet."""
         count = self.config.trials
-        chosen = spread(front, count) if self.config.mode == "pareto" else front[:count]
+        # pareto: spread over latency and scored coarse to fine (both ends, the middle, ...);
+        # mnasnet: the best predicted rewards first.
+        chosen = coarse_to_fine(spread(front, count)) if self.config.mode == "pareto" else front[:count]
         known = self._known(study)
         todo = [c for c in chosen if to_string(c.spec) not in known]
         self.say(f"predictor: re-scoring {len(todo)} of the front's {len(front)} networks with the "

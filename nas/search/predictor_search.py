@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import optuna
@@ -40,6 +40,7 @@ from nas.search.predictor import AccuracyPredictor, PredictorModelConfig, genome
 
 RUN_SUBDIR = "predictor"
 LatencyFn = Callable[[NetworkSpec], float]
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- config
@@ -174,7 +175,7 @@ def predictor_front(predictor: AccuracyPredictor, latency: LatencyFn, settings: 
     return list(unique.values()), stats
 
 
-def spread(front: list[Candidate], count: int) -> list[Candidate]:
+def spread(front: list[T], count: int) -> list[T]:
     """At most ``count`` members of ``front`` (in its order), evenly spaced along it."""
     if len(front) <= count:
         return list(front)
@@ -182,5 +183,28 @@ def spread(front: list[Candidate], count: int) -> list[Candidate]:
     return [front[int(i)] for i in np.round(np.linspace(0, len(front) - 1, count))]
 
 
-__all__ = ["Candidate", "PredictorEvaluatorConfig", "RUN_SUBDIR", "predictor_front",
+def coarse_to_fine(items: list[T]) -> list[T]:
+    """``items`` reordered so that every prefix covers their range evenly: both ends, the
+    middle, the quarters, ... A front re-scored in this order is covered end to end early,
+    so a run stopped part-way (or read at any moment) has scores across all latencies."""
+    if len(items) <= 2:
+        return list(items)
+    order, seen = [0, len(items) - 1], {0, len(items) - 1}
+    spans = [(0, len(items) - 1)]
+    while spans:
+        following = []
+        for low, high in spans:
+            middle = (low + high) // 2
+            if middle not in seen:
+                seen.add(middle)
+                order.append(middle)
+            if middle - low > 1:
+                following.append((low, middle))
+            if high - middle > 1:
+                following.append((middle, high))
+        spans = following
+    return [items[i] for i in order]
+
+
+__all__ = ["Candidate", "PredictorEvaluatorConfig", "RUN_SUBDIR", "coarse_to_fine", "predictor_front",
            "reward_exponent", "spread", "supernet_section"]

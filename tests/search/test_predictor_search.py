@@ -23,7 +23,7 @@ from nas.search.objective import StudySettings
 from nas.search.pipeline import SearchError, SearchInterrupted, SearchRun, build_evaluator
 from nas.search.predictor import AccuracyPredictor, PredictorModelConfig, genome
 from nas.search.predictor_data import read_scores
-from nas.search.predictor_search import PredictorEvaluatorConfig, predictor_front, spread
+from nas.search.predictor_search import PredictorEvaluatorConfig, coarse_to_fine, predictor_front, spread
 from nas.supernet.evaluator import SupernetEvaluator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -197,6 +197,13 @@ def test_a_budget_is_respected_and_mnasnet_mode_ranks_by_reward(fitted):
                               population_size=20, candidates=200)
     rewards = [c.predicted_top1 * (c.latency_ms / budget) ** -0.07 for c in best]
     assert rewards == sorted(rewards, reverse=True) and len({to_string(c.spec) for c in best}) == len(best)
+
+
+def test_coarse_to_fine_covers_the_range_early_and_keeps_every_item():
+    assert coarse_to_fine(list(range(9))) == [0, 8, 4, 2, 6, 1, 3, 5, 7]
+    order = coarse_to_fine(list(range(60)))
+    assert sorted(order) == list(range(60)) and order[:3] == [0, 59, 29]
+    assert coarse_to_fine([5]) == [5] and coarse_to_fine([]) == []
 
 
 def test_spread_keeps_the_ends_and_spaces_the_rest():
