@@ -227,8 +227,9 @@ class SearchRun:
                 log.info("retrying failed, killed or interrupted trial(s) %s first", retried)
             enqueue_canonical(study, space)
         done = counted_trials(study)
-        log.info("study %s: %d of %d trial(s) complete, %d worker(s) here; run folder %s",
-                 config.study_name, done, config.trials, config.n_workers, self.run_dir)
+        if not predictor:  # the predictor's steps say what they do themselves
+            log.info("study %s: %d of %d trial(s) complete, %d worker(s) here; run folder %s",
+                     config.study_name, done, config.trials, config.n_workers, self.run_dir)
         interrupted = False
         try:
             if predictor:

@@ -32,6 +32,7 @@ from nas._io import write_text_atomic
 from nas.arch.codecs import from_string, to_string
 from nas.arch.space import SearchSpace
 from nas.arch.spec import NetworkSpec
+from nas.search.fingerprint import table_identity
 from nas.search.objective import mnasnet_reward
 from nas.search.predictor import AccuracyPredictor, PredictorError, genome
 from nas.search.predictor_data import Score, collect_scores
@@ -176,7 +177,8 @@ class PredictorSearch:
         settings = self.config.study_settings
         key = _key({"predictor": predictor.fitted.get("key"), "settings": settings.__dict__,
                     "population_size": self.settings.population_size,
-                    "candidates": self.settings.candidates, "table": self.config.latency.to_dict()})
+                    "candidates": self.settings.candidates,
+                    "table": table_identity(self.table, self.space)})  # its figures, not its name
         path = self.folder / "front.json"
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
