@@ -376,9 +376,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         curves = pd.DataFrame([{"method": r["method"], "samples": r["samples"], "seed": r["seed"], "step": i,
                                 "seconds": s, "hypervolume": hv}
                                for r in runs for i, (s, hv) in enumerate(r["curve"])])
-        curves.to_csv(args.out / "curves.csv", index=False)
-        pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in runs]).to_csv(
-            args.out / "runs.csv", index=False)
+        counts = {"samples": "Int64"}  # empty for TPE, a whole number for the predictor
+        curves.astype(counts).to_csv(args.out / "curves.csv", index=False)
+        pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in runs]).astype(
+            {**counts, "candidates": "Int64", "predicted_front": "Int64"}).to_csv(args.out / "runs.csv", index=False)
         summary["search"] = {"reference_latency_ms": round(max_latency, 4), "seeds": list(args.seeds),
                              "tpe_trials": args.tpe_trials, "candidates": args.candidates,
                              "population_size": args.population_size, "rescore": args.rescore,
