@@ -11,7 +11,6 @@ is relative to the project checkout). A protocol file holds a ``data:`` mapping
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
