@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 
 from nas.arch.spec import BlockSpec, NetworkSpec
+
+#: Marks a test that exercises a CUDA code path for real: it runs where torch sees a GPU and
+#: is skipped elsewhere (the project itself never needs one). scripts/gpu_check.sh runs them.
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+#: Two-process NCCL runs need two GPUs: NCCL refuses two ranks on one device.
+requires_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2,
+                                       reason="needs two CUDA GPUs (one NCCL rank per GPU)")
 
 # Every pruning case in five blocks: SE; a stem whose consumer has no expand conv (16 == 16);
 # residual groups {1, 2} and {3, 4}; blocks without SE.
