@@ -330,6 +330,12 @@ def search_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- main
+def _previous_summary(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from nas.cost.host_table import host_table
     from nas.cost.table_files import resolve_table_dir
@@ -385,9 +391,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "population_size": args.population_size, "rescore": args.rescore,
                              **search_summary(runs)}
         plot_search(curves, summary["search"]["tpe"]["final_hypervolume_mean"], args.out / "search.png")
-    summary.update(loadavg=harness.load_average(), finished_at=harness.now(),
-                   settings={k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, list) else v)
-                             for k, v in vars(args).items()})
+    settings = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, list) else v)
+                for k, v in vars(args).items()}
+    # The parts run apart (two processes, or one part again): keep the figures, load and
+    # settings of the parts this run did not repeat.
+    previous = _previous_summary(args.out / "summary.yaml")
+    for part in PARTS:
+        if part in args.parts:
+            summary[f"run_{part}"] = {"loadavg": harness.load_average(), "finished_at": harness.now(),
+                                      "settings": settings}
+        else:
+            summary.update({key: previous[key] for key in (part, f"run_{part}") if key in previous})
     print(harness.write_yaml(args.out / "summary.yaml", summary))
     write_markdown(summary, args.out / "summary.md")
     return summary

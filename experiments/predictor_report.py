@@ -53,15 +53,21 @@ def plot_search(curves: pd.DataFrame, target: float, path: Path) -> None:
     plt.close(fig)
 
 
+def _run_line(summary: dict[str, Any], part: str) -> str:
+    run = summary.get(f"run_{part}") or {}
+    return (f"Load average {run.get('loadavg', 'not recorded')} at the end, finished "
+            f"{run.get('finished_at', '(not recorded)')}.\n")
+
+
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
     """``summary.md``: a table per part that ran."""
     lines = [f"# Accuracy predictor on {summary['space']}", "",
              f"Supernet: {summary['supernet'].get('supernet_checkpoint')} "
              f"({summary['supernet'].get('supernet_steps')} steps), ranked on the {summary['selection']} "
-             f"split. Host {summary['host']} ({summary['cpu']}), load average {summary['loadavg']}, "
-             f"finished {summary['finished_at']}.", ""]
+             f"split. Host {summary['host']} ({summary['cpu']}).", ""]
     if "quality" in summary:
         lines += ["## Held-out networks against the supernet", "",
+                  _run_line(summary, "quality"),
                   "| model | fitted on | held out | RMSE (pts) | Kendall tau | Spearman rho | fit s |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['train']} | {r['test']} | {100 * r['rmse']:.2f} | {r['kendall_tau']} | "
@@ -69,7 +75,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         lines.append("")
     if "trained" in summary:
         t = summary["trained"]
-        lines += ["## Trained networks (reference protocol)", "",
+        lines += ["## Trained networks (reference protocol)", "", _run_line(summary, "trained"),
                   f"{t['networks']} networks; the MLP fitted on {t['predictor_fitted_on']} supernet scores.", "",
                   "| ranking | Kendall tau | Spearman rho |", "|---|---|---|"]
         for name in ("predictor_vs_trained", "supernet_vs_trained", "predictor_vs_supernet"):
@@ -77,7 +83,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         lines.append("")
     if "search" in summary:
         s = summary["search"]
-        lines += ["## Search: hypervolume against seconds", "",
+        lines += ["## Search: hypervolume against seconds", "", _run_line(summary, "search"),
                   f"TPE: {s['tpe_trials']} trials, final hypervolume {s['tpe']['final_hypervolume_mean']} "
                   f"(mean over seeds {s['seeds']}) in {s['tpe']['seconds_mean']} s on average. "
                   f"Predictor: NSGA-II over {s['candidates']} networks (population {s['population_size']}), "

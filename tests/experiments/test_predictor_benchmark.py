@@ -56,13 +56,20 @@ def test_quality_and_trained_networks_on_the_small_space(tmp_path: Path, monkeyp
                                    "found_100"} <= set(trained["name"])
     assert trained.set_index("name").loc["canonical", "seeds"] == 3  # the repeatability runs'
     summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
-    assert summary["trained"]["predictor_fitted_on"] == 16 and summary["host"] and summary["loadavg"]
+    assert summary["trained"]["predictor_fitted_on"] == 16 and summary["host"]
+    assert all(summary[f"run_{part}"]["loadavg"] for part in ("quality", "trained"))
     assert "## Trained networks" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "quality.png").stat().st_size > 0
     _no_scoring(monkeypatch)
     predictor_benchmark.main(argv)  # every score read back
     assert pd.read_csv(tmp_path / "out" / "quality.csv")[["model", "train", "kendall_tau"]].equals(
         quality[["model", "train", "kendall_tau"]])
+    # One part run again keeps the other part's figures and the load it ran under.
+    predictor_benchmark.main([*argv[:argv.index("--parts")], "--parts", "quality",
+                              *argv[argv.index("--train"):]])
+    kept = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
+    assert kept["trained"] == summary["trained"] and kept["run_trained"] == summary["run_trained"]
+    assert "## Trained networks" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_the_search_comparison_on_a_tiny_space(tmp_path: Path, monkeypatch):
