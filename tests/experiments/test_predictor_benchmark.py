@@ -65,6 +65,7 @@ def test_quality_and_trained_networks_on_the_small_space(tmp_path: Path, monkeyp
     assert pd.read_csv(tmp_path / "out" / "quality.csv")[["model", "train", "kendall_tau"]].equals(
         quality[["model", "train", "kendall_tau"]])
     # One part run again keeps the other part's figures and the load it ran under.
+    summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
     predictor_benchmark.main([*argv[:argv.index("--parts")], "--parts", "quality",
                               *argv[argv.index("--train"):]])
     kept = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
