@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 
 from nas.arch.codecs import from_string, load_spec
-from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
 from nas.search.objective import fail_reason, retried_number
 from nas.arch.space import load_space
@@ -24,18 +23,6 @@ from nas.search.storage import JOURNAL_NAME
 
 SPACES = Path(__file__).resolve().parents[1] / "data" / "spaces"
 SCRIPT = str(Path(sys.executable).parent / "nas-search")
-
-
-@pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory) -> Path:
-    """A table measured here for the tiny test space (64x64, few repeats)."""
-    space = load_space(SPACES / "space" / "tiny.yaml")
-    harness = HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0, passes=1,
-                            max_run_time=0.05)
-    directory = tmp_path_factory.mktemp("table")
-    table = LatencyTable.create(harness, resolution=64)
-    table.build(space, progress=False, save_to=directory)
-    return directory
 
 
 def _args(run_dir: Path, table: Path, *extra: str) -> list[str]:

@@ -16,8 +16,6 @@ import pytest
 import nas
 from nas.arch.codecs import from_string, load_spec, to_string
 from nas.arch.space import load_space
-from nas.cost.harness import HarnessConfig
-from nas.cost.lut import LatencyTable
 from nas.search.fingerprint import StudySettingsMismatch
 from nas.search.objective import StudySettings
 from nas.search.pipeline import SearchError, SearchInterrupted, SearchRun, build_evaluator
@@ -32,18 +30,6 @@ SPACES = Path(__file__).resolve().parents[1] / "data" / "spaces"
 SCRIPT = str(Path(sys.executable).parent / "nas-search")
 SAMPLES, TRIALS = 8, 3
 SCORE = SupernetEvaluator.evaluate  # the real scoring, before any test patches it
-
-
-@pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory) -> Path:
-    """A table measured here for the tiny test space (64x64, few repeats)."""
-    space = load_space(SPACES / "space" / "tiny.yaml")
-    harness = HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0, passes=1,
-                            max_run_time=0.05)
-    directory = tmp_path_factory.mktemp("table")
-    table = LatencyTable.create(harness, resolution=64)
-    table.build(space, progress=False, save_to=directory)
-    return directory
 
 
 def _overrides(table: Path, *extra: str) -> list[str]:
