@@ -135,3 +135,19 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         yield SmallDisk(mount_point)
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory) -> Path:
+    """A table measured here for the tiny test space (64x64, few repeats: about 5 s)."""
+    from nas.arch.space import load_space
+    from nas.cost.harness import HarnessConfig
+    from nas.cost.lut import LatencyTable
+
+    harness = HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0, passes=1,
+                            max_run_time=0.05)
+    directory = tmp_path_factory.mktemp("table")
+    LatencyTable.create(harness, resolution=64).build(
+        load_space(REPO / "tests" / "data" / "spaces" / "space" / "tiny.yaml"), progress=False,
+        save_to=directory)
+    return directory

@@ -23,8 +23,6 @@ import torch
 import yaml
 
 from nas.arch.space import load_space
-from nas.cost.harness import HarnessConfig
-from nas.cost.lut import LatencyTable
 from nas.search import report as report_module
 from nas.search.config import SearchConfig
 from nas.search.fingerprint import StudySettingsMismatch, check_or_store
@@ -119,17 +117,6 @@ def seen(monkeypatch) -> dict[tuple[str, str], set]:
 
     monkeypatch.setattr("nas.search.pipeline.report_on_val", reporting)
     return records
-
-
-@pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory) -> Path:
-    """A table measured here for the tiny test space (few repeats: about 5 s)."""
-    harness = HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0, passes=1,
-                            max_run_time=0.05)
-    directory = tmp_path_factory.mktemp("table")
-    LatencyTable.create(harness, resolution=64).build(load_space(SPACE_FILE), progress=False,
-                                                      save_to=directory)
-    return directory
 
 
 def _data(root: Path, tmp_path: Path) -> dict[str, Any]:
