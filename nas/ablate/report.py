@@ -1,9 +1,10 @@
 """An ablation study's report: ``ablation.csv``, ``ablation.md`` (our figures and the paper's
 side by side) and ``ablation.png`` (top-1 against latency, one point per variant).
 
-An accuracy difference to the baseline is called a win or a loss only when it exceeds two
-seed standard deviations (the larger of the two networks'); otherwise it is a tie. With one
-seed there is no spread, and the table says so instead of ranking.
+An accuracy difference to the baseline comes with a 90% interval (Welch's t over the seeds of
+both networks, which need not share a seed count or a variance). It is called a win or a loss
+only when that interval excludes zero; otherwise it is a tie. With one seed on either side
+there is no spread, and the table says so instead of ranking.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from nas.ablate.results import e2e_key, trained_arch
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 
-TIE_SIGMAS = 2.0
+INTERVAL = 0.90  # the confidence of the interval on an accuracy difference
 
 
 def _e2e_record(study: Any, specs: dict[str, NetworkSpec], results: Any) -> dict[str, Any] | None:
@@ -39,6 +40,7 @@ def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
     e2e = record["figures"] if record else {}
     base_spec = specs[study.baseline]
     base_e2e = e2e.get(to_string(base_spec))
+    base_tops = _tops(study, base_spec, results, protocol_key)
     rows = []
     for variant in study.variants:
         spec = specs[variant.name]
@@ -46,8 +48,9 @@ def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
         costs = results.get("costs", arch) or {}
         table = results.get("table", arch) or {}
         fig = e2e.get(arch)
-        tops = [r["top1"] * 100 for r in (results.get("top1", trained_arch(spec, protocol_key), s)
-                                          for s in study.accuracy.seeds) if r is not None]
+        tops = _tops(study, spec, results, protocol_key)
+        low, high = ((None, None) if variant.name == study.baseline
+                     else _difference_interval(tops, base_tops))
         row: dict[str, Any] = {
             "variant": variant.name,
             "spec": arch,
@@ -61,6 +64,8 @@ def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
             "top1_mean": statistics.mean(tops) if tops else None,
             "top1_std": statistics.stdev(tops) if len(tops) > 1 else None,
             "seeds": len(tops),
+            "top1_delta_low": low,
+            "top1_delta_high": high,
         }
         row.update({f"paper_{k}": v for k, v in variant.paper.items()})
         rows.append(row)
@@ -71,6 +76,23 @@ def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
     frame["top1_delta"] = frame["top1_mean"] - base["top1_mean"]
     frame["accuracy_verdict"] = [_verdict(row, base, study.baseline) for _, row in frame.iterrows()]
     return frame
+
+
+def _tops(study: Any, spec: NetworkSpec, results: Any, protocol_key: str) -> list[float]:
+    """The top-1 (%) of every seed of ``spec`` that has been trained."""
+    runs = (results.get("top1", trained_arch(spec, protocol_key), seed) for seed in study.accuracy.seeds)
+    return [run["top1"] * 100 for run in runs if run is not None]
+
+
+def _difference_interval(tops: list[float], base_tops: list[float]) -> tuple[float | None, float | None]:
+    """The INTERVAL confidence interval of mean(tops) - mean(base_tops) (Welch's t); None
+    without two seeds a side, or for identical runs (no spread to scale by)."""
+    if len(tops) < 2 or len(base_tops) < 2 or statistics.pstdev(tops + base_tops) == 0:
+        return None, None
+    from scipy.stats import ttest_ind
+
+    interval = ttest_ind(tops, base_tops, equal_var=False).confidence_interval(INTERVAL)
+    return float(interval.low), float(interval.high)
 
 
 def _paper_ratio(row: pd.Series, base: pd.Series) -> float | None:
@@ -91,16 +113,27 @@ def _verdict(row: pd.Series, base: pd.Series, baseline: str) -> str:
         return "not measured"
     if pd.isna(row["top1_std"]) or pd.isna(base["top1_std"]):
         return "one seed: no spread, no ranking"
-    noise = TIE_SIGMAS * max(row["top1_std"], base["top1_std"])
-    if abs(row["top1_delta"]) <= noise:
-        return f"tie (difference within {noise:.2f} = 2 seed std)"
-    return "better" if row["top1_delta"] > 0 else "worse"
+    if pd.isna(row["top1_delta_low"]):
+        return "tie (identical runs)"
+    if row["top1_delta_low"] > 0:
+        return "better"
+    if row["top1_delta_high"] < 0:
+        return "worse"
+    return f"tie ({100 * INTERVAL:.0f}% interval spans 0)"
 
 
 def _fmt(value: Any, digits: int = 2, sign: bool = False) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "-"
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _delta(row: pd.Series) -> str:
+    """The mean top-1 difference to the baseline, with its interval where there is one."""
+    delta = _fmt(row["top1_delta"], 2, sign=True)
+    if pd.isna(row["top1_delta_low"]):
+        return delta
+    return f"{delta} [{row['top1_delta_low']:+.2f}, {row['top1_delta_high']:+.2f}]"
 
 
 def _paper(row: pd.Series, key: str) -> float | None:
@@ -133,7 +166,7 @@ def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> st
     lines += [
         "| variant | params (M) | MAdds (M) | paper params / MAdds (M) | dMAdds (M) | paper dMAdds "
         "| table ms | measured ms (IQR) | ratio | paper ms | paper ratio | top-1 % (seeds) | d top-1 "
-        "| verdict | paper top-1 |",
+        f"[{100 * INTERVAL:.0f}%] | verdict | paper top-1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in frame.iterrows():
@@ -143,15 +176,16 @@ def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> st
             f"| {r['variant']} | {_fmt(r['params_m'])} | {_fmt(r['madds_m'], 1)} | {_paper_costs(r)} | "
             f"{_fmt(r['madds_delta_m'], 1, sign=True)} | {_fmt(r.get('paper_madds_delta_m'), 0, sign=True)} | "
             f"{_fmt(r['table_ms'])} | {_fmt(r['e2e_ms'])} ({_fmt(r['e2e_iqr_ms'])}) | "
-            f"{_fmt(r['e2e_ratio'], 3)} | {_paper_ms(r)} | {_fmt(r['paper_ratio'], 3)} | {top1} | {_fmt(r['top1_delta'], 2, sign=True)} | "
+            f"{_fmt(r['e2e_ratio'], 3)} | {_paper_ms(r)} | {_fmt(r['paper_ratio'], 3)} | {top1} | {_delta(r)} | "
             f"{r['accuracy_verdict']} | {_fmt(r.get('paper_top1'), 1)} |")
     lines += ["", f"Baseline: {study.baseline}. Measured latency: the harness's figure over "
               f"{study.latency.rounds} interleaved rounds, all variants in the same rounds; "
               "ratio = median per-round ratio to the baseline."
               + (f" Load average at the end: {', '.join(f'{x:.2f}' for x in loadavg)}." if loadavg else ""),
               f"Accuracy: protocol `{study.accuracy.protocol}` on CIFAR-10 val, seeds "
-              f"{list(study.accuracy.seeds)}; a difference within {TIE_SIGMAS:g} seed standard "
-              "deviations is a tie. Paper figures: ImageNet top-1 and Pixel-1 ms "
+              f"{list(study.accuracy.seeds)}; d top-1 is the mean difference to the baseline with its "
+              f"{100 * INTERVAL:.0f}% interval (Welch's t over the seeds of both); a difference "
+              "whose interval spans 0 is a tie. Paper figures: ImageNet top-1 and Pixel-1 ms "
               "(REFERENCE.md); ours: CIFAR-10 and this CPU, so compare deltas and ratios, not values."]
     return "\n".join(lines) + "\n"
 
@@ -199,4 +233,4 @@ def write_report(study: Any, specs: dict[str, NetworkSpec], results: Any, run_di
     return csv
 
 
-__all__ = ["TIE_SIGMAS", "markdown", "study_frame", "write_report"]
+__all__ = ["INTERVAL", "markdown", "study_frame", "write_report"]
