@@ -32,6 +32,11 @@ TINY = NetworkSpec(blocks=(
 ), stem_channels=16, last_conv=96, head_features=128, num_classes=10, resolution=32, name="tiny")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tests convert their few units in the test process (and in the CLIs they start): a pool of
+# converter processes pays seconds of imports a worker. tests/cost/test_parallel_convert.py
+# sets its own count.
+os.environ.setdefault("NAS_CONVERT_WORKERS", "1")
 CIFAR_SUBSET = REPO.parent / "shared" / "datasets" / "cifar10-subset"
 
 

@@ -15,6 +15,7 @@ runtime's Python API, paid once per network rather than once per op).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from nas.cost.harness import HarnessConfig
+
+log = logging.getLogger(__name__)
 
 EMPTY_PREFIX = "empty:"
 #: Where a net figure (unit less its empty model) ends when the unit is no slower than the
@@ -57,17 +60,19 @@ def key_empty_name(key: str) -> str:
     return empty_name(shape, out)
 
 
-def with_empty_models(build: Callable[[str], Any]) -> Callable[[str], Any]:
+class with_empty_models:  # noqa: N801 - used as a function; a class so workers can unpickle it
     """``build(name)`` that also builds :func:`empty_name` items (the backend's empty model)."""
-    from nas.cost.backends import baseline_module
 
-    def build_any(name: str):
+    def __init__(self, build: Callable[[str], Any]) -> None:
+        self.build = build
+
+    def __call__(self, name: str):
+        from nas.cost.backends import baseline_module
+
         if name.startswith(EMPTY_PREFIX):
             inp, out = parse_empty(name)
             return baseline_module(inp, out), inp
-        return build(name)
-
-    return build_any
+        return self.build(name)
 
 
 class BackendItems:
@@ -82,6 +87,7 @@ class BackendItems:
         self.backend_cfg = BackendConfig.from_harness(cfg)
         self.build = build
         self.file_stem = file_stem
+        self.cache_dir = Path(cache_dir)
         # One folder per runtime version: an artifact converted by another release is stale.
         self.folder = Path(cache_dir) / f"{self.backend.name}-{self.backend.version()}"
         self.artifacts: dict[str, Any] = {}
@@ -95,19 +101,12 @@ class BackendItems:
 
         Raises :class:`nas.cost.backends.ConversionError` naming the item, the runtime and
         the converter's reason."""
-        from nas.cost.backends import Artifact
-
-        if name in self.artifacts:
-            return self.artifacts[name]
-        target, record = self._paths(name)
-        if record.is_file():
-            data = json.loads(record.read_text(encoding="utf-8"))
-            artifact = Artifact(**{**data, "path": Path(data["path"]),
-                                   "input_shape": tuple(data["input_shape"])})
-            if artifact.path.exists():
-                self.artifacts[name] = artifact
-                return artifact
+        cached = self._cached(name)
+        if cached is not None:
+            return cached
         import torch
+
+        target, record = self._paths(name)
 
         torch.manual_seed(self.cfg.seed)
         module, shape = self.build(name)
@@ -121,18 +120,46 @@ class BackendItems:
         self.artifacts[name] = artifact
         return artifact
 
+    def _cached(self, name: str):
+        """The item's artifact if it was converted before (this run or an earlier one)."""
+        from nas.cost.backends import Artifact
+
+        if name in self.artifacts:
+            return self.artifacts[name]
+        _, record = self._paths(name)
+        if not record.is_file():
+            return None
+        data = json.loads(record.read_text(encoding="utf-8"))
+        artifact = Artifact(**{**data, "path": Path(data["path"]), "input_shape": tuple(data["input_shape"])})
+        if not artifact.path.exists():
+            return None
+        self.artifacts[name] = artifact
+        return artifact
+
     def prepare(self, names: Iterable[str], progress: bool = False) -> None:
-        """Convert every item not yet in the cache, before any timing starts."""
-        todo = [n for n in dict.fromkeys(names) if n not in self.artifacts]
+        """Convert every item not yet in the cache, before any timing starts: in a pool of
+        worker processes when there are enough of them (:mod:`nas.cost.parallel_convert`)."""
+        from nas.cost.parallel_convert import convert_in_pool, picklable, pool_size
+
+        todo = [n for n in dict.fromkeys(names) if self._cached(n) is None]
         bar = None
         if progress and todo:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), desc=f"convert ({self.backend.name})", unit="unit", leave=False)
+        workers = pool_size(len(todo))
+        if workers > 1 and not picklable(self.build, self.file_stem):
+            log.info("converting %d item(s) in this process: its item builder cannot be sent to "
+                     "worker processes", len(todo))
+            workers = 1
         try:
+            if workers > 1:
+                convert_in_pool(todo, workers, build=self.build, cfg=self.cfg, cache_dir=self.cache_dir,
+                                file_stem=self.file_stem,
+                                done=(lambda _name: bar.update(1)) if bar is not None else None)
             for name in todo:
-                self.artifact(name)
-                if bar is not None:
+                self.artifact(name)  # read back from the cache the workers filled
+                if bar is not None and workers == 1:
                     bar.update(1)
         finally:
             if bar is not None:

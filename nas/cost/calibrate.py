@@ -46,6 +46,16 @@ def sample_specs(space, n: int, seed: int, *, allow_fewer: bool = False) -> list
     return specs
 
 
+def build_network(name: str) -> tuple[Any, tuple[int, int, int]]:
+    """The network a spec string names, and its input shape (module level: conversion
+    workers receive it by pickling)."""
+    from nas.arch.codecs import from_string
+    from nas.models.builder import build_model
+
+    spec = from_string(name)
+    return build_model(spec), (3, spec.resolution, spec.resolution)
+
+
 def measure_end_to_end(
     specs: Sequence[NetworkSpec],
     harness: HarnessConfig,
@@ -63,16 +73,10 @@ def measure_end_to_end(
     ``pass_spread_ms``, ``passes``, ``loadavg``, ``rounds_ms`` / ``rounds_min_ms`` (the
     per-round medians and minima).
     """
-    from nas.arch.codecs import from_string, to_string
-    from nas.models.builder import build_model
+    from nas.arch.codecs import to_string
 
     names = [to_string(s) for s in specs]
-
-    def build(name: str):
-        spec = from_string(name)
-        return build_model(spec), (3, spec.resolution, spec.resolution)
-
-    figures, per_pass = measure_interleaved(names, build, harness, passes=rounds or harness.passes,
+    figures, per_pass = measure_interleaved(names, build_network, harness, passes=rounds or harness.passes,
                                             log_path=log_path, onnx_dir=onnx_dir,
                                             progress=progress, desc=desc)
     out = []
