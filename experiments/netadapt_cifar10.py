@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from experiments import harness
+from nas.seed_stats import CONFIDENCE, difference_interval, verdict
 from experiments.netadapt_benchmark import add_netadapt_arguments, measured_now, trained_once
 from nas.arch.codecs import from_string, load_spec, save_spec, to_string
 from nas.arch.space import load_space
@@ -238,11 +239,13 @@ def summarise(runs: pd.DataFrame, start: dict[str, Any], args, extra: dict[str, 
             verdicts[other] = "not enough runs"
             continue
         diff = pair[0]["top1_mean"] - pair[1]["top1_mean"]
-        noise = max(pair[0]["top1_std"], pair[1]["top1_std"])
+        interval = difference_interval(pair[0]["top1"], pair[1]["top1"])
         way = "NetAdapt ahead" if diff > 0 else f"{other} ahead"
-        verdicts[other] = (f"{way} by {abs(diff):.2f} points; " +
-                           ("a tie within seed noise" if abs(diff) <= 2 * noise else "beyond two seed stds") +
-                           f" (largest seed std {noise:.2f})")
+        span = ("" if interval is None else
+                f"; {100 * CONFIDENCE:.0f}% interval on NetAdapt minus {other}: "
+                f"{interval[0]:+.2f} to {interval[1]:+.2f}")
+        verdicts[other] = (f"{way} by {abs(diff):.2f} points{span}: NetAdapt "
+                           f"{verdict(interval, len(pair[0]['top1']), len(pair[1]['top1']))}")
     return {"start": start, "arms": arms, "verdicts": verdicts, **extra,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                          if k not in ("out", "work")}}

@@ -48,6 +48,7 @@ from nas.arch.spec import NetworkSpec
 from nas.training.data import make_loaders
 from nas.training.protocols import Protocol, load_protocol, with_fields
 from nas.training.scoring import encode_correct, predict
+from nas.seed_stats import difference_interval, verdict
 from nas.training.train import train
 
 DEFAULT_OUT = RESULTS / "transfer"
@@ -194,25 +195,21 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def found_vs_canonical(runs: pd.DataFrame) -> dict[str, Any]:
-    """Each found network's Tiny-ImageNet top-1 against canonical Small's: a difference
-    within two seed standard deviations (pooled over the networks with two seeds) is a tie."""
+    """Each found network's Tiny-ImageNet top-1 against canonical Small's: the difference,
+    its 90% interval and verdict (:mod:`nas.seed_stats`)."""
     if "canonical" not in set(runs["spec"]):
         return {}
-    base = runs[runs.spec == "canonical"]["top1"] * 100
-    groups = [g["top1"] * 100 for _, g in runs.groupby("spec") if len(g) >= 2]
-    dof = sum(len(g) - 1 for g in groups)
-    pooled = (sum(float(g.var()) * (len(g) - 1) for g in groups) / dof) ** 0.5 if dof else None
-    out: dict[str, Any] = {"canonical": _mean_std((base / 100).tolist()),
-                           "seed_std_pooled_points": None if pooled is None else round(pooled, 2)}
+    base = (runs[runs.spec == "canonical"]["top1"] * 100).tolist()
+    out: dict[str, Any] = {"canonical": _mean_std([t / 100 for t in base])}
     for name in FOUND:
-        mine = runs[runs.spec == name]["top1"] * 100
-        if mine.empty:
+        mine = (runs[runs.spec == name]["top1"] * 100).tolist()
+        if not mine:
             continue
-        delta = float(mine.mean() - base.mean())
-        verdict = ("unknown (one seed each: no noise estimate)" if pooled is None
-                   else "better" if delta > 2 * pooled else "worse" if delta < -2 * pooled else "tie")
-        out[name] = {**_mean_std((mine / 100).tolist()), "delta_points": round(delta, 2),
-                     "verdict": verdict}
+        interval = difference_interval(mine, base)
+        out[name] = {**_mean_std([t / 100 for t in mine]),
+                     "delta_points": round(statistics.mean(mine) - statistics.mean(base), 2),
+                     "interval_90_points": None if interval is None else [round(x, 2) for x in interval],
+                     "verdict": verdict(interval, len(mine), len(base))}
     return out
 
 
@@ -236,16 +233,16 @@ def markdown(summary: dict[str, Any]) -> list[str]:
                      f"- {label}: {t['networks']} network(s) with both figures; tau needs 3")
     found = summary.get("found_vs_canonical") or {}
     if any(name in found for name in FOUND):
-        noise = (f"pooled seed std {found['seed_std_pooled_points']} points; beyond two std is a "
-                 "difference" if found["seed_std_pooled_points"] is not None
-                 else "no network has two seeds yet: no noise estimate")
-        lines += ["", f"Found networks against canonical Small ({noise}):", ""]
+        lines += ["", "Found networks against canonical Small (the difference's 90% interval, "
+                  "Welch's t over both networks' seeds; a tie when it spans 0):", ""]
         for name in FOUND:
             if name in found:
                 f = found[name]
+                span = ("" if f["interval_90_points"] is None else
+                        f" [{f['interval_90_points'][0]:+.2f}, {f['interval_90_points'][1]:+.2f}]")
                 lines.append(f"- {name}: {f['top1_mean']:.2f} ({f['seeds']} seeds) against "
                              f"{found['canonical']['top1_mean']:.2f} ({found['canonical']['seeds']}): "
-                             f"{f['delta_points']:+.2f} points, {f['verdict']}")
+                             f"{f['delta_points']:+.2f} points{span}, {f['verdict']}")
     return lines
 
 

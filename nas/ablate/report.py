@@ -1,10 +1,9 @@
 """An ablation study's report: ``ablation.csv``, ``ablation.md`` (our figures and the paper's
 side by side) and ``ablation.png`` (top-1 against latency, one point per variant).
 
-An accuracy difference to the baseline comes with a 90% interval (Welch's t over the seeds of
-both networks, which need not share a seed count or a variance). It is called a win or a loss
-only when that interval excludes zero; otherwise it is a tie. With one seed on either side
-there is no spread, and the table says so instead of ranking.
+An accuracy difference to the baseline comes with its 90% interval and verdict
+(:mod:`nas.seed_stats`: Welch's t over both networks' seeds; a win or a loss only when the
+interval excludes zero, otherwise a tie; no verdict with one seed on either side).
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import pandas as pd
 from nas.ablate.results import e2e_key, trained_arch
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
+from nas.seed_stats import CONFIDENCE, difference_interval, verdict
 
-INTERVAL = 0.90  # the confidence of the interval on an accuracy difference
 
 
 def _e2e_record(study: Any, specs: dict[str, NetworkSpec], results: Any) -> dict[str, Any] | None:
@@ -49,8 +48,8 @@ def study_frame(study: Any, specs: dict[str, NetworkSpec], results: Any,
         table = results.get("table", arch) or {}
         fig = e2e.get(arch)
         tops = _tops(study, spec, results, protocol_key)
-        low, high = ((None, None) if variant.name == study.baseline
-                     else _difference_interval(tops, base_tops))
+        interval = None if variant.name == study.baseline else difference_interval(tops, base_tops)
+        low, high = interval or (None, None)
         row: dict[str, Any] = {
             "variant": variant.name,
             "spec": arch,
@@ -84,17 +83,6 @@ def _tops(study: Any, spec: NetworkSpec, results: Any, protocol_key: str) -> lis
     return [run["top1"] * 100 for run in runs if run is not None]
 
 
-def _difference_interval(tops: list[float], base_tops: list[float]) -> tuple[float | None, float | None]:
-    """The INTERVAL confidence interval of mean(tops) - mean(base_tops) (Welch's t); None
-    without two seeds a side, or for identical runs (no spread to scale by)."""
-    if len(tops) < 2 or len(base_tops) < 2 or statistics.pstdev(tops + base_tops) == 0:
-        return None, None
-    from scipy.stats import ttest_ind
-
-    interval = ttest_ind(tops, base_tops, equal_var=False).confidence_interval(INTERVAL)
-    return float(interval.low), float(interval.high)
-
-
 def _paper_ratio(row: pd.Series, base: pd.Series) -> float | None:
     """The paper's latency of the variant over its baseline's (from ms, or ms_delta)."""
     base_ms = _paper(base, "ms")
@@ -111,15 +99,8 @@ def _verdict(row: pd.Series, base: pd.Series, baseline: str) -> str:
         return "baseline"
     if pd.isna(row["top1_mean"]) or pd.isna(base["top1_mean"]):
         return "not measured"
-    if pd.isna(row["top1_std"]) or pd.isna(base["top1_std"]):
-        return "one seed: no spread, no ranking"
-    if pd.isna(row["top1_delta_low"]):
-        return "tie (identical runs)"
-    if row["top1_delta_low"] > 0:
-        return "better"
-    if row["top1_delta_high"] < 0:
-        return "worse"
-    return f"tie ({100 * INTERVAL:.0f}% interval spans 0)"
+    interval = None if pd.isna(row["top1_delta_low"]) else (row["top1_delta_low"], row["top1_delta_high"])
+    return verdict(interval, int(row["seeds"]), int(base["seeds"]))
 
 
 def _fmt(value: Any, digits: int = 2, sign: bool = False) -> str:
@@ -166,7 +147,7 @@ def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> st
     lines += [
         "| variant | params (M) | MAdds (M) | paper params / MAdds (M) | dMAdds (M) | paper dMAdds "
         "| table ms | measured ms (IQR) | ratio | paper ms | paper ratio | top-1 % (seeds) | d top-1 "
-        f"[{100 * INTERVAL:.0f}%] | verdict | paper top-1 |",
+        f"[{100 * CONFIDENCE:.0f}%] | verdict | paper top-1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in frame.iterrows():
@@ -184,7 +165,7 @@ def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> st
               + (f" Load average at the end: {', '.join(f'{x:.2f}' for x in loadavg)}." if loadavg else ""),
               f"Accuracy: protocol `{study.accuracy.protocol}` on CIFAR-10 val, seeds "
               f"{list(study.accuracy.seeds)}; d top-1 is the mean difference to the baseline with its "
-              f"{100 * INTERVAL:.0f}% interval (Welch's t over the seeds of both); a difference "
+              f"{100 * CONFIDENCE:.0f}% interval (Welch's t over the seeds of both); a difference "
               "whose interval spans 0 is a tie. Paper figures: ImageNet top-1 and Pixel-1 ms "
               "(REFERENCE.md); ours: CIFAR-10 and this CPU, so compare deltas and ratios, not values."]
     return "\n".join(lines) + "\n"
@@ -233,4 +214,4 @@ def write_report(study: Any, specs: dict[str, NetworkSpec], results: Any, run_di
     return csv
 
 
-__all__ = ["INTERVAL", "markdown", "study_frame", "write_report"]
+__all__ = ["markdown", "study_frame", "write_report"]
