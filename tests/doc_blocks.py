@@ -136,6 +136,10 @@ def check_command(argv: list[str]) -> None:
             assert (REPO / "experiments" / f"{name}.py").is_file() or \
                 (REPO / "experiments" / name / "__main__.py").is_file(), f"{shown}: no module {module}"
         elif module.startswith("nas.cli."):
-            _parse_argparse(module, rest, shown)
+            apps = [name for name in HYDRA_APPS if SCRIPTS[name].split(":")[0] == module]
+            if apps:  # a Hydra app started as a module (torchrun -m nas.cli.search ...)
+                _check_hydra(apps[0], rest, shown)
+            else:
+                _parse_argparse(module, rest, shown)
         else:
             assert importlib.util.find_spec(module) is not None, f"{shown}: no module {module}"

@@ -13,6 +13,7 @@ and prints; the run itself is library code.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"nas-search: error: the study database failed mid-run: {redact(reason[0])}; finished "
               "trials are kept: resume with resume=true when it is back", file=sys.stderr)
         raise SystemExit(1) from None
+    if study is None:
+        print(f"nas-search: rank {os.environ.get('RANK')}: the supernet is trained; rank 0 runs the search")
+        return
     _print_summary(study, run)
 
 

@@ -197,8 +197,10 @@ class SearchRun:
         PredictorSearch(self.config, self.run_dir, space, table, evaluator, say=self.report,
                         after_trial=lambda s: write_outputs(s, self.run_dir)).run(study)
 
-    def run(self) -> optuna.Study:
-        """Run until the study holds ``config.trials`` counted trials; returns the study.
+    def run(self) -> optuna.Study | None:
+        """Run until the study holds ``config.trials`` counted trials; returns the study
+        (``None`` on a ``torchrun`` rank other than 0, which only trains the supernet:
+        :mod:`nas.search.rank_supernet`).
 
         With ``evaluator=predictor`` the predictor's steps run instead of the workers (the study
         then holds the supernet-scored networks: the fitting samples and the re-scored front).
@@ -213,6 +215,10 @@ class SearchRun:
         data_cfg = search_data(config)
         selection_data(data_cfg, config.selection)  # a data set that cannot be carved stops here
         self.report(selection_note(data_cfg, config.selection))
+        from nas.search.rank_supernet import train_supernet_on_ranks
+
+        if not train_supernet_on_ranks(config, self.run_dir, self.report):
+            return None  # under torchrun, a rank other than 0: its part was the supernet
         resolved = resolve_table(config.latency, space, self.run_dir, resume=config.resume)
         self.report(f"latency table {resolved.source}: {resolved.reason}")
         for line in resolved.warnings:

@@ -275,6 +275,13 @@ def _check_checkpoint(path: Path, record: dict[str, Any], space: SearchSpace,
                     ", ".join(f"{k}: checkpoint {a!r} vs search {b!r}" for k, (a, b) in differ.items()))
 
 
+def search_training(ev_cfg: SupernetEvaluatorConfig, run_dir: Path) -> tuple[SupernetTrainConfig, Path]:
+    """How a search without ``evaluator.checkpoint`` trains its supernet, and into which folder
+    (``run_dir/supernet``): ``train.device`` 'auto' follows the evaluator's device."""
+    train_device = ev_cfg.train.device if ev_cfg.train.device != "auto" else ev_cfg.device
+    return dataclasses.replace(ev_cfg.train, device=train_device), Path(run_dir) / RUN_SUBDIR
+
+
 def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
                                    run_dir: Path) -> SupernetEvaluator:
     """The search's supernet evaluator; trains the supernet first unless a checkpoint is given.
@@ -298,10 +305,7 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
         _check_checkpoint(path, record, space, data_cfg, cfg.get("selection"))
         steps = record["progress"]["step"]
     else:
-        # train.device 'auto' follows the evaluator's device.
-        train_device = ev_cfg.train.device if ev_cfg.train.device != "auto" else ev_cfg.device
-        train_cfg = dataclasses.replace(ev_cfg.train, device=train_device)
-        folder = Path(run_dir) / RUN_SUBDIR
+        train_cfg, folder = search_training(ev_cfg, run_dir)
         with _file_lock(folder / "train.lock"):
             log.warning("no evaluator.checkpoint given: training a supernet for space %s on data %s%s%s "
                         "into %s first (resumable; pass evaluator.checkpoint=<supernet.pt> to reuse "
@@ -320,4 +324,4 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
                              channels_last=ev_cfg.channels_last, provenance=provenance)
 
 
-__all__ = ["SupernetEvaluator", "SupernetEvaluatorConfig", "supernet_evaluator_from_config"]
+__all__ = ["SupernetEvaluator", "SupernetEvaluatorConfig", "search_training", "supernet_evaluator_from_config"]
