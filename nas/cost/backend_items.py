@@ -14,6 +14,7 @@ runtime's Python API, paid once per network rather than once per op).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -148,14 +149,15 @@ class BackendItems:
 
             bar = tqdm(total=len(todo), desc=f"convert ({self.backend.name})", unit="unit", leave=False)
         workers = pool_size(len(todo))
-        if workers > 1 and not picklable(self.build, self.file_stem):
+        make_items = functools.partial(BackendItems, self.build, self.cfg, cache_dir=self.cache_dir,
+                                       file_stem=self.file_stem)
+        if workers > 1 and not picklable(make_items):
             log.info("converting %d item(s) in this process: its item builder cannot be sent to "
                      "worker processes", len(todo))
             workers = 1
         try:
             if workers > 1:
-                convert_in_pool(todo, workers, build=self.build, cfg=self.cfg, cache_dir=self.cache_dir,
-                                file_stem=self.file_stem,
+                convert_in_pool(todo, workers, make_items,
                                 done=(lambda _name: bar.update(1)) if bar is not None else None)
             for name in todo:
                 self.artifact(name)  # read back from the cache the workers filled

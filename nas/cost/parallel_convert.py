@@ -21,7 +21,6 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from nas.config import ConfigError
@@ -56,7 +55,7 @@ def pool_size(items: int, workers: int | None = None) -> int:
 
 
 def picklable(*objects: Any) -> bool:
-    """Whether the builder and naming functions can be sent to a worker process."""
+    """Whether ``objects`` (a builder, a factory) can be sent to a worker process."""
     try:
         pickle.dumps(objects)
     except (pickle.PicklingError, AttributeError, TypeError):
@@ -64,15 +63,12 @@ def picklable(*objects: Any) -> bool:
     return True
 
 
-def _start_worker(build: Callable[[str], Any], cfg: Any, cache_dir: Path,
-                  file_stem: Callable[[str], str]) -> None:
+def _start_worker(make_items: Callable[[], Any]) -> None:
     global _worker_items
     import torch
 
-    from nas.cost.backend_items import BackendItems
-
     torch.set_num_threads(1)  # one core a worker: the pool already uses them all
-    _worker_items = BackendItems(build, cfg, cache_dir=cache_dir, file_stem=file_stem)
+    _worker_items = make_items()
 
 
 def _convert(name: str) -> str:
@@ -80,18 +76,18 @@ def _convert(name: str) -> str:
     return name
 
 
-def convert_in_pool(names: Sequence[str], workers: int, *, build: Callable[[str], Any], cfg: Any,
-                    cache_dir: Path, file_stem: Callable[[str], str],
+def convert_in_pool(names: Sequence[str], workers: int, make_items: Callable[[], Any], *,
                     done: Callable[[str], None] | None = None) -> None:
-    """Convert ``names`` into the cache of ``BackendItems(build, cfg, cache_dir=...,
-    file_stem=...)`` with ``workers`` spawned processes. A converter's error (a
-    :class:`nas.cost.backends.ConversionError` naming the unit) is raised here; what was
-    converted before it stays cached."""
+    """Convert ``names`` with ``workers`` spawned processes, each calling ``artifact(name)``
+    on its own ``make_items()`` (a picklable factory of a
+    :class:`nas.cost.backend_items.BackendItems` on the shared cache folder). A converter's
+    error (a :class:`nas.cost.backends.ConversionError` naming the unit) is raised here; what
+    was converted before it stays cached."""
     log.info("converting %d item(s) in %d processes (%s=%d)", len(names), workers, WORKERS_ENV, workers)
     # spawn, not fork: the parent may hold torch's thread pools and a converter's state.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(build, cfg, cache_dir, file_stem)) as pool:
+                             initargs=(make_items,)) as pool:
         try:
             for name in pool.map(_convert, names, chunksize=1):
                 if done is not None:
