@@ -99,3 +99,29 @@ def test_the_search_comparison_on_a_tiny_space(tmp_path: Path, monkeypatch):
     _no_scoring(monkeypatch)
     predictor_benchmark.main(argv)  # every run read back
     assert pd.read_csv(tmp_path / "out" / "curves.csv").equals(curves)
+
+
+def test_the_noise_ceiling_rescores_the_held_out_networks_once(tmp_path: Path, monkeypatch):
+    from experiments import predictor_noise
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    predictor_benchmark.main([*SCORER, "--parts", "quality", "--train", "6", "--test", "6",
+                              "--out", str(out), "--work", str(work)])
+    noise_argv = [*[a for a in SCORER if a not in ("--hidden", "32", "--epochs", "20")], "--n", "6",
+                  "--out", str(out), "--work", str(work)]
+    summary = predictor_noise.main(noise_argv)
+    assert summary["networks"] == 6 and summary["matches_quality_scores_max_abs"] == 0.0
+    assert -1 <= summary["split_half"]["kendall_tau"] <= 1 and summary["other_bn_calibration"]["seed"] == 1
+    assert yaml.safe_load((out / "noise.yaml").read_text())["tau_ceiling"] == summary["tau_ceiling"]
+    _no_scoring(monkeypatch)
+    monkeypatch.setattr(SupernetEvaluator, "activate", lambda self, spec: (_ for _ in ()).throw(
+        AssertionError("a resumed noise run scored a network again")))
+    assert predictor_noise.main(noise_argv)["split_half"] == summary["split_half"]
+
+
+def test_the_tau_ceiling_follows_spearman_brown_and_greiner():
+    from experiments.predictor_noise import tau_ceiling
+
+    assert tau_ceiling(1.0) == {"reliability": 1.0, "pearson_ceiling": 1.0, "tau_ceiling": 1.0}
+    half = tau_ceiling(0.5)  # R = 2/3; sqrt(R) = 0.816; (2/pi) asin(0.816) = 0.608
+    assert half == {"reliability": 0.667, "pearson_ceiling": 0.816, "tau_ceiling": 0.608}
