@@ -9,7 +9,8 @@ a pool of worker processes; the timing that follows stays in one process, on an 
 idle machine (the pool has exited by then).
 
 How many processes: ``$NAS_CONVERT_WORKERS`` when set, else the cores this process may run
-on. A pool only starts for :data:`MIN_ITEMS_PER_WORKER` items a worker or more: each worker
+on, at most :data:`DEFAULT_MAX_WORKERS` (each worker holds a converter and a whole network's
+graph: a gigabyte or two). A pool only starts for :data:`MIN_ITEMS_PER_WORKER` items a worker or more: each worker
 first spends seconds importing torch and the converter.
 """
 
@@ -29,15 +30,18 @@ log = logging.getLogger(__name__)
 
 WORKERS_ENV = "NAS_CONVERT_WORKERS"
 MIN_ITEMS_PER_WORKER = 4
+DEFAULT_MAX_WORKERS = 8
 
 _worker_items: Any = None  # the worker process's BackendItems (set by _start_worker)
 
 
 def convert_workers() -> int:
-    """Processes that convert at once: ``$NAS_CONVERT_WORKERS``, else the usable cores."""
+    """Processes that convert at once: ``$NAS_CONVERT_WORKERS``, else the usable cores (at
+    most :data:`DEFAULT_MAX_WORKERS`)."""
     raw = os.environ.get(WORKERS_ENV)
     if raw is None or raw == "":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(cores, DEFAULT_MAX_WORKERS)
     try:
         workers = int(raw)
     except ValueError:
@@ -97,5 +101,5 @@ def convert_in_pool(names: Sequence[str], workers: int, make_items: Callable[[],
             raise
 
 
-__all__ = ["MIN_ITEMS_PER_WORKER", "WORKERS_ENV", "convert_in_pool", "convert_workers", "picklable",
+__all__ = ["DEFAULT_MAX_WORKERS", "MIN_ITEMS_PER_WORKER", "WORKERS_ENV", "convert_in_pool", "convert_workers", "picklable",
            "pool_size"]
