@@ -61,7 +61,8 @@ def backend_table(backend: str, tables: Path, progress: bool) -> Path:
     from nas.cost.host_table import host_table
 
     space = load_space(SPACE)
-    shipped = {"shipped_dir": tables / "no-shipped-tables"} if backend == "onnxruntime" else {}
+    # Every deployment runtime's table built here the same way, even where one ships.
+    shipped = {"shipped_dir": tables / "no-shipped-tables"} if backend != "torch" else {}
     choice = host_table(space, runtime=runtime_for_backend(backend), resolution=space.base.resolution,
                         cache_dir=tables, progress=progress, **shipped)
     harness.log(f"{backend}: table {choice.path} ({choice.reason})")

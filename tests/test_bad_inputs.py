@@ -112,7 +112,7 @@ def test_a_table_from_another_host_warns_and_strict_refuses(tmp_path: Path) -> N
     provenance = json.loads((table / "provenance.json").read_text())
     provenance["device"] = provenance["host"]["cpu_model"] = "Imaginary CPU 9000"
     (table / "provenance.json").write_text(json.dumps(provenance))
-    result = _run("nas-search", f"latency.table={table}", "latency.strict=true", "trials=1",
+    result = _run("nas-search", f"latency.table={table}", "latency.backend=torch", "latency.strict=true", "trials=1",
                   "data=synthetic", "evaluator=proxy",
                   f"hydra.run.dir={tmp_path / 'run'}")
     _assert_clean_error(result, "Imaginary CPU 9000", "another host")

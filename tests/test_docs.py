@@ -80,7 +80,7 @@ def test_the_search_space_example_runs_a_search(tmp_path: Path) -> None:
     (tmp_path / "space" / f"{document['name']}.yaml").write_text(spaces[0])
     study = nas.run_search(tmp_path / "run", overrides=[
         f"hydra.searchpath=[file://{tmp_path}]", f"space={document['name']}",
-        "latency.measure_missing=true", "trials=2", "data=synthetic", "evaluator=proxy",
+        "latency.backend=torch", "latency.measure_missing=true", "trials=2", "data=synthetic", "evaluator=proxy",
         "data.train_samples=256", "data.val_samples=128", "evaluator.train.epochs=1"])
     assert study.user_attrs["context"]["space"] == document["name"]
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2

@@ -10,15 +10,19 @@ cache (``$NAS_CACHE_DIR/tables/``, keyed by runtime, device, runtime version, ha
 space):
 
 * a short harness (the shipped table's, with :data:`QUICK_PASSES` interleaved passes instead
-  of 10) keeps a Small-space build to about a minute of the main job's ten;
+  of 5-10) keeps a torch Small-space build under a minute; a deployment backend's, which
+  converts every key first, takes about eight minutes on two cores;
 * an end-to-end calibration on :data:`CALIBRATION_NETWORKS` networks of the space (as
   ``nas-lut build`` does by default) fits ``ms = a * sum + b``: an uncalibrated sum was
   14% off on the project's machine.
 
-For a deployment backend (``latency.backend=litert``, ``executorch``, ``openvino``) no table
-ships: this host's is built the same way through the backend (each key converted and timed
-as its own model, net of the runtime's empty model; the calibration networks converted and
-timed whole), with :data:`BACKEND_HARNESS`.
+A runtime may ship one table per CPU model and space (:data:`SHIPPED_FOR_RUNTIME`;
+ExecuTorch, the main job's default, ships Small's and Large's for the project's Intel Xeon):
+the first measured on this host that holds the space's keys is used. Where none is, a deployment backend's host table (``latency.backend=litert``,
+``executorch``, ``openvino``) is built the same way through the backend (each key converted and
+timed as its own model, net of the runtime's empty model; the calibration networks converted
+and timed whole), with the shipped table's harness or, for a runtime with none,
+:data:`BACKEND_HARNESS`.
 
 A later run of the same space on the same host reuses the cached table (a space whose
 definition changed gets the keys it lacks measured, and a new calibration).
@@ -45,8 +49,16 @@ from nas.cost.table_files import PROVENANCE_FILE, SHIPPED_TABLES_DIR, LatencyTab
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-#: The shipped table tried first for each runtime (no table ships for torch-cuda).
-SHIPPED_FOR_RUNTIME = {"torch-cpu": "cpu-torch-1t-b1-224", "onnxruntime": "cpu-ort-1t-b1-224"}
+#: The shipped tables tried, in order, for each runtime: a table belongs to the CPU model it
+#: was measured on, so a runtime may ship one per host, and one per space (none ships for
+#: torch-cuda). The first measured on this host that holds every key of the space is used.
+SHIPPED_FOR_RUNTIME: dict[str, tuple[str, ...]] = {
+    "torch-cpu": ("cpu-torch-1t-b1-224",),
+    "onnxruntime": ("cpu-ort-1t-b1-224",),
+    # One per space: a calibration fitted on both spaces' networks at once predicted Small's
+    # 4.9% too slow; each table is calibrated on its own space's networks.
+    "executorch": ("xeon-executorch-small-1t-b1-224", "xeon-executorch-large-1t-b1-224"),
+}
 QUICK_PASSES = 3
 CALIBRATION_NETWORKS = 12
 
@@ -121,6 +133,34 @@ def _calibrate_on(table: Any, space: Any, harness: HarnessConfig, progress: bool
             f"(fit MAPE {record['fit_mape_pct']:.1f}%)")
 
 
+def _matching_shipped(space: Any, runtime: str, resolution: int,
+                      shipped_dir: Path) -> tuple[Any | None, str | None]:
+    """The first shipped table for ``runtime`` measured on this host (``None`` as the reason),
+    else the last one looked at (its harness is copied) and why none fits."""
+    from nas.cost.lut import LatencyTable
+
+    names = SHIPPED_FOR_RUNTIME.get(runtime, ())
+    if not names:
+        return None, f"no table ships for runtime {runtime!r}"
+    shipped, reasons = None, []
+    for name in names:
+        if not (shipped_dir / name / PROVENANCE_FILE).is_file():
+            reasons.append(f"the shipped table {name} is not installed")
+            continue
+        shipped = LatencyTable.load(shipped_dir / name)
+        differences = host_mismatch(shipped.provenance)
+        lacking = shipped.missing_keys(space) if shipped.resolution == resolution else []
+        if differences:
+            reasons.append(f"the shipped table {name} differs from this host: {'; '.join(differences)}")
+        elif shipped.resolution != resolution:
+            reasons.append(f"the shipped table {name} is for {shipped.resolution} px")
+        elif lacking:
+            reasons.append(f"the shipped table {name} lacks {len(lacking)} key(s) of {space.name}")
+        else:
+            return shipped, None
+    return shipped, "; ".join(reasons)
+
+
 def host_table(space: Any, *, runtime: str, resolution: int, cache_dir: Path | None = None,
                shipped_dir: Path = SHIPPED_TABLES_DIR, progress: bool = True) -> TableChoice:
     """The table ``latency.table=auto`` means for ``space`` on this host (see the module doc).
@@ -131,25 +171,10 @@ def host_table(space: Any, *, runtime: str, resolution: int, cache_dir: Path | N
     """
     from nas.cost.lut import LatencyTable, build_table
 
-    shipped = None
-    name = SHIPPED_FOR_RUNTIME.get(runtime)
-    if name and (shipped_dir / name / PROVENANCE_FILE).is_file():
-        shipped = LatencyTable.load(shipped_dir / name)
-        differences = host_mismatch(shipped.provenance)
-        lacking = shipped.missing_keys(space) if shipped.resolution == resolution else []
-        if not differences and shipped.resolution == resolution and not lacking:
-            return TableChoice(shipped.path, f"the shipped table {name} was measured on this "
-                                             "host's device and runtime version")
-        if differences:
-            why = f"the shipped table {name} differs from this host: {'; '.join(differences)}"
-        elif lacking:
-            why = f"the shipped table {name} lacks {len(lacking)} key(s) of {space.name}"
-        else:
-            why = f"the shipped table {name} is for {shipped.resolution} px"
-    elif name:
-        why = f"the shipped table {name} is not installed"
-    else:
-        why = f"no table ships for runtime {runtime!r}"
+    shipped, why = _matching_shipped(space, runtime, resolution, shipped_dir)
+    if why is None:
+        return TableChoice(shipped.path, f"the shipped table {shipped.path.name} was measured on "
+                                         "this host's device and runtime version")
     harness = quick_harness(runtime, shipped)
     folder = host_table_dir(harness, resolution, space.name, cache_dir)
     try:

@@ -26,14 +26,14 @@ def measured_here(tmp_path_factory) -> Path:
     """A 'shipped' table for the tiny space, measured on this host."""
     shipped = tmp_path_factory.mktemp("shipped")
     table = LatencyTable.create(QUICK, resolution=64)
-    table.build(SPACE, progress=False, save_to=shipped / SHIPPED_FOR_RUNTIME["torch-cpu"])
+    table.build(SPACE, progress=False, save_to=shipped / SHIPPED_FOR_RUNTIME["torch-cpu"][0])
     return shipped
 
 
 def test_a_table_measured_on_this_host_is_used_as_shipped(measured_here: Path, tmp_path: Path):
     choice = host_table(SPACE, runtime="torch-cpu", resolution=64, cache_dir=tmp_path,
                         shipped_dir=measured_here, progress=False)
-    assert choice.path == measured_here / SHIPPED_FOR_RUNTIME["torch-cpu"]
+    assert choice.path == measured_here / SHIPPED_FOR_RUNTIME["torch-cpu"][0]
     assert "measured on this host" in choice.reason
     assert not (tmp_path / "tables").exists()  # nothing measured
 
@@ -41,9 +41,9 @@ def test_a_table_measured_on_this_host_is_used_as_shipped(measured_here: Path, t
 def test_another_hosts_table_gives_way_to_this_hosts_cached_calibrated_one(
         measured_here: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     other = tmp_path / "other"
-    folder = other / SHIPPED_FOR_RUNTIME["torch-cpu"]
+    folder = other / SHIPPED_FOR_RUNTIME["torch-cpu"][0]
     folder.mkdir(parents=True)
-    for path in (measured_here / SHIPPED_FOR_RUNTIME["torch-cpu"]).iterdir():
+    for path in (measured_here / SHIPPED_FOR_RUNTIME["torch-cpu"][0]).iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
     provenance = json.loads((folder / "provenance.json").read_text())
     provenance["device"] = "Imaginary CPU 9000"
@@ -68,6 +68,31 @@ def test_another_hosts_table_gives_way_to_this_hosts_cached_calibrated_one(
                        shipped_dir=other, progress=False)
     assert again.path == first.path and "cached" in again.reason
 
+
+
+def test_of_several_shipped_tables_for_a_runtime_the_one_from_this_host_is_used(
+        measured_here: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A runtime ships one table per CPU model: another host's is passed over, named."""
+    shipped = tmp_path / "shipped"
+    source = measured_here / SHIPPED_FOR_RUNTIME["torch-cpu"][0]
+    for name, device in (("epyc-table", "Imaginary CPU 9000"), ("this-host-table", None)):
+        (shipped / name).mkdir(parents=True)
+        for path in source.iterdir():
+            (shipped / name / path.name).write_bytes(path.read_bytes())
+        if device:
+            provenance = json.loads((shipped / name / "provenance.json").read_text())
+            provenance["device"] = device
+            (shipped / name / "provenance.json").write_text(json.dumps(provenance))
+    monkeypatch.setitem(SHIPPED_FOR_RUNTIME, "torch-cpu", ("epyc-table", "this-host-table"))
+    choice = host_table(SPACE, runtime="torch-cpu", resolution=64, cache_dir=tmp_path / "cache",
+                        shipped_dir=shipped, progress=False)
+    assert choice.path == shipped / "this-host-table"
+    assert not (tmp_path / "cache").exists()  # nothing measured
+    monkeypatch.setitem(SHIPPED_FOR_RUNTIME, "torch-cpu", ("epyc-table",))
+    other = host_table(SPACE, runtime="torch-cpu", resolution=64, cache_dir=tmp_path / "cache",
+                       shipped_dir=shipped, progress=False)
+    assert other.path.parent == tmp_path / "cache" / "tables"
+    assert "epyc-table differs from this host" in other.reason and "Imaginary CPU 9000" in other.reason
 
 
 def test_a_matching_table_that_lacks_the_spaces_keys_gives_way_too(measured_here: Path, tmp_path: Path):
@@ -111,3 +136,23 @@ def test_a_second_builder_says_it_waits_for_the_lock(tmp_path: Path, caplog):
             waiter.join(5)
     assert entered.is_set()
     assert any("waiting for another process" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("runtime", sorted(SHIPPED_FOR_RUNTIME))
+def test_every_table_named_for_a_runtime_ships_measured_in_it(runtime: str):
+    """The names ``auto`` tries are real shipped tables of that runtime, each covering a space."""
+    from nas.cost.table_files import SHIPPED_TABLES_DIR
+
+    for name in SHIPPED_FOR_RUNTIME[runtime]:
+        table = LatencyTable.load(SHIPPED_TABLES_DIR / name)
+        assert table.provenance["runtime"] == runtime and table.calibration is not None
+        covered = [s for s in ("mobilenetv3_small", "mobilenetv3_large") if not table.missing_keys(load_space(s))]
+        assert covered, f"{name} holds every key of neither shipped space"
+
+
+def test_the_main_job_measures_latency_in_executorch_by_default():
+    from nas.api import search_config
+
+    config = search_config()
+    assert config.latency.backend == "executorch" and config.latency.runtime == "executorch"
+    assert config.latency.table == "auto"

@@ -28,7 +28,7 @@ SCRIPT = str(Path(sys.executable).parent / "nas-search")
 def _args(run_dir: Path, table: Path, *extra: str) -> list[str]:
     return [
         SCRIPT, f"hydra.searchpath=[file://{SPACES}]", "space=tiny",
-        f"latency.table={table}", "latency.resolution=64", f"hydra.run.dir={run_dir}",
+        f"latency.table={table}", "latency.backend=torch", "latency.resolution=64", f"hydra.run.dir={run_dir}",
         "data=synthetic", "evaluator=proxy", "data.train_samples=96", "data.val_samples=64", "data.batch_size=32",
         "evaluator.train.epochs=1", *extra,
     ]

@@ -33,7 +33,7 @@ SCORE = SupernetEvaluator.evaluate  # the real scoring, before any test patches 
 
 
 def _overrides(table: Path, *extra: str) -> list[str]:
-    return [f"hydra.searchpath=[file://{SPACES}]", "space=tiny", f"latency.table={table}",
+    return [f"hydra.searchpath=[file://{SPACES}]", "space=tiny", f"latency.table={table}", "latency.backend=torch",
             "latency.resolution=64", "data=synthetic", "data.train_samples=96", "data.val_samples=64",
             "data.batch_size=32", "evaluator=predictor", "evaluator.train.steps=3",
             "evaluator.train.progress=false", "evaluator.bn_batches=1", "evaluator.device=cpu",

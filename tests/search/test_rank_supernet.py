@@ -20,7 +20,7 @@ TOLERANCE = 1e-5
 
 def _overrides(table: Path, run_dir: Path, *extra: str) -> list[str]:
     return [f"hydra.run.dir={run_dir}", f"hydra.searchpath=[file://{SPACES}]", "space=tiny",
-            f"latency.table={table}", "latency.resolution=64", "data=synthetic",
+            f"latency.table={table}", "latency.backend=torch", "latency.resolution=64", "data=synthetic",
             "data.train_samples=64", "data.val_samples=32", "data.batch_size=16",
             "evaluator.train.steps=4", "evaluator.train.lr=0.01", "evaluator.train.progress=false",
             "evaluator.bn_batches=1", "evaluator.device=cpu", "trials=3", "profile_costs=false", *extra]
