@@ -51,8 +51,7 @@ def train_supernet_on_ranks(config: SearchConfig, run_dir: Path, say: Callable[[
         plain["evaluator"] = supernet_section(plain["evaluator"])
     from nas.search.report import search_data
     from nas.search.selection import selection_data
-    from nas.supernet.evaluator import SupernetEvaluatorConfig, search_training
-    from nas.arch.space import space_from_dict
+    from nas.supernet.evaluator import SupernetEvaluatorConfig, search_training, space_of_config
     from nas.supernet.train import new_supernet, train_supernet
     from nas.training.data import make_loaders
     from nas.training.distributed import init_from_env, shutdown
@@ -72,7 +71,7 @@ def train_supernet_on_ranks(config: SearchConfig, run_dir: Path, say: Callable[[
         loaders = make_loaders(data_cfg, seed=train_cfg.seed,
                                pin_memory=resolve_device(train_cfg.device).type == "cuda",
                                rank=parallel.rank, world=parallel.world)
-        space = space_from_dict(plain["space"], f"space '{plain['space'].get('name', '?')}'")
+        space = space_of_config(plain)
         if parallel.rank == 0:
             say(f"training the supernet on {parallel.world} processes into {folder} (rank 0 "
                 "then runs the search)")

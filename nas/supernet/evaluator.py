@@ -218,7 +218,8 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _space_of(cfg: dict[str, Any]) -> SearchSpace:
+def space_of_config(cfg: dict[str, Any]) -> SearchSpace:
+    """The search space of a search config's plain form (its ``space`` document)."""
     space = cfg.get("space")
     if isinstance(space, SearchSpace):
         return space
@@ -296,7 +297,7 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
             (resumed, or reused when finished, by a resumed search).
     """
     ev_cfg = SupernetEvaluatorConfig.from_dict(cfg.get("evaluator"))
-    space = _space_of(cfg)
+    space = space_of_config(cfg)
     device = resolve_device(ev_cfg.device)
     loaders = make_loaders(data_cfg, seed=ev_cfg.train.seed, pin_memory=device.type == "cuda")
     if ev_cfg.checkpoint:
@@ -324,4 +325,5 @@ def supernet_evaluator_from_config(cfg: dict[str, Any], data_cfg: DataConfig,
                              channels_last=ev_cfg.channels_last, provenance=provenance)
 
 
-__all__ = ["SupernetEvaluator", "SupernetEvaluatorConfig", "search_training", "supernet_evaluator_from_config"]
+__all__ = ["SupernetEvaluator", "SupernetEvaluatorConfig", "search_training", "space_of_config",
+           "supernet_evaluator_from_config"]
