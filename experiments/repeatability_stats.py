@@ -38,6 +38,8 @@ def tau_interval(a: pd.Series, b: pd.Series, resamples: int = 2000, seed: int = 
         pick = joined[rng.integers(0, len(joined), len(joined))]
         if np.ptp(pick[:, 0]) > 0 and np.ptp(pick[:, 1]) > 0:  # tau needs two distinct values
             draws.append(kendalltau(pick[:, 0], pick[:, 1]).statistic)
+    if not draws:  # every resample tied on one side (e.g. all networks at chance accuracy)
+        return None
     low, high = np.quantile(draws, [0.05, 0.95])
     return [round(float(low), 3), round(float(high), 3)]
 

@@ -38,6 +38,7 @@ from nas.cost.backends.base import (
     baseline_module,
     example_array,
 )
+from nas.cost.backends.signal_stack import install_lasting_signal_stack
 
 _PRECISION = {"fp32": "f32"}
 # OpenVINO's element type names in this project's vocabulary (BackendConfig.precision).
@@ -107,7 +108,10 @@ class OpenVINOBackend(LatencyBackend):
         }
 
     def _compile(self, model: Any, cfg: BackendConfig):
-        return self.core().compile_model(model, "CPU", self.compile_config(cfg))
+        compiled = self.core().compile_model(model, "CPU", self.compile_config(cfg))
+        # The plugin's engine swapped this thread's signal stack; see signal_stack.
+        install_lasting_signal_stack()
+        return compiled
 
     @staticmethod
     def precisions(compiled: Any) -> dict[str, Any]:
