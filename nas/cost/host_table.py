@@ -17,7 +17,8 @@ space):
   14% off on the project's machine.
 
 A runtime may ship one table per CPU model and space (:data:`SHIPPED_FOR_RUNTIME`;
-ExecuTorch, the main job's default, ships Small's and Large's for the project's Intel Xeon):
+ExecuTorch, the main job's default, ships Small's and Large's for the project's Intel Xeon
+and Small's for its AMD EPYC):
 the first measured on this host that holds the space's keys is used. Where none is, a deployment backend's host table (``latency.backend=litert``,
 ``executorch``, ``openvino``) is built the same way through the backend (each key converted and
 timed as its own model, net of the runtime's empty model; the calibration networks converted
@@ -57,7 +58,8 @@ SHIPPED_FOR_RUNTIME: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("cpu-ort-1t-b1-224",),
     # One per space: a calibration fitted on both spaces' networks at once predicted Small's
     # 4.9% too slow; each table is calibrated on its own space's networks.
-    "executorch": ("xeon-executorch-small-1t-b1-224", "xeon-executorch-large-1t-b1-224"),
+    "executorch": ("xeon-executorch-small-1t-b1-224", "xeon-executorch-large-1t-b1-224",
+                   "epyc-executorch-small-1t-b1-224"),
 }
 QUICK_PASSES = 3
 CALIBRATION_NETWORKS = 12
