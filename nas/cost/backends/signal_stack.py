@@ -31,15 +31,19 @@ class _StackT(ctypes.Structure):
 _stack: ctypes.Array[ctypes.c_char] | None = None
 
 
+def _sigaltstack(new: _StackT | None, old: _StackT | None) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.sigaltstack(new and ctypes.byref(new), old and ctypes.byref(old)) != 0:
+        raise OSError(ctypes.get_errno(), f"sigaltstack: {os.strerror(ctypes.get_errno())}")
+
+
 def current_signal_stack() -> tuple[int, int] | None:
     """The calling thread's alternate signal stack as (address, size); None if it has none or
     the platform is not Linux."""
     if not sys.platform.startswith("linux"):
         return None
     found = _StackT()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.sigaltstack(None, ctypes.byref(found)) != 0:
-        raise OSError(ctypes.get_errno(), f"sigaltstack: {os.strerror(ctypes.get_errno())}")
+    _sigaltstack(None, found)
     return None if found.ss_flags & 2 else (int(found.ss_sp or 0), int(found.ss_size))  # 2: SS_DISABLE
 
 
@@ -51,10 +55,7 @@ def install_lasting_signal_stack() -> None:
         return
     if _stack is None:
         _stack = ctypes.create_string_buffer(STACK_BYTES)
-    wanted = _StackT(ctypes.cast(_stack, ctypes.c_void_p), 0, STACK_BYTES)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.sigaltstack(ctypes.byref(wanted), None) != 0:
-        raise OSError(ctypes.get_errno(), f"sigaltstack: {os.strerror(ctypes.get_errno())}")
+    _sigaltstack(_StackT(ctypes.cast(_stack, ctypes.c_void_p), 0, STACK_BYTES), None)
 
 
 __all__ = ["STACK_BYTES", "current_signal_stack", "install_lasting_signal_stack"]
