@@ -264,14 +264,18 @@ def test_two_machines_share_a_postgresql_study_through_a_kill(tmp_path: Path, ti
     assert trials[victim].state == optuna.trial.TrialState.FAIL  # failed by the heartbeat
     assert "stopped its heartbeat" in fail_reason(trials[victim], study.user_attrs)
     retries = [t for t in trials
-               if (retried_number(t) == victim or t.user_attrs.get("retry_of") == victim)
-               and "already retries" not in t.user_attrs.get("fail_reason", "")]
-    assert len(retries) == 1  # retried once, with the killed trial's network
-    retry = retries[0]
-    # Evaluated, unless a trial admitted in the moment between the heartbeat's FAIL and the
-    # retry's enqueueing took the room (the count stays exact either way).
-    assert retry.params == trials[victim].params or (
-        retry.state == optuna.trial.TrialState.PRUNED and "not run" in retry.user_attrs["fail_reason"])
+               if retried_number(t) == victim or t.user_attrs.get("retry_of") == victim]
+    assert retries, "the killed trial was never re-enqueued"
+    # Two machines may each enqueue a retry of the killed trial (the restart's requeue and the
+    # other machine's heartbeat recovery): at most one runs; every other one gives way or
+    # finds the budget already reached, unevaluated ("not run"), or is left in the queue.
+    run = [t for t in retries if t.state != optuna.trial.TrialState.WAITING
+           and "not run" not in t.user_attrs.get("fail_reason", "")]
+    assert len(run) <= 1, [(t.number, t.state, t.user_attrs) for t in retries]
+    # Evaluated with the killed trial's network, unless a trial admitted in the moment
+    # between the heartbeat's FAIL and the retry's enqueueing took the room (the count stays
+    # exact either way).
+    assert all(t.params == trials[victim].params for t in run)
     for folder in (tmp_path / "a", tmp_path / "b"):  # each machine's outputs are consistent
         frame = pd.read_csv(folder / "trials.csv")
         assert len(list((folder / "pareto").glob("*.yaml"))) == len(pd.read_csv(folder / "pareto.csv"))
