@@ -16,9 +16,9 @@ interleaved rounds. It reports:
 * the load average over the measurement and the host.
 
 ``onnxruntime`` gets a fresh table on this host (the shipped one is not looked at). Tables go
-under ``--work``; results (``<backend>_<space>.csv``, ``<backend>_<space>.png``,
-``summary.yaml``, ``summary.md``) under ``--out``. Resumable per (backend, space): a finished
-pair is skipped (``--force`` repeats it); an interrupted one resumes its table build (per
+under ``--work``; results (``<backend>_<space>_<cpu>.csv`` and ``.png``, ``summary.yaml``,
+``summary.md``) under ``--out``, one row per CPU model. Resumable per (backend, space, CPU
+model): a finished pair is skipped (``--force`` repeats it); an interrupted one resumes its table build (per
 unit) and its end-to-end rounds (per network and round); converted files are cached.
 
     python -m experiments.backend_validation --backend litert --space mobilenetv3_small
@@ -39,9 +39,10 @@ from nas.arch.codecs import from_string
 from nas.arch.space import load_space
 from nas.cost.calibrate import fit_linear
 from nas.cost.harness import runtime_for_backend
-from nas.cost.host_table import host_table
+from nas.cost.host_table import _slug, host_table
 from nas.cost.lut import LatencyTable
 from nas.cost.profile import profile_spec
+from nas.cost.sampling import cpu_model
 from nas.cost.validate import _plain, error_metrics, validate
 
 DEFAULT_OUT = harness.RESULTS / "backend_validation"
@@ -60,6 +61,12 @@ def madds_predictor(table: LatencyTable, specs: list) -> tuple[list[float], dict
         raise SystemExit(f"table {table.path} has no calibration to fit MAdds on")
     fit = fit_linear([profile_spec(s).madds_m for s in cal_specs], calibration["measured_ms"])
     return [fit["a"] * profile_spec(s).madds_m + fit["b"] for s in specs], fit
+
+
+def host_slug() -> str:
+    """This host's CPU model as a file-name part: a table and its validation belong to one
+    CPU model, so each host's results are kept beside the others'."""
+    return _slug(cpu_model())
 
 
 def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -85,7 +92,7 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
     rows = [{**row, "backend": backend, "madds_m": round(profile_spec(spec).madds_m, 3),
              "madds_predicted_ms": round(m, 4)}
             for row, spec, m in zip(report.rows, specs, madds_ms)]
-    stem = f"{backend}_{space.name}"
+    stem = f"{backend}_{space.name}_{host_slug()}"
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(args.out / f"{stem}.csv", index=False)
@@ -148,7 +155,7 @@ def plot(rows: list[dict[str, Any]], backend: str, space: str, table: dict[str, 
 def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["# Latency tables per backend: held-out validation", "",
              "| backend | space | n | within +-10% (table) | tau (table) | split-half tau | "
-             "within +-10% (MAdds) | tau (MAdds) | MAPE (table) | load avg | host |",
+             "within +-10% (MAdds) | tau (MAdds) | MAPE (table) | load avg | CPU |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in summary.values():
         t, m, meas = entry["table_prediction"], entry["madds_prediction"], entry["measurement"]
@@ -156,10 +163,10 @@ def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
             f"| {entry['backend']} | {entry['space']} | {entry['n']} | {t['within_10_pct']:.1f}% | "
             f"{t['kendall_tau']:.3f} | {entry['measurement_split_half_tau']:.3f} | "
             f"{m['within_10_pct']:.1f}% | {m['kendall_tau']:.3f} | {t['mape_pct']:.2f}% | "
-            f"{meas['loadavg_start'][0]} -> {meas['loadavg_end'][0]} | {entry['host']['host']} |")
+            f"{meas['loadavg_start'][0]} -> {meas['loadavg_end'][0]} | {entry['host']['cpu']} |")
     lines += ["", "Measured figure: " + next(iter(summary.values()))["measurement"]["statistic"]
               if summary else "", "Written by `python -m experiments.backend_validation`; "
-              "figures per network in `<backend>_<space>.csv`."]
+              "figures per network in `<backend>_<space>_<cpu>.csv`."]
     return lines
 
 
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = (yaml.safe_load(summary_path.read_text()) or {}) if summary_path.is_file() else {}
     for space_name in args.space or SPACES:
         for backend in args.backend or BACKENDS:
-            name = f"{backend}/{space_name}"
+            name = f"{backend}/{space_name}@{host_slug()}"
             if name in summary and not args.force:
                 harness.log(f"{name}: recorded, skipped (--force repeats it)")
                 continue
