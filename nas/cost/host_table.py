@@ -18,7 +18,7 @@ space):
 
 A runtime may ship one table per CPU model and space (:data:`SHIPPED_FOR_RUNTIME`;
 ExecuTorch, the main job's default, ships Small's and Large's for the project's Intel Xeon
-and Small's for its AMD EPYC):
+and AMD EPYC hosts):
 the first measured on this host that holds the space's keys is used. Where none is, a deployment backend's host table (``latency.backend=litert``,
 ``executorch``, ``openvino``) is built the same way through the backend (each key converted and
 timed as its own model, net of the runtime's empty model; the calibration networks converted
@@ -59,7 +59,7 @@ SHIPPED_FOR_RUNTIME: dict[str, tuple[str, ...]] = {
     # One per space: a calibration fitted on both spaces' networks at once predicted Small's
     # 4.9% too slow; each table is calibrated on its own space's networks.
     "executorch": ("xeon-executorch-small-1t-b1-224", "xeon-executorch-large-1t-b1-224",
-                   "epyc-executorch-small-1t-b1-224"),
+                   "epyc-executorch-small-1t-b1-224", "epyc-executorch-large-1t-b1-224"),
 }
 QUICK_PASSES = 3
 CALIBRATION_NETWORKS = 12
