@@ -39,7 +39,7 @@ from nas.arch.codecs import from_string
 from nas.arch.space import load_space
 from nas.cost.calibrate import fit_linear
 from nas.cost.harness import runtime_for_backend
-from nas.cost.host_table import _slug, host_table
+from nas.cost.host_table import host_table, name_part
 from nas.cost.lut import LatencyTable
 from nas.cost.profile import profile_spec
 from nas.cost.sampling import cpu_model
@@ -66,7 +66,7 @@ def madds_predictor(table: LatencyTable, specs: list) -> tuple[list[float], dict
 def host_slug() -> str:
     """This host's CPU model as a file-name part: a table and its validation belong to one
     CPU model, so each host's results are kept beside the others'."""
-    return _slug(cpu_model())
+    return name_part(cpu_model())
 
 
 def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -73,7 +73,8 @@ class TableChoice:
     reason: str
 
 
-def _slug(text: str, limit: int = 32) -> str:
+def name_part(text: str, limit: int = 32) -> str:
+    """``text`` as a file-name part: lower case, runs of other characters as one hyphen."""
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")[:limit] or "unknown"
 
 
@@ -102,8 +103,8 @@ def host_table_dir(harness: HarnessConfig, resolution: int, space_name: str,
     identity = {"device": device, "version": version, "resolution": resolution,
                 "space": space_name, "harness": harness.to_dict()}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    name = (f"{harness.runtime}-{_slug(device)}-{_slug(version, 16)}-r{resolution}-"
-            f"{_slug(space_name)}-{digest}")
+    name = (f"{harness.runtime}-{name_part(device)}-{name_part(version, 16)}-r{resolution}-"
+            f"{name_part(space_name)}-{digest}")
     return Path(cache_dir or default_cache_dir()) / "tables" / name
 
 
