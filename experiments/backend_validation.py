@@ -18,8 +18,9 @@ interleaved rounds. It reports:
 ``onnxruntime`` gets a fresh table on this host (the shipped one is not looked at). Tables go
 under ``--work``; results (``<backend>_<space>_<cpu>.csv`` and ``.png``, ``summary.yaml``,
 ``summary.md``) under ``--out``, one row per CPU model. Resumable per (backend, space, CPU
-model): a finished pair is skipped (``--force`` repeats it); an interrupted one resumes its table build (per
-unit) and its end-to-end rounds (per network and round); converted files are cached.
+model): a finished pair is skipped (``--force`` repeats it); an interrupted one resumes its
+table build (per unit) and its end-to-end rounds (per network and round); converted files are
+cached.
 
     python -m experiments.backend_validation --backend litert --space mobilenetv3_small
     python -m experiments.backend_validation            # every backend, Small then Large

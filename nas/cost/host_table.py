@@ -18,8 +18,8 @@ space):
 
 A runtime may ship one table per CPU model and space (:data:`SHIPPED_FOR_RUNTIME`;
 ExecuTorch, the main job's default, ships Small's and Large's for the project's Intel Xeon
-and AMD EPYC hosts):
-the first measured on this host that holds the space's keys is used. Where none is, a deployment backend's host table (``latency.backend=litert``,
+and AMD EPYC hosts): the first measured on this host that holds the space's keys is used.
+Where none is, a deployment backend's host table (``latency.backend=litert``,
 ``executorch``, ``openvino``) is built the same way through the backend (each key converted and
 timed as its own model, net of the runtime's empty model; the calibration networks converted
 and timed whole), with the shipped table's harness or, for a runtime with none,
