@@ -57,6 +57,23 @@ def test_the_encoding_is_one_hot_per_used_block_and_tells_networks_apart(small):
     assert len({row.tobytes() for row in x}) == 400  # distinct networks, distinct encodings
 
 
+@pytest.mark.parametrize("space_name", ["mobilenetv3_small", "mobilenetv3_large"])
+def test_genomes_encode_as_the_networks_they_decode_to(space_name):
+    """The search's vectorised path (genome -> one-hot) equals the network path
+    (genome -> spec -> one-hot), unused deeper blocks included."""
+    from nas.search.predictor_search import _Params
+
+    space = load_space(space_name)
+    encoding = Encoding(space)
+    genes = genome(space)
+    rng = np.random.default_rng(0)
+    genomes = np.stack([rng.integers(0, len(choices), 300) for _, choices in genes], axis=1)
+    specs = [space.suggest(_Params({name: choices[i] for (name, choices), i in zip(genes, row)}))
+             for row in genomes.tolist()]
+    assert np.array_equal(encoding.encode_genomes(genomes), encoding.encode(specs))
+    assert any(len(stage.depth_offsets) > 1 for stage in space.stages)  # depths are exercised
+
+
 def test_it_ranks_held_out_networks_of_a_known_target(small):
     specs = _networks(small, 500, seed=2)
     target = _known_target(small, specs)
