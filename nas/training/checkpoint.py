@@ -93,23 +93,36 @@ def steps_done(ckpt: Mapping[str, Any]) -> int:
     return int(ckpt["progress"]["step"])
 
 
-def settings_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``part.key: checkpoint X vs now Y`` for every setting that differs."""
-    return [f"{part}.{key}: checkpoint {saved.get(part, {}).get(key)!r} vs now {value!r}"
+def settings_diff(saved: dict[str, Any], now: dict[str, Any],
+                  defaults: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """``part.key: checkpoint X vs now Y`` for every setting that differs.
+
+    A setting the checkpoint predates (absent from it) counts as its value in ``defaults``:
+    a field is added with the default that keeps the behaviour the code had before it, so an
+    older checkpoint was trained as that default trains."""
+    defaults = defaults or {}
+
+    def saved_value(part: str, key: str) -> Any:
+        own = saved.get(part, {})
+        return own[key] if key in own else defaults.get(part, {}).get(key)
+
+    return [f"{part}.{key}: checkpoint {saved_value(part, key)!r} vs now {value!r}"
             for part in now for key, value in now[part].items()
-            if saved.get(part, {}).get(key) != value]
+            if saved_value(part, key) != value]
 
 
 def check_matches(ckpt: dict[str, Any], path: str | Path, *, arch: Any, settings: dict[str, Any],
-                  error: type[Exception] = CheckpointError) -> None:
-    """Refuse a checkpoint written for another architecture or with other settings."""
+                  error: type[Exception] = CheckpointError,
+                  defaults: dict[str, dict[str, Any]] | None = None) -> None:
+    """Refuse a checkpoint written for another architecture or with other settings
+    (``defaults``: see :func:`settings_diff`)."""
     if ckpt.get("arch") != arch:
         if isinstance(arch, str):
             raise error(f"{path}: written for architecture {ckpt.get('arch')!r}, not {arch!r}; "
                         "use another checkpoint folder")
         raise error(f"{path}: written for another network (its architecture, class count or "
                     "structure differ); use another checkpoint folder")
-    diffs = settings_diff(ckpt.get("settings", {}), settings)
+    diffs = settings_diff(ckpt.get("settings", {}), settings, defaults)
     if diffs:
         raise error(f"{path}: written with other settings ({'; '.join(diffs)}); "
                     "use another checkpoint folder or the same settings")

@@ -92,6 +92,8 @@ class CheckpointSpec:
     what: str = "checkpoint"
     hint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # stored as is (e.g. "finished")
+    # The settings' defaults, for a checkpoint older than a setting (checkpoint.settings_diff).
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
         ckpt = read_checkpoint(checkpoint.path, checkpoint.format, what=checkpoint.what,
                                hint=checkpoint.hint, error=checkpoint.error)
         check_matches(ckpt, checkpoint.path, arch=checkpoint.arch, settings=checkpoint.settings,
-                      error=checkpoint.error)
+                      error=checkpoint.error, defaults=checkpoint.defaults)
         if on_resume is not None:
             on_resume(ckpt)
         model.load_state_dict(ckpt["model"])
