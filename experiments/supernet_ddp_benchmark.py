@@ -137,7 +137,7 @@ def summarise(frame: pd.DataFrame, args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "what": (f"nas-supernet train, space {args.space}, data {row['data']} at {row['resolution']} px, "
                  f"global batch {row['global_batch']}, {args.steps} sandwich steps, one torch thread "
-                 "per process, launched with torchrun"),
+                 "per process, launched with torchrun" + (f"; {', '.join(args.set)}" if args.set else "")),
         "repeats": int(frame["repeat"].nunique()), "processes": args.processes,
         "train_seconds_median": {int(k): round(float(v), 2) for k, v in medians["train_seconds"].items()},
         "wall_seconds_median": {int(k): round(float(v), 2) for k, v in medians["wall_seconds"].items()},

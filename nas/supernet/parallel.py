@@ -136,9 +136,12 @@ def agree_to_start(parallel: DataParallel, *, space: dict[str, Any], data_cfg: D
     })
 
 
-def average_step(parallel: DataParallel, model: nn.Module, losses: dict[str, float]) -> dict[str, float]:
+def average_step(parallel: DataParallel, model: nn.Module, losses: dict[str, float], *,
+                 buffers: bool = False) -> dict[str, float]:
     """Average the accumulated gradients of ``model`` and the step's ``losses`` over the ranks
-    (one flat all-reduce); returns the averaged losses, those of the global batch.
+    (one flat all-reduce); returns the averaged losses, those of the global batch. With
+    ``buffers``, the floating-point buffers (BatchNorm running statistics, which differ between
+    ranks whose BatchNorm saw only their slice) travel in the same all-reduce.
 
     A non-finite loss on any rank comes back non-finite on all of them, so every rank stops
     at the same step (:func:`nas.training.loop.run_loop` checks the metrics).
@@ -149,7 +152,8 @@ def average_step(parallel: DataParallel, model: nn.Module, losses: dict[str, flo
     device = grads[0].device if grads else torch.device("cpu")
     values = torch.tensor(list(losses.values()), dtype=grads[0].dtype if grads else torch.float32,
                           device=device)
-    parallel.average_([*grads, values])
+    extra = [b for b in model.buffers() if b.is_floating_point()] if buffers else []
+    parallel.average_([*grads, values, *extra])
     return dict(zip(losses, values.tolist()))
 
 

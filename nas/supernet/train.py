@@ -100,6 +100,12 @@ class SupernetTrainConfig(Config):
         channels_last: feed images in channels-last memory format; oneDNN's convolutions
             run a sandwich step faster on a CPU that way. A speed knob: results agree up
             to float rounding.
+        global_batchnorm: with several processes, BatchNorm normalises with the statistics of
+            the global batch (the step one process takes; a collective per BatchNorm layer in
+            every pass). False: each process normalises with its slice's statistics, as
+            ``DistributedDataParallel`` does without ``SyncBatchNorm``, and the running
+            statistics are averaged with the gradients once a step (fewer collectives,
+            another function of the data). No effect with one process.
     """
 
     # Not results (see Config.settings):
@@ -129,6 +135,7 @@ class SupernetTrainConfig(Config):
     progress: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
+    global_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         owner = "SupernetTrainConfig"
@@ -405,7 +412,7 @@ def train_supernet(
         losses = sandwich_step(supernet, images, target, specs, label_smoothing=cfg.label_smoothing,
                                distill=cfg.distill, temperature=cfg.kd_temperature, ctx=ctx,
                                check_finite=parallel.world == 1)
-        losses = average_step(parallel, supernet, losses)
+        losses = average_step(parallel, supernet, losses, buffers=not cfg.global_batchnorm)
         return {f"loss_{role}": value for role, value in losses.items()}
 
     def on_step_roles(number: int, metrics: dict[str, float]) -> None:
@@ -415,12 +422,13 @@ def train_supernet(
     checkpoint = None if ckpt_path is None else CheckpointSpec(
         path=ckpt_path, format=CHECKPOINT_FORMAT, arch=supernet_arch(supernet), settings=settings,
         error=SupernetCheckpointError, what="supernet checkpoint",
-        hint="; write one with `nas-supernet train`")
+        hint="; write one with `nas-supernet train`",
+        defaults={"train": SupernetTrainConfig().settings()})
     options = LoopOptions(total_steps=total_steps, device=device, precision=cfg.precision,
                           channels_last=cfg.channels_last, grad_clip_norm=cfg.grad_clip_norm,
                           checkpoint_every=cfg.checkpoint_every,
                           progress=cfg.progress and parallel.rank == 0, desc="supernet")
-    with global_batch_layers(supernet, parallel):
+    with global_batch_layers(supernet, parallel, batchnorm=cfg.global_batchnorm):
         state = run_loop(supernet, optimizer, scheduler, loaders.train, step, options,
                          checkpoint=checkpoint, resume=resume, on_step=on_step_roles,
                          stop_after=stop_after, write_checkpoints=parallel.rank == 0)

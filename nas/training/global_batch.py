@@ -119,9 +119,11 @@ def _dropout(module: nn.Dropout, parallel: DataParallel, x: torch.Tensor) -> tor
 
 
 @contextlib.contextmanager
-def global_batch_layers(model: nn.Module, parallel: DataParallel) -> Iterator[None]:
+def global_batch_layers(model: nn.Module, parallel: DataParallel, *,
+                        batchnorm: bool = True) -> Iterator[None]:
     """Within the block, ``model``'s BatchNorm and dropout layers compute over the global batch
-    (see the module docstring); a no-op for one process.
+    (see the module docstring); a no-op for one process. With ``batchnorm=False`` only dropout
+    does: each rank's BatchNorm normalises with its own slice's statistics (no collective).
 
     Raises :class:`~nas.config.ConfigError` for batch-dependent layers it does not compute
     over the global batch (BatchNorm1d/3d, SyncBatchNorm, channel and alpha dropout).
@@ -140,6 +142,8 @@ def global_batch_layers(model: nn.Module, parallel: DataParallel) -> Iterator[No
                 raise ConfigError(f"{type(module).__name__} has its own forward already; "
                                   "data-parallel training cannot compute it over the global batch")
             if isinstance(module, nn.BatchNorm2d):
+                if not batchnorm:
+                    continue
                 layer = _batch_norm
             elif isinstance(module, nn.Dropout):
                 layer = _dropout  # type: ignore[assignment]

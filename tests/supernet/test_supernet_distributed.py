@@ -150,6 +150,23 @@ def test_two_processes_train_the_supernet_one_process_trains(runs: dict[str, Any
             assert b[key] == pytest.approx(a[key], abs=1e-4), key
 
 
+def test_slice_batchnorm_keeps_the_ranks_equal_and_trains_another_function(
+        files: dict[str, Path], runs: dict[str, Any], tmp_path: Path) -> None:
+    """train.global_batchnorm=false: each rank normalises with its slice; the running statistics
+    are averaged with the gradients, so the ranks still hold one network."""
+    train = tmp_path / "train.yaml"
+    train.write_text(yaml.safe_dump({"train": {**TRAIN, "global_batchnorm": False}}))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(files["script"]), str(files["data"]), str(train),
+                           str(tmp_path)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][key]), key
+    # Slice statistics are not the global batch's: the weights leave the one-process run's.
+    assert _max_difference(runs["one"]["state"], rank0["state"]) > 100 * TOLERANCE
+
+
 def test_a_killed_rank_resumes_to_the_uninterrupted_result(files: dict[str, Path], runs: dict[str, Any],
                                                            tmp_path: Path) -> None:
     out = tmp_path / "run"
