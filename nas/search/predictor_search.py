@@ -56,7 +56,7 @@ class PredictorEvaluatorConfig:
             bn_batches, train, ...).
     """
 
-    samples: int = 300
+    samples: int = 50
     population_size: int = 200
     candidates: int = 10_000
     model: PredictorModelConfig = field(default_factory=PredictorModelConfig)
