@@ -27,6 +27,7 @@ canonical Small with the seeds available. Tune and report on val only::
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import statistics
 import time
@@ -71,16 +72,20 @@ def networks(args: argparse.Namespace) -> dict[str, NetworkSpec]:
     return specs
 
 
-def plan(specs: dict[str, NetworkSpec]) -> list[tuple[str, int]]:
+def plan(specs: dict[str, NetworkSpec], all_seeds: int | None = None) -> list[tuple[str, int]]:
     """``(network, seed)`` in the order to train: the question first (canonical Small and the
     found networks, then their second seeds), then the ranking (the other benchmark networks
-    from the cheapest), then the scale references."""
+    from the cheapest), then the scale references. With ``all_seeds``, every network is then
+    trained with seeds ``0 .. all_seeds - 1`` (a seed-to-seed ranking needs every network
+    twice), the further seeds after the plan, in its order."""
     lead = ["canonical", "found_80", "found_90", "found_100"]
     rest = sorted((n for n in specs if n not in lead and n not in LIBRARY),
                   key=lambda n: params_of(specs[n], 100))
     order = [(n, 0) for n in lead] + [(n, 1) for n in ("canonical", "found_80")]
     order += [(n, 0) for n in rest] + [(n, 1) for n in ("found_90", "found_100")]
     order += [(n, 0) for n in LIBRARY]
+    for seed in range(1, all_seeds or 0):
+        order += [(n, seed) for n in [*lead, *rest, *LIBRARY] if (n, seed) not in order]
     return [(n, s) for n, s in order if n in specs]
 
 
@@ -100,7 +105,7 @@ def run_all(args: argparse.Namespace) -> None:
     specs = networks(args)
     done = {(r["arch"], r["seed"]) for r in read_rows(sorted(args.runs.glob("runs-*.jsonl")))
             if r.get("settings_key") == key}
-    todo = [(n, s) for n, s in plan(specs) if (not args.only or n in args.only)
+    todo = [(n, s) for n, s in plan(specs, args.all_seeds) if (not args.only or n in args.only)
             and (to_string(specs[n]), s) not in done]
     log(f"{protocol.name} (key {key}): {len(todo)} runs to train")
     loaders: dict[int, Any] = {}
@@ -164,7 +169,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     rows = [r for r in read_rows(sorted(args.runs.glob("runs-*.jsonl"))) if r.get("settings_key") == key]
     runs = pd.DataFrame(rows)
     cifar = cifar_reference(specs, args)
-    planned = plan(specs)
+    planned = plan(specs, args.all_seeds)
     summary: dict[str, Any] = {"protocol": protocol.name, "settings_key": key,
                                "runs_done": len(rows), "runs_planned": len(planned),
                                "written": now(), "networks": {}}
@@ -187,11 +192,55 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                     "interval_90": tau_interval(tin[names], cifar[names])}
             for label, names in (("benchmark_8", benchmark), ("with_found", with_found))}
         summary["found_vs_canonical"] = found_vs_canonical(runs)
+        summary["repeatability"] = repeatability(runs, reference_means(specs, args, protocol))
+        if "vs_reference_mean" in summary["repeatability"]:
+            summary["repeatability"]["reference"] = load_protocol(args.reference_protocol).name
     args.out.mkdir(parents=True, exist_ok=True)
     write_yaml(args.out / "summary.yaml", summary)
     write_lines(args.out / "summary.md", markdown(summary))
     log(f"report written to {args.out} ({len(rows)} of {len(planned)} runs)")
     return summary
+
+
+def reference_means(specs: dict[str, NetworkSpec], args: argparse.Namespace,
+                    protocol: Protocol) -> pd.Series | None:
+    """The reference protocol's seed mean top-1 by network (``--reference-protocol``, its runs in
+    ``--reference-runs``), the ranking a cheaper protocol is judged against; None when
+    ``protocol`` is that reference."""
+    reference = with_fields(load_protocol(args.reference_protocol),
+                            data={} if args.root is None else {"root": str(args.root)})
+    if protocol.key() == reference.key():
+        return None
+    names = {to_string(spec): name for name, spec in specs.items()}
+    values: dict[str, list[float]] = {}
+    for row in read_rows(sorted(args.reference_runs.glob(f"runs-{reference.name}-seed*.jsonl"))):
+        if row.get("settings_key") == reference.key() and row["arch"] in names:
+            values.setdefault(names[row["arch"]], []).append(row["top1"])
+    return pd.Series({name: statistics.mean(v) for name, v in values.items()}, dtype=float)
+
+
+def repeatability(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, Any]:
+    """The protocol as a ranking: Kendall tau between every two seeds over the Small-space
+    networks both trained, the seconds a run takes, and (a cheaper protocol) tau of each seed
+    and of the seed mean against ``reference``."""
+    small = runs[~runs.spec.isin(list(LIBRARY))]
+    by_seed = {seed: part.set_index("spec")["top1"] for seed, part in small.groupby("seed")}
+    pairs = {f"{a}-{b}": tau(by_seed[a], by_seed[b]) for a, b in itertools.combinations(sorted(by_seed), 2)}
+    out: dict[str, Any] = {
+        "seed_pairs": {pair: {"tau": None if t is None else round(t, 3),
+                              "networks": int(len(pd.concat([by_seed[int(pair.split("-")[0])],
+                                                             by_seed[int(pair.split("-")[1])]], axis=1).dropna()))}
+                       for pair, t in pairs.items()},
+        "seconds_per_run_median": round(float(small["seconds"].median()), 1),
+        "seconds_per_run_max": round(float(small["seconds"].max()), 1),
+    }
+    if reference is not None and not reference.empty:
+        mean = small.groupby("spec")["top1"].mean()
+        against = {f"seed {seed}": tau(top1, reference) for seed, top1 in by_seed.items()}
+        against["seed mean"] = tau(mean, reference)
+        out["vs_reference_mean"] = {label: None if t is None else round(t, 3) for label, t in against.items()}
+        out["vs_reference_networks"] = int(len(pd.concat([mean, reference], axis=1).dropna()))
+    return out
 
 
 def found_vs_canonical(runs: pd.DataFrame) -> dict[str, Any]:
@@ -231,6 +280,17 @@ def markdown(summary: dict[str, Any]) -> list[str]:
         lines.append(f"- {label}: tau {t['tau']} over {t['networks']} networks, interval {t['interval_90']}"
                      if t["tau"] is not None else
                      f"- {label}: {t['networks']} network(s) with both figures; tau needs 3")
+    rep = summary.get("repeatability") or {}
+    if rep:
+        lines += ["", f"As a ranking (Small-space networks; run seconds median {rep['seconds_per_run_median']}, "
+                  f"max {rep['seconds_per_run_max']}):", ""]
+        for pair, t in rep["seed_pairs"].items():
+            lines.append(f"- seeds {pair}: tau {t['tau']} over {t['networks']} networks")
+        if not rep["seed_pairs"]:
+            lines.append("- no network has two seeds yet: no seed-to-seed tau")
+        for label, t in (rep.get("vs_reference_mean") or {}).items():
+            lines.append(f"- {label} against the {rep['reference']} seed mean: tau {t} "
+                         f"({rep['vs_reference_networks']} networks)")
     found = summary.get("found_vs_canonical") or {}
     if any(name in found for name in FOUND):
         lines += ["", "Found networks against canonical Small (the difference's 90% interval, "
@@ -266,6 +326,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--found-runs", type=Path, default=FOUND_RUNS)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--all-seeds", type=int, default=None, metavar="N",
+                        help="then train every network with seeds 0..N-1 (a seed-to-seed ranking)")
+    parser.add_argument("--reference-protocol", default="reference_tin",
+                        help="the protocol another one is ranked against (default %(default)s)")
+    parser.add_argument("--reference-runs", type=Path, default=DEFAULT_OUT / "runs",
+                        help="the reference protocol's finished runs (default %(default)s)")
     parser.add_argument("--report", action="store_true", help="no training: write the summary")
     args = parser.parse_args(argv)
     args.runs = args.runs or args.out / "runs"

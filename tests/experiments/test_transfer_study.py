@@ -52,7 +52,7 @@ def test_the_study_trains_in_order_resumes_and_reports(tmp_path: Path) -> None:
     root = _shards(tmp_path / "shards")
     protocol = _protocol(tmp_path / "tiny.yaml", root)
     args = ["--protocol", str(protocol), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
-            "--specs", "4", "--pool", "8",
+            "--specs", "4", "--pool", "8", "--reference-protocol", str(protocol),
             "--only", "canonical", "found_80", "smallest", "largest", "random_q01"]
     env = {"NAS_CACHE_DIR": str(tmp_path / "cache")}
     first = run_study("transfer_study", *args, env=env)
@@ -88,6 +88,29 @@ def test_the_study_trains_in_order_resumes_and_reports(tmp_path: Path) -> None:
     assert "found_80" in (tmp_path / "out" / "summary.md").read_text()
     report = run_study("transfer_study", "--report", *args, env=env)
     assert report.returncode == 0 and "report written" in report.stdout
+    assert summary["repeatability"]["seed_pairs"]["0-1"] == {"tau": None, "networks": 2}  # tau needs 3
+    assert "vs_reference_mean" not in summary["repeatability"]  # it is the reference
+
+    # A cheaper protocol, every network twice, ranked against the first one's seed mean.
+    proxy = tmp_path / "tiny_proxy.yaml"
+    document = yaml.safe_load(protocol.read_text())
+    proxy.write_text(yaml.safe_dump({**document, "train": {**document["train"], "lr": 0.02}}))
+    cheap = ["--protocol", str(proxy), "--reference-protocol", str(protocol),
+             "--reference-runs", str(tmp_path / "out" / "runs"), "--out", str(tmp_path / "proxy"),
+             "--work", str(tmp_path / "work"), "--specs", "4", "--pool", "8", "--all-seeds", "2",
+             "--only", "smallest", "largest", "random_q01"]
+    ranked = run_study("transfer_study", *cheap, env=env)
+    assert ranked.returncode == 0, ranked.stderr[-3000:]
+    trained = [line.split(": training")[0].split("| ", 1)[1].split(" ", 1)[1]
+               for line in ranked.stdout.splitlines() if ": training (" in line]
+    assert trained == ["smallest seed 0", "random_q01 seed 0", "largest seed 0",
+                       "smallest seed 1", "random_q01 seed 1", "largest seed 1"]
+    rep = yaml.safe_load((tmp_path / "proxy" / "summary.yaml").read_text())["repeatability"]
+    assert rep["seed_pairs"]["0-1"]["networks"] == 3 and -1 <= rep["seed_pairs"]["0-1"]["tau"] <= 1
+    assert rep["reference"] == "tiny" and rep["vs_reference_networks"] == 3
+    assert set(rep["vs_reference_mean"]) == {"seed 0", "seed 1", "seed mean"}
+    assert all(-1 <= t <= 1 for t in rep["vs_reference_mean"].values())
+    assert rep["seconds_per_run_median"] > 0
 
 
 def test_a_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
