@@ -7,6 +7,7 @@ in-place distillation come from slimmable / universally slimmable networks, Yu &
 soft predictions (KL divergence to its detached softmax), their gradients are accumulated,
 and one optimiser step updates the shared weights. Training the two extremes every step
 bounds the whole space; distilling from the largest gives the small ones a smoother target.
+The step itself is :mod:`nas.supernet.sandwich`.
 
 Optionally the largest network alone is trained for ``largest_warmup_steps`` first and
 its expansion channels are then sorted by importance (Once-for-All trains the full network
@@ -24,23 +25,19 @@ one ends. Under ``torchrun`` the processes train one supernet data-parallel
 
 from __future__ import annotations
 
-import contextlib
-import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-import torch.nn.functional as F
 
 from nas.arch.codecs import spec_from_dict, spec_to_dict
-from nas.arch.spec import NetworkSpec
 from nas.config import Config, ConfigError, check_choice, check_int, check_number
 from nas.errors import NASError
 from nas.arch.space import SearchSpace, StageSpace
 from nas.supernet.dynamic_ops import IMPORTANCE_NORMS
 from nas.supernet.network import Supernet
+from nas.supernet.sandwich import distillation_loss, sandwich_specs, sandwich_step, zero_init_residual
 from nas.supernet.parallel import (
     agree_to_start,
     average_step,
@@ -53,7 +50,7 @@ from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.distributed import DataParallel
 from nas.training.global_batch import global_batch_layers
-from nas.training.loop import CheckpointSpec, LoopOptions, NonFiniteLossError, StepContext, run_loop
+from nas.training.loop import CheckpointSpec, LoopOptions, StepContext, run_loop
 from nas.training.train import make_optimizer, make_scheduler
 from nas.training.train_config import TrainConfig, resolve_device
 
@@ -207,74 +204,6 @@ def build_supernet(arch: dict[str, Any]) -> Supernet:
     """A fresh supernet from :func:`supernet_arch`'s description."""
     return Supernet(space_from_plain(arch["space"]), num_classes=arch["num_classes"],
                     kernel_transform=arch["kernel_transform"])
-
-
-# ---------------------------------------------------------------------------- the step
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) on softened outputs, times T^2 (Hinton et al. 2015)."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher / t, dim=1),
-                    reduction="batchmean") * (t * t)
-
-
-def sandwich_specs(supernet: Supernet, rng: random.Random, num_random: int,
-                   largest_only: bool = False) -> list[tuple[str, NetworkSpec]]:
-    """``[("largest", ...), ("smallest", ...), ("random", ...) x num_random]`` for one step."""
-    specs = [("largest", supernet.largest_spec())]
-    if largest_only:
-        return specs
-    specs.append(("smallest", supernet.smallest_spec()))
-    specs += [("random", supernet.sample_spec(rng)) for _ in range(num_random)]
-    return specs
-
-
-def sandwich_step(supernet: Supernet, images: torch.Tensor, target: torch.Tensor,
-                  specs: list[tuple[str, NetworkSpec]], *, label_smoothing: float = 0.0,
-                  distill: bool = True, temperature: float = 1.0,
-                  ctx: StepContext | None = None, check_finite: bool = True) -> dict[str, float]:
-    """Forward and backward every sub-network of ``specs`` on one batch (no optimiser step).
-
-    The first spec must be the largest (the teacher). Gradients accumulate in the shared
-    weights; call ``optimizer.zero_grad()`` before and ``optimizer.step()`` after.
-    Returns the mean loss per role. Raises :class:`~nas.training.loop.NonFiniteLossError`
-    (``check_finite=False``: returns the non-finite loss; data-parallel ranks must all reach
-    the step's collectives, and stop together once the losses are averaged). Under
-    :func:`nas.training.loop.run_loop`, ``ctx`` supplies autocast and the (scaled) backward pass.
-    """
-    if not specs or specs[0][0] != "largest":
-        raise ValueError("sandwich_step: the first spec must be the largest (the teacher)")
-    supernet.train()
-    teacher: torch.Tensor | None = None
-    sums: dict[str, list[float]] = {}
-    for role, spec in specs:
-        supernet.set_active(spec)
-        with ctx.autocast() if ctx is not None else contextlib.nullcontext():
-            logits = supernet(images)
-            if teacher is None or not distill:
-                loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-            else:
-                loss = distillation_loss(logits, teacher, temperature)
-        if role == "largest":
-            teacher = logits.detach()
-        value = float(loss.detach())
-        if check_finite and not math.isfinite(value):
-            raise NonFiniteLossError(f"non-finite {role} sub-network loss {value}; the supernet "
-                                     "diverged: lower the learning rate or add warm-up", loss=value)
-        if ctx is not None:
-            ctx.backward(loss)
-        else:
-            loss.backward()
-        sums.setdefault(role, []).append(value)
-    return {role: sum(v) / len(v) for role, v in sums.items()}
-
-
-def zero_init_residual(supernet: Supernet) -> None:
-    """Zero the projection BN scale of every residual block (BigNAS Sec. 3.1)."""
-    with torch.no_grad():
-        for positions in supernet.stages:
-            for module in positions:
-                if module.use_res_connect:
-                    module.project_bn.weight.zero_()
 
 
 # ---------------------------------------------------------------------------- checkpoints
