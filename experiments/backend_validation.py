@@ -155,13 +155,13 @@ def plot(rows: list[dict[str, Any]], backend: str, space: str, table: dict[str, 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["# Latency tables per backend: held-out validation", "",
-             "| backend | space | n | within +-10% (table) | tau (table) | split-half tau | "
+             "| backend | space | n | rounds | within +-10% (table) | tau (table) | split-half tau | "
              "within +-10% (MAdds) | tau (MAdds) | MAPE (table) | load avg | CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in summary.values():
         t, m, meas = entry["table_prediction"], entry["madds_prediction"], entry["measurement"]
         lines.append(
-            f"| {entry['backend']} | {entry['space']} | {entry['n']} | {t['within_10_pct']:.1f}% | "
+            f"| {entry['backend']} | {entry['space']} | {entry['n']} | {meas['rounds']} | {t['within_10_pct']:.1f}% | "
             f"{t['kendall_tau']:.3f} | {entry['measurement_split_half_tau']:.3f} | "
             f"{m['within_10_pct']:.1f}% | {m['kendall_tau']:.3f} | {t['mape_pct']:.2f}% | "
             f"{meas['loadavg_start'][0]} -> {meas['loadavg_end'][0]} | {entry['host']['cpu']} |")
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             harness.log(f"{name}: within +-10% {t['within_10_pct']:.1f}%, tau {t['kendall_tau']:.3f} "
                         f"(split-half {entry['measurement_split_half_tau']:.3f}, MAdds "
                         f"{entry['madds_prediction']['kendall_tau']:.3f})")
+    if summary:  # also when every pair was recorded: the page follows the report's layout
+        harness.write_lines(args.out / "summary.md", markdown(summary))
     return 0
 
 
