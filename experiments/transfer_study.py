@@ -225,12 +225,13 @@ def repeatability(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, 
     and of the seed mean against ``reference``."""
     small = runs[~runs.spec.isin(list(LIBRARY))]
     by_seed = {seed: part.set_index("spec")["top1"] for seed, part in small.groupby("seed")}
-    pairs = {f"{a}-{b}": tau(by_seed[a], by_seed[b]) for a, b in itertools.combinations(sorted(by_seed), 2)}
+    seed_pairs: dict[str, dict[str, Any]] = {}
+    for a, b in itertools.combinations(sorted(by_seed), 2):
+        t = tau(by_seed[a], by_seed[b])
+        both = len(by_seed[a].index.intersection(by_seed[b].index))
+        seed_pairs[f"{a}-{b}"] = {"tau": None if t is None else round(t, 3), "networks": both}
     out: dict[str, Any] = {
-        "seed_pairs": {pair: {"tau": None if t is None else round(t, 3),
-                              "networks": int(len(pd.concat([by_seed[int(pair.split("-")[0])],
-                                                             by_seed[int(pair.split("-")[1])]], axis=1).dropna()))}
-                       for pair, t in pairs.items()},
+        "seed_pairs": seed_pairs,
         "seconds_per_run_median": round(float(small["seconds"].median()), 1),
         "seconds_per_run_max": round(float(small["seconds"].max()), 1),
     }

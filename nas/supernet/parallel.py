@@ -152,7 +152,7 @@ def average_step(parallel: DataParallel, model: nn.Module, losses: dict[str, flo
     device = grads[0].device if grads else torch.device("cpu")
     values = torch.tensor(list(losses.values()), dtype=grads[0].dtype if grads else torch.float32,
                           device=device)
-    extra = [b for b in model.buffers() if b.is_floating_point()] if buffers else []
+    extra = parallel.floating_buffers(model) if buffers else []
     parallel.average_([*grads, values, *extra])
     return dict(zip(losses, values.tolist()))
 

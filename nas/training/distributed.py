@@ -84,14 +84,14 @@ class DataParallel:
             if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    @staticmethod
+    def floating_buffers(model: nn.Module) -> list[torch.Tensor]:
+        """``model``'s floating-point buffers (BatchNorm running statistics), the ones averaged."""
+        return [buffer for buffer in model.buffers() if buffer.is_floating_point()]
+
     def average_buffers(self, model: nn.Module) -> None:
         """Average floating-point buffers (BatchNorm running statistics) over the ranks."""
-        if self.world == 1:
-            return
-        for buffer in model.buffers():
-            if buffer.is_floating_point():
-                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-                buffer.div_(self.world)
+        self.average_(self.floating_buffers(model))
 
     def average_(self, tensors: Iterable[torch.Tensor]) -> None:
         """Average ``tensors`` over the ranks in place: one all-reduce per dtype and device.
