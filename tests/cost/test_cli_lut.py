@@ -22,11 +22,12 @@ FAST_ARGS = ["--passes", "1", "--repeats", "3", "--warmup", "1", "--min-run-time
              "--max-run-time", "0.05", "--no-progress"]
 
 
-def write_space(folder: Path, *, se=(False, True), acts=("RE", "HS"), exp1=(8, 16), exp2=(32, 48)) -> Path:
+def write_space(folder: Path, *, se=(False, True), acts=("RE", "HS"), exp1=(8, 16), exp2=(32, 48),
+                resolution: int = 32) -> Path:
     base = NetworkSpec(
         blocks=(BlockSpec(3, exp1[0], 8, False, "RE", 2), BlockSpec(3, exp2[0], 16, False, "RE", 2),
                 BlockSpec(3, exp2[0], 16, False, "RE", 1)),
-        stem_channels=8, last_conv=32, head_features=64, num_classes=10, resolution=32)
+        stem_channels=8, last_conv=32, head_features=64, num_classes=10, resolution=resolution)
     base_path = save_spec(base, folder / "tiny_base.yaml")
     space = {
         "name": "tiny",
