@@ -43,7 +43,12 @@ _DEFINING = ("space", "data", "evaluator", "mode", "budget_ms", "target_ms", "re
              "selection", "latency.runtime", "latency.resolution")
 # What a study stored before a defining setting existed was made with: such a study ranked its
 # candidates on val, so it resumes with selection=val and refuses selection=holdout.
-_BEFORE_THE_SETTING: dict[str, str] = {"selection": json.dumps("val")}
+_BEFORE_THE_SETTING: dict[str, str] = {"selection": json.dumps("val"),
+                                       "evaluator.train.batchnorm_slices": json.dumps(1)}
+# Settings no longer in the configuration, with the value whose meaning a current setting
+# keeps: stored with that value they are no difference (global_batchnorm=true is
+# batchnorm_slices=1); stored with another, the study refuses to resume.
+_RETIRED: dict[str, str] = {"evaluator.train.global_batchnorm": json.dumps(True)}
 
 
 class StudySettingsMismatch(NASError, ValueError):
@@ -107,6 +112,10 @@ def _short(value: str, limit: int = 80) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
+def _without_retired(settings: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in settings.items() if _RETIRED.get(key) != value}
+
+
 def check_or_store(study: optuna.Study, fingerprint: dict[str, str]) -> None:
     """Store ``fingerprint`` on a study that has none; refuse one that differs.
 
@@ -118,7 +127,7 @@ def check_or_store(study: optuna.Study, fingerprint: dict[str, str]) -> None:
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
         stored = study.user_attrs.get(FINGERPRINT_ATTR)  # re-read: another start may have won
     before = {key: value for key, value in _BEFORE_THE_SETTING.items() if key in fingerprint}
-    lines = differences({**before, **stored}, fingerprint)
+    lines = differences(_without_retired({**before, **stored}), _without_retired(fingerprint))
     if lines:
         raise StudySettingsMismatch(
             f"study {study.study_name!r} was created with other settings; its trials would be "

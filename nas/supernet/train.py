@@ -49,7 +49,7 @@ from nas.training.checkpoint import read_checkpoint as _read_checkpoint
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.distributed import DataParallel
-from nas.training.global_batch import global_batch_layers
+from nas.training.global_batch import check_slices, global_batch_layers
 from nas.training.loop import CheckpointSpec, LoopOptions, StepContext, run_loop
 from nas.training.train import make_optimizer, make_scheduler
 from nas.training.train_config import TrainConfig, resolve_device
@@ -97,12 +97,13 @@ class SupernetTrainConfig(Config):
         channels_last: feed images in channels-last memory format; oneDNN's convolutions
             run a sandwich step faster on a CPU that way. A speed knob: results agree up
             to float rounding.
-        global_batchnorm: with several processes, BatchNorm normalises with the statistics of
-            the global batch (the step one process takes; a collective per BatchNorm layer in
-            every pass). False: each process normalises with its slice's statistics, as
-            ``DistributedDataParallel`` does without ``SyncBatchNorm``, and the running
-            statistics are averaged with the gradients once a step (fewer collectives,
-            another function of the data). No effect with one process.
+        batchnorm_slices: BatchNorm normalises each of this many equal, consecutive slices
+            of the global batch with the slice's own statistics (ghost batch normalization),
+            the same function with any number of processes. 1: the whole global batch (under
+            ``torchrun``, a collective per BatchNorm layer in every pass). A multiple of the
+            process count: each process normalises its own slices, no collective, and the
+            running statistics travel with the gradients once a step; so ``S`` processes with
+            ``S`` slices train what one process with ``S`` slices trains, to float rounding.
     """
 
     # Not results (see Config.settings):
@@ -132,13 +133,14 @@ class SupernetTrainConfig(Config):
     progress: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
-    global_batchnorm: bool = True
+    batchnorm_slices: int = 1
 
     def __post_init__(self) -> None:
         owner = "SupernetTrainConfig"
         check_int(owner, "num_random", self.num_random, minimum=0)
         check_number(owner, "kd_temperature", self.kd_temperature, low=0.0, low_open=True)
         check_int(owner, "largest_warmup_steps", self.largest_warmup_steps, minimum=0)
+        check_int(owner, "batchnorm_slices", self.batchnorm_slices, minimum=1)
         check_choice(owner, "importance", self.importance, IMPORTANCE_NORMS)
         for flag in ("distill", "sort_channels", "zero_init_residual", "kernel_transform",
                      "channels_last"):
@@ -301,6 +303,10 @@ def train_supernet(
         loaders = make_loaders(data_cfg, seed=cfg.seed, pin_memory=device.type == "cuda", device=device,
                                rank=parallel.rank, world=parallel.world)
     check_share(loaders, parallel)
+    check_slices(cfg.batchnorm_slices, parallel.world)
+    if data_cfg.batch_size % cfg.batchnorm_slices:
+        raise ConfigError(f"data.batch_size={data_cfg.batch_size} does not split into "
+                          f"train.batchnorm_slices={cfg.batchnorm_slices} equal BatchNorm slices")
     if loaders.num_classes != supernet.num_classes:
         raise ConfigError(f"the supernet has {supernet.num_classes} classes but the data has "
                           f"{loaders.num_classes} (DataConfig.num_classes / the dataset's folders)")
@@ -341,7 +347,7 @@ def train_supernet(
         losses = sandwich_step(supernet, images, target, specs, label_smoothing=cfg.label_smoothing,
                                distill=cfg.distill, temperature=cfg.kd_temperature, ctx=ctx,
                                check_finite=parallel.world == 1)
-        losses = average_step(parallel, supernet, losses, buffers=not cfg.global_batchnorm)
+        losses = average_step(parallel, supernet, losses, buffers=cfg.batchnorm_slices > 1)
         return {f"loss_{role}": value for role, value in losses.items()}
 
     def on_step_roles(number: int, metrics: dict[str, float]) -> None:
@@ -357,7 +363,7 @@ def train_supernet(
                           channels_last=cfg.channels_last, grad_clip_norm=cfg.grad_clip_norm,
                           checkpoint_every=cfg.checkpoint_every,
                           progress=cfg.progress and parallel.rank == 0, desc="supernet")
-    with global_batch_layers(supernet, parallel, batchnorm=cfg.global_batchnorm):
+    with global_batch_layers(supernet, parallel, batchnorm_slices=cfg.batchnorm_slices):
         state = run_loop(supernet, optimizer, scheduler, loaders.train, step, options,
                          checkpoint=checkpoint, resume=resume, on_step=on_step_roles,
                          stop_after=stop_after, write_checkpoints=parallel.rank == 0)

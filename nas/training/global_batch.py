@@ -23,6 +23,17 @@ function than one process on the global batch does. Inside :func:`global_batch_l
 
 The cost is one small collective per BatchNorm layer in each forward and each backward pass.
 In evaluation mode both layers are the plain ones. With one process nothing changes.
+
+**BatchNorm over fixed slices** (``batchnorm_slices=S``): BatchNorm normalises each of ``S``
+equal, consecutive slices of the global batch with that slice's own statistics ("ghost"
+batch normalization, Hoffer et al. 2017), and the running statistics move by the mean of the
+slices' updates. The function trained then depends on ``S``, not on the number of processes:
+``S`` ranks each normalise their own slice with no collective (what
+``DistributedDataParallel`` does without ``SyncBatchNorm``; the running statistics are
+averaged with the gradients once a step, see :func:`nas.supernet.parallel.average_step`), and
+one process normalising the same ``S`` slices trains the same weights to float rounding.
+Goyal et al. 2017 (Sec. 2.3) make the same point: with per-worker BatchNorm the per-worker
+batch is part of the loss being minimised.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from nas.config import ConfigError
@@ -103,6 +115,37 @@ def _batch_norm(bn: nn.BatchNorm2d, parallel: DataParallel, x: torch.Tensor) -> 
     return out.to(x.dtype)
 
 
+def _sliced_batch_norm(bn: nn.BatchNorm2d, slices: int, x: torch.Tensor) -> torch.Tensor:
+    """``bn`` over each of ``slices`` consecutive slices of ``x`` with the slice's statistics,
+    the running statistics moved by the mean of what each slice alone would move them by."""
+    if not bn.training or slices == 1:
+        return type(bn).forward(bn, x)
+    c, rows = x.shape[1], x.shape[0]
+    if rows % slices:
+        raise ValueError(f"a batch of {rows} rows does not split into {slices} equal BatchNorm slices")
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    weight = bn.weight[:c] if bn.weight is not None else None
+    bias = bn.bias[:c] if bn.bias is not None else None
+    tracked = bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None
+    outs, means, variances = [], [], []
+    for part in x.chunk(slices):
+        # Each slice as one process's BatchNorm sees it, moving its own copy of the running
+        # statistics; the layer's then move by the copies' mean, as the ranks' average would.
+        mean = bn.running_mean[:c].clone() if tracked else None
+        var = bn.running_var[:c].clone() if tracked else None
+        outs.append(F.batch_norm(part, mean, var, weight, bias, True, factor, bn.eps))
+        means.append(mean)
+        variances.append(var)
+    if tracked:
+        with torch.no_grad():
+            bn.running_mean[:c] = torch.stack(means).mean(0)
+            bn.running_var[:c] = torch.stack(variances).mean(0)
+    return torch.cat(outs)
+
+
 def _dropout(module: nn.Dropout, parallel: DataParallel, x: torch.Tensor) -> torch.Tensor:
     p = module.p
     if not module.training or p == 0 or p == 1:
@@ -118,17 +161,28 @@ def _dropout(module: nn.Dropout, parallel: DataParallel, x: torch.Tensor) -> tor
     return x.mul_(mine) if module.inplace else x * mine
 
 
+def check_slices(slices: int, world: int) -> None:
+    """Refuse a BatchNorm slice count the ranks cannot share out (one line, both numbers)."""
+    if slices < 1 or (slices > 1 and slices % world):
+        raise ConfigError(f"train.batchnorm_slices={slices} with {world} processes: use 1 (BatchNorm "
+                          f"over the global batch) or a multiple of {world} (each process's slice "
+                          "split alike)")
+
+
 @contextlib.contextmanager
 def global_batch_layers(model: nn.Module, parallel: DataParallel, *,
-                        batchnorm: bool = True) -> Iterator[None]:
-    """Within the block, ``model``'s BatchNorm and dropout layers compute over the global batch
-    (see the module docstring); a no-op for one process. With ``batchnorm=False`` only dropout
-    does: each rank's BatchNorm normalises with its own slice's statistics (no collective).
+                        batchnorm_slices: int = 1) -> Iterator[None]:
+    """Within the block, ``model``'s dropout layers compute over the global batch and its
+    BatchNorm layers over the global batch (``batchnorm_slices=1``) or over each of
+    ``batchnorm_slices`` consecutive slices of it (see the module docstring). A no-op for one
+    process with one slice.
 
     Raises :class:`~nas.config.ConfigError` for batch-dependent layers it does not compute
-    over the global batch (BatchNorm1d/3d, SyncBatchNorm, channel and alpha dropout).
+    over the global batch (BatchNorm1d/3d, SyncBatchNorm, channel and alpha dropout) and for
+    a slice count that is neither 1 nor a multiple of the number of processes.
     """
-    if parallel.world == 1:
+    check_slices(batchnorm_slices, parallel.world)
+    if parallel.world == 1 and batchnorm_slices == 1:
         yield
         return
     unsupported = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _UNSUPPORTED)})
@@ -141,16 +195,16 @@ def global_batch_layers(model: nn.Module, parallel: DataParallel, *,
             if isinstance(module, (nn.BatchNorm2d, nn.Dropout)) and "forward" in vars(module):
                 raise ConfigError(f"{type(module).__name__} has its own forward already; "
                                   "data-parallel training cannot compute it over the global batch")
-            if isinstance(module, nn.BatchNorm2d):
-                if not batchnorm:
-                    continue
-                layer = _batch_norm
-            elif isinstance(module, nn.Dropout):
-                layer = _dropout  # type: ignore[assignment]
+            if isinstance(module, nn.BatchNorm2d) and batchnorm_slices == 1:
+                forward = functools.partial(_batch_norm, module, parallel)
+            elif isinstance(module, nn.BatchNorm2d):  # this rank's share of the slices
+                forward = functools.partial(_sliced_batch_norm, module, batchnorm_slices // parallel.world)
+            elif isinstance(module, nn.Dropout) and parallel.world > 1:
+                forward = functools.partial(_dropout, module, parallel)
             else:
                 continue
             # An instance attribute: nn.Module.__call__ finds it before the class's forward.
-            module.forward = functools.partial(layer, module, parallel)  # type: ignore[method-assign]
+            module.forward = forward  # type: ignore[method-assign]
             patched.append(module)
         yield
     finally:
@@ -158,4 +212,4 @@ def global_batch_layers(model: nn.Module, parallel: DataParallel, *,
             del module.forward
 
 
-__all__ = ["global_batch_layers"]
+__all__ = ["check_slices", "global_batch_layers"]

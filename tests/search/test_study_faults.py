@@ -394,3 +394,22 @@ def test_a_checkpoint_and_a_latency_table_on_a_full_disk_name_their_file(small_d
     with pytest.raises(OutOfSpaceError, match=r"table.csv while writing table.csv"):
         table.save(small_disk.path / "table")
     assert small_disk.temporary_files() == []
+
+
+def test_a_study_stored_with_the_retired_global_batchnorm_resumes_as_one_batchnorm_slice(tmp_path: Path) -> None:
+    """evaluator.train.global_batchnorm=true (whole-batch BatchNorm) is batchnorm_slices=1 today;
+    a study stored with false trained with per-process slices and must not resume as 1."""
+    storage = open_storage(StorageSettings(run_dir=str(tmp_path)))
+    now = {"mode": '"pareto"', "evaluator.train.batchnorm_slices": "1"}
+    for stored, resumes in (("true", True), ("false", False)):
+        study = load_or_create_study(storage, study_name=f"old-{stored}", directions=["maximize"],
+                                     sampler=optuna.samplers.RandomSampler(), resume=False)
+        check_or_store(study, {"mode": '"pareto"', "evaluator.train.global_batchnorm": stored})
+        if resumes:
+            check_or_store(study, now)
+            with pytest.raises(StudySettingsMismatch, match='batchnorm_slices: the study has 1, this start 2'):
+                check_or_store(study, {**now, "evaluator.train.batchnorm_slices": "2"})
+        else:
+            with pytest.raises(StudySettingsMismatch, match="global_batchnorm: the study has false"):
+                check_or_store(study, now)
+

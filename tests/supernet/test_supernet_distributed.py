@@ -150,21 +150,32 @@ def test_two_processes_train_the_supernet_one_process_trains(runs: dict[str, Any
             assert b[key] == pytest.approx(a[key], abs=1e-4), key
 
 
-def test_slice_batchnorm_keeps_the_ranks_equal_and_trains_another_function(
+def test_batchnorm_slices_two_processes_train_what_one_process_trains_with_two_slices(
         files: dict[str, Path], runs: dict[str, Any], tmp_path: Path) -> None:
-    """train.global_batchnorm=false: each rank normalises with its slice; the running statistics
-    are averaged with the gradients, so the ranks still hold one network."""
+    """train.batchnorm_slices=2: each rank normalises its slice with no collective, the running
+    statistics are averaged with the gradients; one process normalising the same two slices
+    trains the same weights, and both leave the whole-batch BatchNorm's weights."""
     train = tmp_path / "train.yaml"
-    train.write_text(yaml.safe_dump({"train": {**TRAIN, "global_batchnorm": False}}))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(files["script"]), str(files["data"]), str(train),
-                           str(tmp_path)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    train.write_text(yaml.safe_dump({"train": {**TRAIN, "batchnorm_slices": 2}}))
+    args = [str(files["script"]), str(files["data"]), str(train)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    done = subprocess.run([sys.executable, *args, str(one)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", *args, str(two)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = torch.load(one / "rank0.pt", weights_only=True)
+    rank0, rank1 = (torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
-    # Slice statistics are not the global batch's: the weights leave the one-process run's.
+    difference = _max_difference(single["state"], rank0["state"])
+    assert difference <= TOLERANCE, f"max |difference| {difference:.3g} > {TOLERANCE}"
+    # Slice statistics are not the global batch's: the weights leave the whole-batch run's.
     assert _max_difference(runs["one"]["state"], rank0["state"]) > 100 * TOLERANCE
+    assert _max_difference(runs["one"]["state"], single["state"]) > 100 * TOLERANCE
 
 
 def test_a_killed_rank_resumes_to_the_uninterrupted_result(files: dict[str, Path], runs: dict[str, Any],
