@@ -53,15 +53,30 @@ SPACES = ("mobilenetv3_small", "mobilenetv3_large")
 TARGET_WITHIN_10 = 95.0
 
 
-def madds_predictor(table: LatencyTable, specs: list) -> tuple[list[float], dict[str, float]]:
-    """MAdds as a latency predictor: ``ms = a * MAdds + b`` fitted on the table's calibration
-    networks and their measured times; returns the predictions for ``specs`` and the fit."""
-    calibration = table.calibration or {}
+def madds_predictor(calibration: dict[str, Any], specs: list, table: LatencyTable) -> tuple[list[float], dict[str, float]]:
+    """MAdds as a latency predictor: ``ms = a * MAdds + b`` fitted on the calibration networks
+    and their measured times (``calibration["specs"]``, ``["measured_ms"]``: the table's own,
+    or those measured again beside the held-out networks); returns the predictions for
+    ``specs`` and the fit."""
     cal_specs = [from_string(s) for s in calibration.get("specs") or []]
     if len(cal_specs) < 2:
         raise SystemExit(f"table {table.path} has no calibration to fit MAdds on")
     fit = fit_linear([profile_spec(s).madds_m for s in cal_specs], calibration["measured_ms"])
     return [fit["a"] * profile_spec(s).madds_m + fit["b"] for s in specs], fit
+
+
+def recalibrated_figures(report: Any, specs: list, measured: list[float], table: LatencyTable) -> dict[str, Any]:
+    """The table and MAdds both refitted on the calibration networks measured in the held-out
+    networks' rounds (``--recalibrate``): what is left of each predictor's error once the
+    host's drift since the table's calibration is taken out."""
+    recal = report.metrics_recalibrated
+    madds_ms, fit = madds_predictor(recal, specs, table)
+    madds = error_metrics(madds_ms, measured)
+    return {"table": {k: recal[k] for k in ("within_10_pct", "within_5_pct", "mape_pct", "bias_pct",
+                                             "kendall_tau", "a", "b", "n_calibration")},
+            "madds": {k: madds[k] for k in ("within_10_pct", "mape_pct", "kendall_tau")},
+            "targets_met": {"within_10_pct": recal["within_10_pct"] >= TARGET_WITHIN_10,
+                            "tau_above_madds": recal["kendall_tau"] > madds["kendall_tau"]}}
 
 
 def host_slug() -> str:
@@ -83,12 +98,13 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
                         cache_dir=args.work, progress=not args.no_progress, **extra)
     table = LatencyTable.load(choice.path)
     harness.log(f"{backend} / {space_name}: {choice.reason}; {args.n} held-out networks end to end")
-    log_path = args.work / f"e2e_{backend}_{space_name}_n{args.n}_s{args.seed}_r{args.rounds}.csv"
+    recal = f"_c{args.recalibrate}" if args.recalibrate else ""
+    log_path = args.work / f"e2e_{backend}_{space_name}_n{args.n}_s{args.seed}_r{args.rounds}{recal}.csv"
     report = validate(table, space, n=args.n, seed=args.seed, rounds=args.rounds,
-                      progress=not args.no_progress, log_path=log_path)
+                      progress=not args.no_progress, log_path=log_path, recalibrate=args.recalibrate)
     specs = [from_string(r["spec"]) for r in report.rows]
     measured = [r["measured_ms"] for r in report.rows]
-    madds_ms, madds_fit = madds_predictor(table, specs)
+    madds_ms, madds_fit = madds_predictor(table.calibration or {}, specs, table)
     madds = error_metrics(madds_ms, measured)
     rows = [{**row, "backend": backend, "madds_m": round(profile_spec(spec).madds_m, 3),
              "madds_predicted_ms": round(m, 4)}
@@ -120,6 +136,8 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
                              "fit_a": madds_fit["a"], "fit_b": madds_fit["b"]},
         "targets_met": {"within_10_pct": report.metrics["within_10_pct"] >= TARGET_WITHIN_10,
                         "tau_above_madds": report.metrics["kendall_tau"] > madds["kendall_tau"]},
+        **({"recalibrated_now": recalibrated_figures(report, specs, measured, table)}
+           if report.metrics_recalibrated else {}),
         "measurement": {"seed": args.seed, "rounds": s["rounds"], "statistic": s["measured_statistic"],
                         "loadavg_start": s["loadavg_start"], "loadavg_end": s["loadavg_end"],
                         "wall_s": s["wall_s"], "date": s["date"]},
@@ -156,14 +174,18 @@ def plot(rows: list[dict[str, Any]], backend: str, space: str, table: dict[str, 
 def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["# Latency tables per backend: held-out validation", "",
              "| backend | space | n | rounds | within +-10% (table) | tau (table) | split-half tau | "
-             "within +-10% (MAdds) | tau (MAdds) | MAPE (table) | load avg | CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "within +-10% (MAdds) | tau (MAdds) | MAPE (table) | recalibrated now: within +-10%, tau "
+             "(MAdds tau) | load avg | CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in summary.values():
         t, m, meas = entry["table_prediction"], entry["madds_prediction"], entry["measurement"]
+        now = entry.get("recalibrated_now")
+        recal = (f"{now['table']['within_10_pct']:.1f}%, {now['table']['kendall_tau']:.3f} "
+                 f"({now['madds']['kendall_tau']:.3f}; {now['table']['n_calibration']} networks)" if now else "-")
         lines.append(
             f"| {entry['backend']} | {entry['space']} | {entry['n']} | {meas['rounds']} | {t['within_10_pct']:.1f}% | "
             f"{t['kendall_tau']:.3f} | {entry['measurement_split_half_tau']:.3f} | "
-            f"{m['within_10_pct']:.1f}% | {m['kendall_tau']:.3f} | {t['mape_pct']:.2f}% | "
+            f"{m['within_10_pct']:.1f}% | {m['kendall_tau']:.3f} | {t['mape_pct']:.2f}% | {recal} | "
             f"{meas['loadavg_start'][0]} -> {meas['loadavg_end'][0]} | {entry['host']['cpu']} |")
     lines += ["", "Measured figure: " + next(iter(summary.values()))["measurement"]["statistic"]
               if summary else "", "Written by `python -m experiments.backend_validation`; "
@@ -184,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6,
                         help="interleaved end-to-end rounds (default %(default)s; even rounds "
                              "against odd give the split-half tau)")
+    parser.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                        help="also measure N networks of the calibration seed in the same rounds and "
+                             "report the table and MAdds refitted on them, beside the stored "
+                             "calibration's figures (default: none)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

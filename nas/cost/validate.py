@@ -185,7 +185,9 @@ def validate(
         fit = fit_linear(cal_raw, [m["ms"] for m in measured_all[len(specs):]])
         recal_pred = [fit["a"] * r + fit["b"] for r in raw]
         recal = {**error_metrics(recal_pred, meas_ms), "a": fit["a"], "b": fit["b"],
-                 "n_calibration": len(cal_specs), "calibration_seed": calibration_seed}
+                 "n_calibration": len(cal_specs), "calibration_seed": calibration_seed,
+                 "specs": [to_string(s) for s in cal_specs],
+                 "measured_ms": [round(m["ms"], 4) for m in measured_all[len(specs):]]}
     rows = []
     for i, (spec, p, r, m) in enumerate(zip(specs, predicted, raw, measured)):
         row = {

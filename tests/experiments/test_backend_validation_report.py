@@ -1,0 +1,47 @@
+"""The backend validation's figures once the calibration is measured again beside the held-out
+networks: the table and MAdds refitted on the same networks, reported beside the stored
+calibration's figures."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from experiments import backend_validation
+from nas.arch.codecs import to_string
+from nas.arch.space import load_space
+from nas.cost.calibrate import sample_specs
+from nas.cost.validate import error_metrics
+
+
+def test_recalibrated_figures_refit_madds_on_the_networks_measured_now(monkeypatch):
+    space = load_space("mobilenetv3_small")
+    held_out, calibration = sample_specs(space, 4, 0), sample_specs(space, 3, 1000)
+
+    def madds(spec):  # a stand-in for fvcore's count (seconds a network at 224 px)
+        return float(sum(b.expansion * b.kernel ** 2 for b in spec.blocks))
+
+    monkeypatch.setattr(backend_validation, "profile_spec", lambda spec: SimpleNamespace(madds_m=madds(spec)))
+    # Times exactly linear in MAdds: the refitted MAdds line predicts every network.
+    measured = [0.02 * madds(s) + 0.5 for s in held_out]
+    predicted = [m * 1.2 for m in measured]  # the refitted table 20% off throughout
+    recal = {**error_metrics(predicted, measured), "a": 1.0, "b": 0.0, "n_calibration": 3,
+             "specs": [to_string(s) for s in calibration],
+             "measured_ms": [0.02 * madds(s) + 0.5 for s in calibration]}
+    figures = backend_validation.recalibrated_figures(SimpleNamespace(metrics_recalibrated=recal),
+                                                      held_out, measured, table=None)
+    assert figures["madds"]["within_10_pct"] == 100.0 and figures["madds"]["mape_pct"] == pytest.approx(0, abs=1e-6)
+    assert figures["table"]["within_10_pct"] == 0.0 and figures["table"]["n_calibration"] == 3
+    assert figures["targets_met"] == {"within_10_pct": False, "tau_above_madds": False}
+
+    entry = {"backend": "openvino", "space": space.name, "n": 4,
+             "table_prediction": {"within_10_pct": 50.0, "kendall_tau": 0.7, "mape_pct": 9.0},
+             "madds_prediction": {"within_10_pct": 40.0, "kendall_tau": 0.6},
+             "measurement_split_half_tau": 0.8, "recalibrated_now": figures,
+             "measurement": {"rounds": 12, "loadavg_start": [1.0], "loadavg_end": [1.1],
+                             "statistic": "min over all samples of all rounds"},
+             "host": {"cpu": "AMD EPYC"}}
+    row = backend_validation.markdown({"openvino/x": entry, "plain": {**entry, "recalibrated_now": None}})
+    assert "| 0.0%, " in row[4] and "(1.000; 3 networks)" in row[4]
+    assert "| - |" in row[5]  # a row measured without --recalibrate
