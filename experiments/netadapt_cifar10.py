@@ -24,7 +24,7 @@ Stages (each cached under ``--work``; rerun the same command after an interrupti
    a second uniform arm is matched on *measured* latency: every distinct multiplier from x0.40
    to x0.90 timed end to end in the same interleaved rounds as NetAdapt's network, the largest
    not slower than it, then the same catch-up and final training;
-6. end-to-end latency of every network measured afresh together.
+6. end-to-end latency of every network measured afresh together (once per set of networks).
 
 Outputs in ``--out`` (default experiments/results/netadapt_cifar10): runs.csv (one row per
 arm and seed), summary.yaml, summary.md, comparison.png, the final bneck YAMLs, each
@@ -209,6 +209,19 @@ def e2e_matched_uniform(spec, netadapt_spec, work: Path, passes: int) -> dict[st
     return match
 
 
+def measured_together(finals: dict[str, Any], passes: int, work: Path) -> dict[str, dict[str, float]]:
+    """Every final network timed afresh in the same rounds (:func:`measured_now`), once per set
+    of networks: a resumed run with the same networks reuses the figures, a seed added later
+    has them all measured together again."""
+    names = json.dumps({name: to_string(spec) for name, spec in sorted(finals.items())} | {"passes": passes})
+    record = work / f"measured_now-{hashlib.sha256(names.encode()).hexdigest()[:10]}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    figures = measured_now(finals, passes)
+    record.write_text(json.dumps(figures, indent=1))
+    return figures
+
+
 def run_e2e_arm(seed: int, start, match: dict[str, Any], latency, protocol, tuner, args,
                 runs: pd.DataFrame, runs_path: Path) -> None:
     """The uniform arm at NetAdapt's measured latency: same catch-up and final training."""
@@ -330,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stages.run(f"uniform_e2e seed {seed}", lambda: run_e2e_arm(seed, start, matches[seed], latency, protocol,
                                                                    tuner, args, runs, runs_path))
         finals[f"uniform_e2e_seed{seed}"] = from_string(matches[seed]["spec"])
-    now = stages.run("latency measured afresh", lambda: measured_now(finals, args.latency_passes))
+    now = stages.run("latency measured afresh", lambda: measured_together(finals, args.latency_passes, args.work))
     runs = pd.read_csv(runs_path).sort_values(["arm", "seed"])
     summary = summarise(runs, {"top1": round(100 * start_top1, 2), "table_ms": round(start_ms, 3),
                                "spec": to_string(spec)},

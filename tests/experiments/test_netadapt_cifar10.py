@@ -20,7 +20,7 @@ DATA = {"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_both_arms_trained_per_seed_and_resumed(tmp_path: Path, capsys):
+def test_both_arms_trained_per_seed_and_resumed(tmp_path: Path, capsys, monkeypatch):
     table = LatencyTable.create(HarnessConfig(repeats=3, min_run_time=0.0, warmup=1, warmup_time=0.0,
                                               passes=1, max_run_time=0.05), resolution=224)
     table.build([load_spec("small")], progress=False, save_to=tmp_path / "table")
@@ -54,6 +54,11 @@ def test_both_arms_trained_per_seed_and_resumed(tmp_path: Path, capsys):
     assert "| netadapt | 0 |" in (tmp_path / "out" / "summary.md").read_text()
 
     capsys.readouterr()
-    netadapt_cifar10.main(argv)  # everything cached: no training again, no rows added
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("the same networks timed again on a resume")
+
+    monkeypatch.setattr(netadapt_cifar10, "measured_now", measured_again)
+    netadapt_cifar10.main(argv)  # everything cached: no training or timing again, no rows added
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 6
     assert "train epoch" not in capsys.readouterr().err
