@@ -60,10 +60,8 @@ def space_96px(tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend", ["openvino", "litert"])
-def test_backend_table_predicts_held_out_networks_after_calibration(backend, space_96px, tmp_path):
-    space = space_96px
-    harness = fast(backend)
-    table = build_table(space, tmp_path / "table", harness, progress=False)
+def test_a_backend_table_names_its_runtime_and_keeps_figures_net_of_the_empty_model(backend, space, tmp_path):
+    table = build_table(space, tmp_path / "table", fast(backend), progress=False)
     prov = table.provenance
     assert prov["runtime"] == backend and prov["method"] == "isolated" and prov["net_of_empty_model"]
     assert prov["runtime_version"] and prov["precision"] == "fp32" and prov["threads"] == 1
@@ -76,6 +74,13 @@ def test_backend_table_predicts_held_out_networks_after_calibration(backend, spa
         assert entry["baseline_ms"] > 0 and entry["raw_ms"] >= entry["ms"] > 0
         assert entry["ms"] == pytest.approx(max(entry["raw_ms"] - entry["baseline_ms"], 0.001))
 
+
+def test_a_backend_table_predicts_held_out_networks_after_calibration(space_96px, tmp_path):
+    # One backend end to end here (OpenVINO converts a network in a second, LiteRT in several);
+    # every backend's held-out accuracy is measured on 40 networks a space by
+    # experiments/backend_validation.py.
+    space, harness = space_96px, fast("openvino")
+    table = build_table(space, tmp_path / "table", harness, progress=False)
     calibration = sample_specs(space, 4, CALIBRATION_SEED)
     record = calibrate(table, calibration, harness, rounds=3, progress=False)
     # In this small space the networks differ by less than the timing noise, so the fitted slope
