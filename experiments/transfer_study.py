@@ -9,7 +9,8 @@ parameter-count quantiles) and the search's found_80/90/100
 MobileNetV2 from the spec library for scale. Canonical Small and the found three get 2 seeds,
 the rest 1. Runs go in the order that answers most soonest (``plan``): canonical Small and the
 found networks at seed 0, their second seeds, the other networks from the cheapest, Large and
-MobileNetV2 last.
+MobileNetV2 last. ``--network NAME=BNECK_YAML`` adds a network trained and compared with
+canonical Small like the found three (2 seeds), e.g. the picks of a search on Tiny-ImageNet.
 
 Every finished run is one JSON line in ``--runs`` (one file per seed); a run in progress
 checkpoints every ``--checkpoint-every`` steps in ``--work``: a killed study resumes where it
@@ -31,6 +32,7 @@ import itertools
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,24 +71,44 @@ def networks(args: argparse.Namespace) -> dict[str, NetworkSpec]:
         specs[name] = load_spec(args.found_dir / f"{name}.yaml").replace(name=name)
     for name, library_name in LIBRARY.items():
         specs[name] = load_spec(library_name).replace(name=name)
+    for name, path in args.network:
+        specs[name] = load_spec(path).replace(name=name)
     return specs
 
 
-def plan(specs: dict[str, NetworkSpec], all_seeds: int | None = None) -> list[tuple[str, int]]:
+def parse_network(text: str) -> tuple[str, Path]:
+    """``NAME=BNECK_YAML`` (``--network``): a further network to train beside the found ones."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--network {text!r}: expected NAME=BNECK_YAML")
+    if name in (*FOUND, *LIBRARY, "canonical"):
+        raise argparse.ArgumentTypeError(f"--network {text!r}: {name!r} names one of the study's own networks")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"--network {text!r}: no such file {path}")
+    return name, Path(path)
+
+
+def plan(specs: dict[str, NetworkSpec], all_seeds: int | None = None,
+         extra: Sequence[str] = ()) -> list[tuple[str, int]]:
     """``(network, seed)`` in the order to train: the question first (canonical Small and the
     found networks, then their second seeds), then the ranking (the other benchmark networks
     from the cheapest), then the scale references. With ``all_seeds``, every network is then
     trained with seeds ``0 .. all_seeds - 1`` (a seed-to-seed ranking needs every network
-    twice), the further seeds after the plan, in its order."""
-    lead = ["canonical", "found_80", "found_90", "found_100"]
+    twice), the further seeds after the plan, in its order. ``extra`` (``--network``) are
+    trained like the found networks: two seeds, right after them."""
+    lead = ["canonical", *FOUND, *extra]
     rest = sorted((n for n in specs if n not in lead and n not in LIBRARY),
                   key=lambda n: params_of(specs[n], 100))
     order = [(n, 0) for n in lead] + [(n, 1) for n in ("canonical", "found_80")]
-    order += [(n, 0) for n in rest] + [(n, 1) for n in ("found_90", "found_100")]
+    order += [(n, 0) for n in rest] + [(n, 1) for n in ("found_90", "found_100", *extra)]
     order += [(n, 0) for n in LIBRARY]
     for seed in range(1, all_seeds or 0):
         order += [(n, seed) for n in [*lead, *rest, *LIBRARY] if (n, seed) not in order]
     return [(n, s) for n, s in order if n in specs]
+
+
+def extra_names(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(name for name, _ in args.network)
 
 
 def protocol_of(args: argparse.Namespace) -> Protocol:
@@ -105,7 +127,7 @@ def run_all(args: argparse.Namespace) -> None:
     specs = networks(args)
     done = {(r["arch"], r["seed"]) for r in read_rows(sorted(args.runs.glob("runs-*.jsonl")))
             if r.get("settings_key") == key}
-    todo = [(n, s) for n, s in plan(specs, args.all_seeds) if (not args.only or n in args.only)
+    todo = [(n, s) for n, s in plan(specs, args.all_seeds, extra_names(args)) if (not args.only or n in args.only)
             and (to_string(specs[n]), s) not in done]
     log(f"{protocol.name} (key {key}): {len(todo)} runs to train")
     loaders: dict[int, Any] = {}
@@ -169,7 +191,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     rows = [r for r in read_rows(sorted(args.runs.glob("runs-*.jsonl"))) if r.get("settings_key") == key]
     runs = pd.DataFrame(rows)
     cifar = cifar_reference(specs, args)
-    planned = plan(specs, args.all_seeds)
+    planned = plan(specs, args.all_seeds, extra_names(args))
     summary: dict[str, Any] = {"protocol": protocol.name, "settings_key": key,
                                "runs_done": len(rows), "runs_planned": len(planned),
                                "written": now(), "networks": {}}
@@ -191,7 +213,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                     "tau": None if tau(tin[names], cifar[names]) is None else round(tau(tin[names], cifar[names]), 3),
                     "interval_90": tau_interval(tin[names], cifar[names])}
             for label, names in (("benchmark_8", benchmark), ("with_found", with_found))}
-        summary["found_vs_canonical"] = found_vs_canonical(runs)
+        summary["found_vs_canonical"] = found_vs_canonical(runs, (*FOUND, *extra_names(args)))
         summary["repeatability"] = repeatability(runs, reference_means(specs, args, protocol))
         if "vs_reference_mean" in summary["repeatability"]:
             summary["repeatability"]["reference"] = load_protocol(args.reference_protocol).name
@@ -244,14 +266,14 @@ def repeatability(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, 
     return out
 
 
-def found_vs_canonical(runs: pd.DataFrame) -> dict[str, Any]:
-    """Each found network's Tiny-ImageNet top-1 against canonical Small's: the difference,
-    its 90% interval and verdict (:mod:`nas.seed_stats`)."""
+def found_vs_canonical(runs: pd.DataFrame, names: Sequence[str] = FOUND) -> dict[str, Any]:
+    """Each found (or ``--network``) network's Tiny-ImageNet top-1 against canonical Small's:
+    the difference, its 90% interval and verdict (:mod:`nas.seed_stats`)."""
     if "canonical" not in set(runs["spec"]):
         return {}
     base = (runs[runs.spec == "canonical"]["top1"] * 100).tolist()
     out: dict[str, Any] = {"canonical": _mean_std([t / 100 for t in base])}
-    for name in FOUND:
+    for name in names:
         mine = (runs[runs.spec == name]["top1"] * 100).tolist()
         if not mine:
             continue
@@ -293,17 +315,17 @@ def markdown(summary: dict[str, Any]) -> list[str]:
             lines.append(f"- {label} against the {rep['reference']} seed mean: tau {t} "
                          f"({rep['vs_reference_networks']} networks)")
     found = summary.get("found_vs_canonical") or {}
-    if any(name in found for name in FOUND):
+    compared = [name for name in found if name != "canonical"]
+    if compared:
         lines += ["", "Found networks against canonical Small (the difference's 90% interval, "
                   "Welch's t over both networks' seeds; a tie when it spans 0):", ""]
-        for name in FOUND:
-            if name in found:
-                f = found[name]
-                span = ("" if f["interval_90_points"] is None else
-                        f" [{f['interval_90_points'][0]:+.2f}, {f['interval_90_points'][1]:+.2f}]")
-                lines.append(f"- {name}: {f['top1_mean']:.2f} ({f['seeds']} seeds) against "
-                             f"{found['canonical']['top1_mean']:.2f} ({found['canonical']['seeds']}): "
-                             f"{f['delta_points']:+.2f} points{span}, {f['verdict']}")
+        for name in compared:
+            f = found[name]
+            span = ("" if f["interval_90_points"] is None else
+                    f" [{f['interval_90_points'][0]:+.2f}, {f['interval_90_points'][1]:+.2f}]")
+            lines.append(f"- {name}: {f['top1_mean']:.2f} ({f['seeds']} seeds) against "
+                         f"{found['canonical']['top1_mean']:.2f} ({found['canonical']['seeds']}): "
+                         f"{f['delta_points']:+.2f} points{span}, {f['verdict']}")
     return lines
 
 
@@ -323,6 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=200)
     parser.add_argument("--spec-seed", type=int, default=0)
     parser.add_argument("--found-dir", type=Path, default=FOUND_DIR)
+    parser.add_argument("--network", type=parse_network, action="append", default=[], metavar="NAME=BNECK_YAML",
+                        help="a further network trained and compared with canonical like the found ones "
+                             "(2 seeds), e.g. a Tiny-ImageNet search's pick (repeatable)")
     parser.add_argument("--cifar-runs", type=Path, default=CIFAR_RUNS)
     parser.add_argument("--found-runs", type=Path, default=FOUND_RUNS)
     parser.add_argument("--checkpoint-every", type=int, default=100)

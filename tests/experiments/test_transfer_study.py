@@ -144,3 +144,27 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert "smallest seed 0: training (60 epochs at 32 px, resuming)" in resumed.stdout
     rows = (tmp_path / "out" / "runs" / "runs-tiny-seed0.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["steps"] == 60 * 4  # 16 images, 4 a batch
+
+
+def test_a_further_network_is_trained_twice_beside_the_found_ones_and_compared(tmp_path: Path) -> None:
+    import argparse
+
+    import pandas as pd
+
+    from experiments import transfer_study
+    from nas.arch.codecs import load_spec, save_spec
+
+    pick = save_spec(load_spec("small").replace(name="pick"), tmp_path / "pick.yaml")
+    name, path = transfer_study.parse_network(f"tin_80={pick}")
+    assert (name, path) == ("tin_80", pick)
+    for bad, reason in (("tin_80", "NAME=BNECK_YAML"), ("found_80=" + str(pick), "the study's own"),
+                        (f"tin_80={tmp_path / 'none.yaml'}", "no such file")):
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            transfer_study.parse_network(bad)
+    specs = {n: load_spec("small") for n in ("canonical", "found_80", "found_90", "found_100", "small_a", "tin_80")}
+    order = transfer_study.plan(specs, extra=["tin_80"])
+    assert order.index(("tin_80", 0)) < order.index(("canonical", 1))  # with the question, first
+    assert ("tin_80", 1) in order and order.index(("tin_80", 1)) > order.index(("small_a", 0))
+    runs = pd.DataFrame({"spec": ["canonical", "canonical", "tin_80", "tin_80"], "top1": [0.40, 0.42, 0.50, 0.52]})
+    compared = transfer_study.found_vs_canonical(runs, (*transfer_study.FOUND, "tin_80"))
+    assert compared["tin_80"]["delta_points"] == pytest.approx(10.0) and "found_80" not in compared
