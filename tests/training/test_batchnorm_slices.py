@@ -104,3 +104,16 @@ def test_slice_counts_the_ranks_cannot_share_are_refused_in_one_line():
     with global_batch_layers(bn, DataParallel(), batchnorm_slices=3), \
             pytest.raises(ValueError, match="4 rows does not split into 3"):
         bn(torch.randn(4, 6, 3, 3))
+
+
+def test_a_batch_the_slices_do_not_divide_is_refused_before_training():
+    from nas.arch.space import load_space
+    from nas.supernet.train import new_supernet, train_supernet
+    from nas.training.data_config import DataConfig
+
+    data = DataConfig.from_dict({"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples": 20,
+                                 "val_samples": 8, "batch_size": 10, "num_workers": 0, "seed": 0})
+    cfg = SupernetTrainConfig(steps=1, batchnorm_slices=4, device="cpu", progress=False, checkpoint_every=None)
+    supernet = new_supernet(load_space("mobilenetv3_small"), 4, cfg)
+    with pytest.raises(ConfigError, match=r"data.batch_size=10 does not split into train.batchnorm_slices=4"):
+        train_supernet(supernet, data, cfg)
