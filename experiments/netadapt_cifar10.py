@@ -114,6 +114,18 @@ def trained_start(spec, protocol, work: Path) -> tuple[torch.nn.Module, float]:
     return model, facts["top1"]
 
 
+def check_same_start(runs_path: Path, start_weights: Path) -> None:
+    """Every seed starts from one trained network. Runs recorded in ``runs_path`` came from the
+    start kept in ``start_weights``; without it the start would be trained again, and a second
+    training differs (it took another NetAdapt path on a rerun): new seeds would not share the
+    recorded seeds' start, and a recorded seed's files would be rewritten from another one."""
+    if runs_path.is_file() and len(pd.read_csv(runs_path)) and not start_weights.is_file():
+        seeds = sorted(int(s) for s in set(pd.read_csv(runs_path)["seed"]))
+        raise SystemExit(f"netadapt_cifar10: {runs_path} holds runs of seeds {seeds} trained from a start "
+                         f"network this --work no longer holds ({start_weights}); bring that work folder "
+                         "back, or write a fresh set of seeds to another --out and --work")
+
+
 def copy_of(model: torch.nn.Module, spec, num_classes: int) -> torch.nn.Module:
     twin = build_model(spec, num_classes=num_classes)
     twin.load_state_dict(model.state_dict())
@@ -322,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stages = harness.Stages.for_run(args)
     protocol = load_protocol(args.protocol)
     spec = load_spec("small")
+    check_same_start(args.out / "runs.csv", args.work / "start.pth")
     latency, table, table_source = stages.run("latency table", lambda: host_latency(args.out, args.table))
     start, start_top1 = stages.run("start (reference training)", lambda: trained_start(spec, protocol, args.work))
     start_ms = latency(spec)

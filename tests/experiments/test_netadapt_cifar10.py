@@ -62,3 +62,8 @@ def test_both_arms_trained_per_seed_and_resumed(tmp_path: Path, capsys, monkeypa
     netadapt_cifar10.main(argv)  # everything cached: no training or timing again, no rows added
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 6
     assert "train epoch" not in capsys.readouterr().err
+    # Without the start those rows came from, a resume would train another start: refused.
+    lost = [a if a != str(tmp_path / "work") else str(tmp_path / "other-work") for a in argv]
+    with pytest.raises(SystemExit, match=r"holds runs of seeds \[0, 1\].*no longer holds"):
+        netadapt_cifar10.main(lost)
+
