@@ -41,6 +41,7 @@ import hashlib
 import json
 import shutil
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +201,10 @@ def e2e_matched_uniform(spec, netadapt_spec, work: Path, passes: int) -> dict[st
     ``scale_width`` network from x0.40 to x0.90 timed in the same interleaved rounds as
     NetAdapt's network; the largest whose end-to-end median is not above NetAdapt's (cached)."""
     record = work / f"e2e_match-{hashlib.sha256(to_string(netadapt_spec).encode()).hexdigest()[:10]}.json"
-    if record.is_file():
-        return json.loads(record.read_text())
+    return json_once(record, lambda: match_uniform(spec, netadapt_spec, passes))
+
+
+def match_uniform(spec, netadapt_spec, passes: int) -> dict[str, Any]:
     candidates: dict[str, Any] = {}
     for percent in range(40, 91):
         scaled = scale_width(spec, percent / 100)
@@ -217,7 +220,6 @@ def e2e_matched_uniform(spec, netadapt_spec, work: Path, passes: int) -> dict[st
     match = {"multiplier": multiplier, "ms": figures[name]["end_to_end_ms"], "netadapt_ms": limit,
              "spec": to_string(named[name]), "loadavg": harness.load_average(),
              "measured": {n: round(f["end_to_end_ms"], 4) for n, f in figures.items()}}
-    record.write_text(json.dumps(match, indent=1))
     return match
 
 
@@ -227,11 +229,16 @@ def measured_together(finals: dict[str, Any], passes: int, work: Path) -> dict[s
     has them all measured together again."""
     names = json.dumps({name: to_string(spec) for name, spec in sorted(finals.items())} | {"passes": passes})
     record = work / f"measured_now-{hashlib.sha256(names.encode()).hexdigest()[:10]}.json"
+    return json_once(record, lambda: measured_now(finals, passes))
+
+
+def json_once(record: Path, compute: Callable[[], Any]) -> Any:
+    """``compute()``'s result, kept in ``record`` (JSON): a rerun reads it instead."""
     if record.is_file():
         return json.loads(record.read_text())
-    figures = measured_now(finals, passes)
-    record.write_text(json.dumps(figures, indent=1))
-    return figures
+    result = compute()
+    record.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def run_e2e_arm(seed: int, start, match: dict[str, Any], latency, protocol, tuner, args,

@@ -188,10 +188,13 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     protocol = protocol_of(args)
     key = protocol.key()
     specs = networks(args)
-    rows = [r for r in read_rows(sorted(args.runs.glob("runs-*.jsonl"))) if r.get("settings_key") == key]
+    # Only this invocation's networks: runs of a --network not named now are left out of every figure.
+    rows = [r for r in read_rows(sorted(args.runs.glob("runs-*.jsonl")))
+            if r.get("settings_key") == key and r["spec"] in specs]
     runs = pd.DataFrame(rows)
     cifar = cifar_reference(specs, args)
-    planned = plan(specs, args.all_seeds, extra_names(args))
+    extra = extra_names(args)
+    planned = plan(specs, args.all_seeds, extra)
     summary: dict[str, Any] = {"protocol": protocol.name, "settings_key": key,
                                "runs_done": len(rows), "runs_planned": len(planned),
                                "written": now(), "networks": {}}
@@ -213,7 +216,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                     "tau": None if tau(tin[names], cifar[names]) is None else round(tau(tin[names], cifar[names]), 3),
                     "interval_90": tau_interval(tin[names], cifar[names])}
             for label, names in (("benchmark_8", benchmark), ("with_found", with_found))}
-        summary["found_vs_canonical"] = found_vs_canonical(runs, (*FOUND, *extra_names(args)))
+        summary["found_vs_canonical"] = found_vs_canonical(runs, (*FOUND, *extra))
         summary["repeatability"] = repeatability(runs, reference_means(specs, args, protocol))
         if "vs_reference_mean" in summary["repeatability"]:
             summary["repeatability"]["reference"] = load_protocol(args.reference_protocol).name

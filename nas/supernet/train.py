@@ -49,7 +49,7 @@ from nas.training.checkpoint import read_checkpoint as _read_checkpoint
 from nas.training.data import Loaders, make_loaders
 from nas.training.data_config import DataConfig
 from nas.training.distributed import DataParallel
-from nas.training.global_batch import check_slices, global_batch_layers
+from nas.training.global_batch import global_batch_layers
 from nas.training.loop import CheckpointSpec, LoopOptions, StepContext, run_loop
 from nas.training.train import make_optimizer, make_scheduler
 from nas.training.train_config import TrainConfig, resolve_device
@@ -303,7 +303,6 @@ def train_supernet(
         loaders = make_loaders(data_cfg, seed=cfg.seed, pin_memory=device.type == "cuda", device=device,
                                rank=parallel.rank, world=parallel.world)
     check_share(loaders, parallel)
-    check_slices(cfg.batchnorm_slices, parallel.world)
     if data_cfg.batch_size % cfg.batchnorm_slices:
         raise ConfigError(f"data.batch_size={data_cfg.batch_size} does not split into "
                           f"train.batchnorm_slices={cfg.batchnorm_slices} equal BatchNorm slices")

@@ -74,15 +74,21 @@ class _AllReduce(torch.autograd.Function):
         return grad
 
 
-def _batch_norm(bn: nn.BatchNorm2d, parallel: DataParallel, x: torch.Tensor) -> torch.Tensor:
-    if not bn.training:
-        return type(bn).forward(bn, x)
-    c = x.shape[1]
-    # The bookkeeping of nn.modules.batchnorm._BatchNorm.forward.
+def _running_factor(bn: nn.BatchNorm2d) -> float:
+    """Count this training pass and return the running statistics' update factor: the
+    bookkeeping of ``nn.modules.batchnorm._BatchNorm.forward``."""
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return factor
+
+
+def _batch_norm(bn: nn.BatchNorm2d, parallel: DataParallel, x: torch.Tensor) -> torch.Tensor:
+    if not bn.training:
+        return type(bn).forward(bn, x)
+    c = x.shape[1]
+    factor = _running_factor(bn)
     count = x.numel() // c
     if count * parallel.world < 2:  # as nn.BatchNorm2d refuses (the slices are equal)
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
@@ -123,10 +129,7 @@ def _sliced_batch_norm(bn: nn.BatchNorm2d, slices: int, x: torch.Tensor) -> torc
     c, rows = x.shape[1], x.shape[0]
     if rows % slices:
         raise ValueError(f"a batch of {rows} rows does not split into {slices} equal BatchNorm slices")
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    factor = _running_factor(bn)
     weight = bn.weight[:c] if bn.weight is not None else None
     bias = bn.bias[:c] if bn.bias is not None else None
     tracked = bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None
