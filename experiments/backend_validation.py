@@ -9,7 +9,8 @@ interleaved rounds. It reports:
 
 * the share of networks within +-10% of the table's prediction, and the MAPE;
 * Kendall's tau of table versus measured, beside the measurement's own split-half tau (even
-  against odd rounds: the most any predictor can reach under this machine's noise);
+  against odd rounds: the most any predictor can reach under this machine's noise), and the
+  share of networks whose two halves agree within +-10% (the same cap on the +-10% share);
 * the same two figures for MAdds as a naive predictor (a line ``ms = a * MAdds + b`` fitted
   on the table's own calibration networks and their measured times, so it gets exactly the
   information the table's calibration got);
@@ -44,7 +45,7 @@ from nas.cost.host_table import host_table, name_part
 from nas.cost.lut import LatencyTable
 from nas.cost.profile import profile_spec
 from nas.cost.sampling import cpu_model
-from nas.cost.validate import _plain, error_metrics, validate
+from nas.cost.validate import _plain, error_metrics, split_half_within, validate
 
 DEFAULT_OUT = harness.RESULTS / "backend_validation"
 DEFAULT_WORK = harness.OUTPUTS / "backend_validation"
@@ -132,6 +133,7 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
         "table_prediction": {k: report.metrics[k] for k in ("within_10_pct", "within_5_pct",
                                                             "mape_pct", "bias_pct", "kendall_tau")},
         "measurement_split_half_tau": report.measurement_split_half_tau,
+        "measurement_split_half_within_10_pct": report.measurement_split_half_within_10_pct,
         "madds_prediction": {**{k: madds[k] for k in ("within_10_pct", "mape_pct", "kendall_tau")},
                              "fit_a": madds_fit["a"], "fit_b": madds_fit["b"]},
         "targets_met": {"within_10_pct": report.metrics["within_10_pct"] >= TARGET_WITHIN_10,
@@ -171,12 +173,39 @@ def plot(rows: list[dict[str, Any]], backend: str, space: str, table: dict[str, 
     plt.close(fig)
 
 
+def split_half_from_csv(out: Path, name: str, statistic: str) -> float:
+    """The split-half +-10% share of a pair recorded before the summary kept it, from the
+    rounds in its CSV (``name`` is the summary's ``backend/space@cpu`` key); NaN without one."""
+    import pandas as pd
+
+    backend, rest = name.split("/", 1)
+    space, cpu = rest.split("@", 1)
+    path = out / f"{backend}_{space}_{cpu}.csv"
+    if not path.is_file():
+        return float("nan")
+    frame = pd.read_csv(path)
+    measured = [{"rounds_ms": [float(v) for v in str(row.rounds_ms).split()],
+                 "rounds_min_ms": [float(v) for v in str(row.rounds_min_ms).split()]}
+                for row in frame.itertuples()]
+    return split_half_within(measured, statistic)
+
+
+def with_split_half_within(summary: dict[str, dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
+    """Every entry with ``measurement_split_half_within_10_pct``, computed from its CSV where
+    the entry predates the figure."""
+    for name, entry in summary.items():
+        if "measurement_split_half_within_10_pct" not in entry:
+            statistic = "min" if entry["measurement"]["statistic"].startswith("min") else "median"
+            entry["measurement_split_half_within_10_pct"] = split_half_from_csv(out, name, statistic)
+    return summary
+
+
 def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["# Latency tables per backend: held-out validation", "",
              "| backend | space | n | rounds | within +-10% (table) | tau (table) | split-half tau | "
-             "within +-10% (MAdds) | tau (MAdds) | MAPE (table) | recalibrated now: within +-10%, tau "
-             "(MAdds tau) | load avg | CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "split-half within +-10% | within +-10% (MAdds) | tau (MAdds) | MAPE (table) | "
+             "recalibrated now: within +-10%, tau (MAdds tau) | load avg | CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in summary.values():
         t, m, meas = entry["table_prediction"], entry["madds_prediction"], entry["measurement"]
         now = entry.get("recalibrated_now")
@@ -185,11 +214,15 @@ def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {entry['backend']} | {entry['space']} | {entry['n']} | {meas['rounds']} | {t['within_10_pct']:.1f}% | "
             f"{t['kendall_tau']:.3f} | {entry['measurement_split_half_tau']:.3f} | "
+            f"{entry.get('measurement_split_half_within_10_pct', float('nan')):.1f}% | "
             f"{m['within_10_pct']:.1f}% | {m['kendall_tau']:.3f} | {t['mape_pct']:.2f}% | {recal} | "
             f"{meas['loadavg_start'][0]} -> {meas['loadavg_end'][0]} | {entry['host']['cpu']} |")
     lines += ["", "Measured figure: " + next(iter(summary.values()))["measurement"]["statistic"]
               if summary else "", "Written by `python -m experiments.backend_validation`; "
-              "figures per network in `<backend>_<space>_<cpu>.csv`."]
+              "figures per network in `<backend>_<space>_<cpu>.csv`. Split-half: the measurement's "
+              "even rounds against its odd rounds, each half reduced like the whole; where the two "
+              "halves agree within +-10% for fewer networks than the target asks of the table, "
+              "the target cannot be shown on that host at that time."]
     return lines
 
 
@@ -228,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             # Read again: another process may have recorded other pairs meanwhile.
             summary = (yaml.safe_load(summary_path.read_text()) or {}) if summary_path.is_file() else {}
             summary[name] = _plain(entry)
+            summary = with_split_half_within(summary, args.out)
             harness.write_yaml(summary_path, summary)
             harness.write_lines(args.out / "summary.md", markdown(summary))
             t = entry["table_prediction"]
@@ -235,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"(split-half {entry['measurement_split_half_tau']:.3f}, MAdds "
                         f"{entry['madds_prediction']['kendall_tau']:.3f})")
     if summary:  # also when every pair was recorded: the page follows the report's layout
+        summary = with_split_half_within(summary, args.out)
+        harness.write_yaml(summary_path, summary)
         harness.write_lines(args.out / "summary.md", markdown(summary))
     return 0
 

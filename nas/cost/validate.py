@@ -50,32 +50,51 @@ def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict
     }
 
 
+def split_halves(measured: Sequence[dict[str, Any]], statistic: str) -> tuple[list[float], list[float]] | None:
+    """Each spec's figure from its even and from its odd rounds, reduced like the whole
+    (``statistic`` of ``HarnessConfig.pass_statistic``); None with fewer than two rounds."""
+    import numpy as np
+
+    def figure(rounds_median: Sequence[float], rounds_min: Sequence[float]) -> float:
+        if statistic == "min":
+            return float(min(rounds_min))
+        return float(np.quantile(rounds_median, 0.25 if statistic == "q25" else 0.5))
+
+    halves: tuple[list[float], list[float]] = ([], [])
+    for m in measured:
+        if len(m["rounds_ms"]) < 2:
+            return None
+        for h in (0, 1):
+            halves[h].append(figure(m["rounds_ms"][h::2], m["rounds_min_ms"][h::2]))
+    return halves
+
+
 def split_half_tau(measured: Sequence[dict[str, Any]], statistic: str) -> float:
     """Kendall tau between the figures of the even and the odd rounds of the same specs.
 
     How well the end-to-end measurement agrees with itself: a table's rank correlation with
     the measurement cannot be expected to exceed what two halves of the measurement reach
     (on a machine whose speed moves from call to call this, not the table, is the cap).
-    Each half is reduced like the whole (``statistic`` of ``HarnessConfig.pass_statistic``).
     NaN with fewer than two rounds or two specs.
     """
-    import numpy as np
     from scipy import stats
 
-    def figure(rounds_median: list[float], rounds_min: list[float]) -> float:
-        if statistic == "min":
-            return float(min(rounds_min))
-        return float(np.quantile(rounds_median, 0.25 if statistic == "q25" else 0.5))
-
-    halves: list[list[float]] = [[], []]
-    for m in measured:
-        if len(m["rounds_ms"]) < 2:
-            return float("nan")
-        for h in (0, 1):
-            halves[h].append(figure(m["rounds_ms"][h::2], m["rounds_min_ms"][h::2]))
-    if len(halves[0]) < 2:
+    halves = split_halves(measured, statistic)
+    if halves is None or len(halves[0]) < 2:
         return float("nan")
-    return float(stats.kendalltau(halves[0], halves[1]).statistic)
+    return float(stats.kendalltau(*halves).statistic)
+
+
+def split_half_within(measured: Sequence[dict[str, Any]], statistic: str, bound: float = 0.10) -> float:
+    """Share (%) of specs whose even-round and odd-round figures lie within ``bound`` of each
+    other (relative to their mean): the +-10% counterpart of :func:`split_half_tau`. Where the
+    measurement does not repeat within +-10%, no table can be shown to predict within it. NaN
+    with fewer than two rounds."""
+    halves = split_halves(measured, statistic)
+    if halves is None or not halves[0]:
+        return float("nan")
+    close = [abs(a - b) <= bound * (a + b) / 2 for a, b in zip(*halves)]
+    return 100.0 * sum(close) / len(close)
 
 
 @dataclass
@@ -89,11 +108,13 @@ class ValidationReport:
     metrics_uncalibrated: dict[str, float] = field(default_factory=dict)
     metrics_recalibrated: dict[str, float] | None = None
     measurement_split_half_tau: float = float("nan")
+    measurement_split_half_within_10_pct: float = float("nan")
     files: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         out = {"metrics": self.metrics, "metrics_uncalibrated": self.metrics_uncalibrated,
-               "measurement": {"split_half_kendall_tau": self.measurement_split_half_tau},
+               "measurement": {"split_half_kendall_tau": self.measurement_split_half_tau,
+                               "split_half_within_10_pct": self.measurement_split_half_within_10_pct},
                "settings": self.settings}
         if self.metrics_recalibrated is not None:
             out["metrics_recalibrated"] = self.metrics_recalibrated
@@ -116,7 +137,8 @@ class ValidationReport:
             lines.append(f"  recalibrated now: MAPE {r['mape_pct']:.2f}%  within +-10% "
                          f"{r['within_10_pct']:.1f}%  tau {r['kendall_tau']:.3f}")
         lines.append(f"  the measurement against itself (even vs odd rounds): Kendall tau "
-                     f"{self.measurement_split_half_tau:.3f}")
+                     f"{self.measurement_split_half_tau:.3f}, within +-10% "
+                     f"{self.measurement_split_half_within_10_pct:.1f}%")
         s = self.settings
         lines.append(f"  table measured on {s.get('table_device')}, validated on "
                      f"{s.get('host_device')} (this host)")
@@ -229,8 +251,9 @@ def validate(
     }
     report = ValidationReport(space=space.name, metrics=metrics, rows=rows, settings=settings,
                               metrics_uncalibrated=metrics_raw, metrics_recalibrated=recal,
-                              measurement_split_half_tau=split_half_tau(measured,
-                                                                        harness.pass_statistic))
+                              measurement_split_half_tau=split_half_tau(measured, harness.pass_statistic),
+                              measurement_split_half_within_10_pct=split_half_within(
+                                  measured, harness.pass_statistic))
     if out_dir is not None:
         write_report(report, out_dir)
     return report

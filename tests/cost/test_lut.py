@@ -292,6 +292,19 @@ def test_split_half_tau_measures_the_measurements_self_agreement():
     assert math.isnan(split_half_tau(one_round, "min"))
 
 
+def test_split_half_within_counts_specs_whose_halves_agree_within_ten_percent():
+    from nas.cost.validate import split_half_within
+
+    def spec_rounds(even_min: float, odd_min: float) -> dict:
+        return {"rounds_ms": [even_min + 1, odd_min + 1] * 2, "rounds_min_ms": [even_min, odd_min] * 2}
+
+    # Halves 5% apart (agree), 20% apart (do not), equal (agree), 9.5% apart of their mean.
+    measured = [spec_rounds(1.0, 1.05), spec_rounds(1.0, 1.2), spec_rounds(2.0, 2.0), spec_rounds(1.0, 1.1)]
+    assert split_half_within(measured, "min") == pytest.approx(75.0)
+    assert split_half_within(measured, "min", bound=0.04) == pytest.approx(25.0)
+    assert math.isnan(split_half_within([{"rounds_ms": [1.0], "rounds_min_ms": [1.0]}], "min"))
+
+
 @pytest.mark.parametrize("folder, runtime", [("cpu-torch-1t-b1-224", "torch-cpu"),
                                              ("cpu-ort-1t-b1-224", "onnxruntime")])
 def test_shipped_tables_cover_the_default_spaces_and_carry_their_validation(folder, runtime):

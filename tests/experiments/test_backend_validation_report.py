@@ -4,6 +4,7 @@ calibration's figures."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -38,10 +39,29 @@ def test_recalibrated_figures_refit_madds_on_the_networks_measured_now(monkeypat
     entry = {"backend": "openvino", "space": space.name, "n": 4,
              "table_prediction": {"within_10_pct": 50.0, "kendall_tau": 0.7, "mape_pct": 9.0},
              "madds_prediction": {"within_10_pct": 40.0, "kendall_tau": 0.6},
-             "measurement_split_half_tau": 0.8, "recalibrated_now": figures,
+             "measurement_split_half_tau": 0.8, "measurement_split_half_within_10_pct": 62.5,
+             "recalibrated_now": figures,
              "measurement": {"rounds": 12, "loadavg_start": [1.0], "loadavg_end": [1.1],
                              "statistic": "min over all samples of all rounds"},
              "host": {"cpu": "AMD EPYC"}}
     row = backend_validation.markdown({"openvino/x": entry, "plain": {**entry, "recalibrated_now": None}})
     assert "| 0.0%, " in row[4] and "(1.000; 3 networks)" in row[4]
     assert "| - |" in row[5]  # a row measured without --recalibrate
+    assert "| 0.800 | 62.5% |" in row[4]  # split-half tau and +-10% share side by side
+
+
+def test_a_pair_recorded_before_the_split_half_share_gets_it_from_its_csv(tmp_path):
+    import pandas as pd
+
+    # Two networks: halves (even rounds' minimum, odd rounds' minimum) 1.0/1.02 and 1.0/1.3.
+    pd.DataFrame({"rounds_ms": ["1.1 1.2 1.1 1.2", "1.1 1.5 1.1 1.5"],
+                  "rounds_min_ms": ["1.0 1.02 1.1 1.05", "1.0 1.3 1.2 1.4"]}).to_csv(
+        tmp_path / "openvino_mobilenetv3_small_amd-epyc.csv", index=False)
+    old = {"measurement": {"statistic": "min over all samples of all rounds"}}
+    summary = backend_validation.with_split_half_within(
+        {"openvino/mobilenetv3_small@amd-epyc": dict(old), "litert/mobilenetv3_small@amd-epyc": dict(old),
+         "onnxruntime/mobilenetv3_small@amd-epyc": {**old, "measurement_split_half_within_10_pct": 90.0}},
+        tmp_path)
+    assert summary["openvino/mobilenetv3_small@amd-epyc"]["measurement_split_half_within_10_pct"] == 50.0
+    assert math.isnan(summary["litert/mobilenetv3_small@amd-epyc"]["measurement_split_half_within_10_pct"])
+    assert summary["onnxruntime/mobilenetv3_small@amd-epyc"]["measurement_split_half_within_10_pct"] == 90.0
