@@ -51,6 +51,7 @@ from experiments.predictor_report import plot_quality, plot_search, write_markdo
 from experiments.search_benchmark import check_scoring, hypervolume_2d
 from nas.arch.codecs import from_string, load_spec, to_string
 from nas.arch.space import SPACES_DIR, SearchSpace, space_from_dict
+from nas.arch.spec import NetworkSpec
 from nas.cost.lut import LatencyTable
 from nas.search.config import SearchConfig
 from nas.search.objective import Objective, StudySettings, enqueue_canonical, make_sampler
@@ -119,20 +120,24 @@ def model_config(args: argparse.Namespace) -> PredictorModelConfig:
 
 
 # ---------------------------------------------------------------------------- the models
-def fit_mlp(space: SearchSpace, scores: Sequence[Score], config: PredictorModelConfig) -> Callable:
+def fit_mlp(space: SearchSpace, networks: Sequence[NetworkSpec], targets: Sequence[float],
+            config: PredictorModelConfig) -> Callable:
+    """Once-for-All's MLP on one-hot block choices, fitted to ``targets`` (supernet top-1, or
+    any other per-network score)."""
     predictor = AccuracyPredictor(space, config)
-    predictor.fit([s.network() for s in scores], [s.top1 for s in scores])
+    predictor.fit(list(networks), list(targets))
     return predictor.predict
 
 
-def fit_gbr(space: SearchSpace, scores: Sequence[Score], config: PredictorModelConfig) -> Callable:
+def fit_gbr(space: SearchSpace, networks: Sequence[NetworkSpec], targets: Sequence[float],
+            config: PredictorModelConfig) -> Callable:
     """scikit-learn's gradient-boosted regression trees on the MLP's encoding."""
     from sklearn.ensemble import GradientBoostingRegressor
 
     encoding = Encoding(space)
     model = GradientBoostingRegressor(n_estimators=400, learning_rate=0.05, max_depth=3,
                                       subsample=0.8, random_state=config.seed)
-    model.fit(encoding.encode([s.network() for s in scores]), [s.top1 for s in scores])
+    model.fit(encoding.encode(list(networks)), list(targets))
     return lambda specs: model.predict(encoding.encode(specs))
 
 
@@ -158,7 +163,8 @@ def quality(args: argparse.Namespace, space: SearchSpace, scorer: Any) -> pd.Dat
     for n in sorted(args.train):
         for name, fit in MODELS.items():
             started = time.perf_counter()
-            predict = fit(space, pool[:n], model_config(args))
+            predict = fit(space, [s.network() for s in pool[:n]], [s.top1 for s in pool[:n]],
+                          model_config(args))
             seconds = time.perf_counter() - started
             predicted = predict([s.network() for s in test])
             rows.append({"model": name, "train": n, "test": len(test), **agreement(predicted, truth),
@@ -209,7 +215,7 @@ def trained(args: argparse.Namespace, space: SearchSpace, scorer: Any) -> pd.Dat
             harness.append_row(cache, {"arch": arch, "top1": scored[arch]}, what="supernet scores")
     scores = collect_scores(space, scorer, args.test + max(args.train), args.work / "quality_scores.csv",
                             seed=QUALITY_SEED)
-    predict = fit_mlp(space, scores, model_config(args))
+    predict = fit_mlp(space, [s.network() for s in scores], [s.top1 for s in scores], model_config(args))
     frame["supernet_top1"] = [scored[a] for a in frame["arch"]]
     frame["predicted_top1"] = predict([from_string(a) for a in frame["arch"]])
     frame.attrs["fitted_on"] = len(scores)

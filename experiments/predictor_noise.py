@@ -14,6 +14,11 @@ with the same supernet:
   which for normal errors is a Kendall tau of (2 / pi) arcsin(sqrt(R)) (Greiner's relation).
 * **BatchNorm batches**: a second pass recalibrates on other training batches (loader seed
   ``--bn-seed``) and scores the same images: tau and r between the two calibrations.
+* **A continuous score**: the same pass keeps every image's cross-entropy, so the supernet's
+  holdout loss gets the same split-half reliability. The quality part's ``--pool`` networks
+  after the held-out ones are scored for loss too, and the benchmark's two predictors (the
+  MLP and gradient-boosted trees) are fitted on their losses: their held-out tau against the
+  supernet's loss says whether the predictor, given a score that repeats itself, learns it.
 
 Per-network figures go to ``--work/noise_scores.csv`` as they are measured (resumable); the
 summary to ``--out/noise.yaml`` and ``--out/noise.md``.
@@ -34,6 +39,7 @@ import pandas as pd
 from experiments import harness
 from experiments.predictor_benchmark import DEFAULT_OUT, DEFAULT_WORK, scorer_config, space_document
 from nas.arch.codecs import from_string
+from nas.search.predictor import PredictorModelConfig
 
 QUALITY_SCORES = "quality_scores.csv"
 
@@ -48,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=200,
                         help="the quality part's first N networks (its held-out ones: 200)")
     parser.add_argument("--bn-seed", type=int, default=1, help="loader seed of the second calibration")
+    parser.add_argument("--pool", type=int, default=300,
+                        help="the quality part's networks after the held-out ones, scored for loss "
+                             "and fitted on (default %(default)s, its largest training set)")
+    parser.add_argument("--hidden", type=int, default=PredictorModelConfig.hidden, help="the MLP's hidden width")
+    parser.add_argument("--epochs", type=int, default=PredictorModelConfig.epochs, help="the MLP's epochs")
     harness.add_common(parser, out=DEFAULT_OUT, work=DEFAULT_WORK, threads=True)
     return parser.parse_args(argv)
 
@@ -68,8 +79,9 @@ def _agreement(a: pd.Series, b: pd.Series) -> dict[str, float]:
             "pearson_r": round(float(pearsonr(a, b).statistic), 3)}
 
 
-def score_networks(args: argparse.Namespace, specs: list[str]) -> pd.DataFrame:
-    """Each network's top-1 on all, even and odd images, and after the other calibration."""
+def score_networks(args: argparse.Namespace, specs: list[str], held_out: int) -> pd.DataFrame:
+    """Each network's top-1 and cross-entropy on all, even and odd images; the first
+    ``held_out`` also after the other calibration."""
     import torch
 
     from nas.search.pipeline import build_evaluator
@@ -90,15 +102,22 @@ def score_networks(args: argparse.Namespace, specs: list[str]) -> pd.DataFrame:
     assert all(torch.equal(a, b) for a, b in zip(labels, (t for _, t in other.validation_batches()))), \
         "the second calibration must score the same images"
     path = args.work / "noise_scores.csv"
-    done = {row["spec"]: row for row in harness.read_rows([path])} if path.is_file() else {}
+    # Rows written before the loss was kept lack it: those networks are scored again.
+    done = {row["spec"]: row for row in harness.read_rows([path]) if "loss" in row} if path.is_file() else {}
     for number, spec in enumerate(specs, start=1):
         if spec in done:
             continue
         network = from_string(spec)
         scorer.activate(network)
-        correct = predict(scorer.supernet, scorer.validation_batches(), scorer.device).correct().float()
+        predictions = predict(scorer.supernet, scorer.validation_batches(), scorer.device)
+        correct = predictions.correct().float()
+        loss = torch.nn.functional.cross_entropy(predictions.logits.double(), predictions.target,
+                                                 reduction="none")
         row = {"spec": spec, "top1": float(correct.mean()), "even": float(correct[0::2].mean()),
-               "odd": float(correct[1::2].mean()), "other_bn": float(other.evaluate(network).top1)}
+               "odd": float(correct[1::2].mean()), "loss": float(loss.mean()),
+               "loss_even": float(loss[0::2].mean()), "loss_odd": float(loss[1::2].mean())}
+        if number <= held_out:
+            row["other_bn"] = float(other.evaluate(network).top1)
         harness.append_row(path, row, what="noise scores")
         done[spec] = row
         if number % 25 == 0:
@@ -106,21 +125,49 @@ def score_networks(args: argparse.Namespace, specs: list[str]) -> pd.DataFrame:
     return pd.DataFrame([done[s] for s in specs])
 
 
+def loss_predictors(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, Any]:
+    """The benchmark's predictors fitted on the pool's supernet losses, against the held-out
+    networks' losses (and, the sign turned, their top-1)."""
+    from experiments.predictor_benchmark import MODELS, agreement, model_config
+    from nas.arch.space import space_from_dict
+
+    space = space_from_dict(space_document(args.space))
+    held_out, pool = frame[:args.n], frame[args.n:]
+    networks = [from_string(s) for s in pool["spec"]]
+    out: dict[str, Any] = {"fitted_on": len(pool), "held_out": len(held_out)}
+    for name, fit in MODELS.items():
+        predict = fit(space, networks, list(pool["loss"]), model_config(args))
+        predicted = predict([from_string(s) for s in held_out["spec"]])
+        out[name] = {"against_loss": agreement(predicted, held_out["loss"]),
+                     "against_top1_kendall_tau": round(float(_agreement(-np.asarray(predicted),
+                                                                        held_out["top1"])["kendall_tau"]), 3)}
+        harness.log(f"loss predictor {name}: tau {out[name]['against_loss']['kendall_tau']} against the "
+                    f"loss, {out[name]['against_top1_kendall_tau']} against top-1")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     harness.start(args)
     quality = pd.read_csv(args.work / QUALITY_SCORES)
-    if len(quality) < args.n:
-        raise SystemExit(f"{args.work / QUALITY_SCORES} holds {len(quality)} networks, fewer than --n {args.n}")
-    frame = score_networks(args, list(quality["spec"][:args.n]))
+    if len(quality) < args.n + args.pool:
+        raise SystemExit(f"{args.work / QUALITY_SCORES} holds {len(quality)} networks, fewer than "
+                         f"--n {args.n} plus --pool {args.pool}")
+    everything = score_networks(args, list(quality["spec"][:args.n + args.pool]), held_out=args.n)
+    frame = everything[:args.n]
     recorded = quality["top1"][:args.n].to_numpy()
     halves = _agreement(frame["even"], frame["odd"])
+    loss_halves = _agreement(frame["loss_even"], frame["loss_odd"])
     summary = {
         "networks": len(frame), "checkpoint": str(args.checkpoint or "trained in --work"),
         "score_spread_points": round(100 * float(frame["top1"].std()), 3),
         "matches_quality_scores_max_abs": round(float(np.abs(frame["top1"].to_numpy() - recorded).max()), 5),
         "split_half": halves, **tau_ceiling(halves["pearson_r"]),
         "other_bn_calibration": {**_agreement(frame["top1"], frame["other_bn"]), "seed": args.bn_seed},
+        "loss": {"spread": round(float(frame["loss"].std()), 4), "split_half": loss_halves,
+                 **tau_ceiling(loss_halves["pearson_r"]),
+                 "against_top1_kendall_tau": _agreement(-frame["loss"], frame["top1"])["kendall_tau"]},
+        "loss_predictors": loss_predictors(args, everything),
         **harness.host_facts(), "loadavg": harness.load_average(), "finished_at": harness.now(),
     }
     harness.write_yaml(args.out / "noise.yaml", summary)
@@ -130,7 +177,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"reliability of the whole score {summary['reliability']}: a perfect predictor of the expected "
         f"score reaches tau {summary['tau_ceiling']} against it. Another BatchNorm calibration (loader "
         f"seed {args.bn_seed}): tau {summary['other_bn_calibration']['kendall_tau']}, r "
-        f"{summary['other_bn_calibration']['pearson_r']} against the first.\n")
+        f"{summary['other_bn_calibration']['pearson_r']} against the first.\n\n"
+        f"Holdout cross-entropy instead of top-1 (spread {summary['loss']['spread']}, std): split-half tau "
+        f"{loss_halves['kendall_tau']}, r {loss_halves['pearson_r']}; reliability {summary['loss']['reliability']}, "
+        f"ceiling tau {summary['loss']['tau_ceiling']}; it ranks the networks against their top-1 at tau "
+        f"{summary['loss']['against_top1_kendall_tau']}. Predictors fitted on "
+        f"{summary['loss_predictors']['fitted_on']} networks' losses, held-out tau against the loss: MLP "
+        f"{summary['loss_predictors']['mlp']['against_loss']['kendall_tau']} (RMSE "
+        f"{summary['loss_predictors']['mlp']['against_loss']['rmse']}), gradient-boosted trees "
+        f"{summary['loss_predictors']['gbr']['against_loss']['kendall_tau']} (RMSE "
+        f"{summary['loss_predictors']['gbr']['against_loss']['rmse']}).\n")
     print(harness.write_yaml(args.out / "noise.yaml", summary))
     return summary
 

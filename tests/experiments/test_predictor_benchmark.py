@@ -107,11 +107,17 @@ def test_the_noise_ceiling_rescores_the_held_out_networks_once(tmp_path: Path, m
     work, out = tmp_path / "work", tmp_path / "out"
     predictor_benchmark.main([*SCORER, "--parts", "quality", "--train", "6", "--test", "6",
                               "--out", str(out), "--work", str(work)])
-    noise_argv = [*[a for a in SCORER if a not in ("--hidden", "32", "--epochs", "20")], "--n", "6",
-                  "--out", str(out), "--work", str(work)]
+    noise_argv = [*SCORER, "--n", "6", "--pool", "6", "--out", str(out), "--work", str(work)]
     summary = predictor_noise.main(noise_argv)
     assert summary["networks"] == 6 and summary["matches_quality_scores_max_abs"] == 0.0
     assert -1 <= summary["split_half"]["kendall_tau"] <= 1 and summary["other_bn_calibration"]["seed"] == 1
+    # The cross-entropy kept beside top-1; the predictors fitted on the pool's 6 losses.
+    assert summary["loss"]["spread"] > 0 and -1 <= summary["loss"]["split_half"]["kendall_tau"] <= 1
+    fits = summary["loss_predictors"]
+    assert fits["fitted_on"] == 6 and fits["held_out"] == 6
+    assert all(-1 <= fits[m]["against_loss"]["kendall_tau"] <= 1 and fits[m]["against_loss"]["rmse"] >= 0
+               for m in ("mlp", "gbr"))
+    assert "Holdout cross-entropy" in (out / "noise.md").read_text()
     assert yaml.safe_load((out / "noise.yaml").read_text())["tau_ceiling"] == summary["tau_ceiling"]
     _no_scoring(monkeypatch)
     monkeypatch.setattr(SupernetEvaluator, "activate", lambda self, spec: (_ for _ in ()).throw(
