@@ -29,7 +29,8 @@ from nas.search.fingerprint import check_or_store, study_fingerprint
 from nas.search.objective import Objective, StudySettings, counted_trials, enqueue_canonical, make_sampler
 from nas.search.outputs import TrialReporter, write_outputs
 from nas.search.report import report_on_val, search_data
-from nas.search.runner import WorkerJob, load_or_create_study, recover_dead_workers, requeue_failed, run_parallel
+from nas.search.recovery import recover_dead_workers, requeue_failed
+from nas.search.runner import WorkerJob, load_or_create_study, run_parallel
 from nas.search.selection import selection_data, selection_note, selection_split
 from nas.search.storage import StorageSettings, open_storage
 

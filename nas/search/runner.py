@@ -1,4 +1,5 @@
-"""Running a study: storage, parallel workers, one global budget, recovery, clean stops.
+"""Running a study: storage, parallel workers, one global budget, clean stops (recovery of
+dead workers' trials: :mod:`nas.search.recovery`).
 
 Storage is an Optuna JournalStorage file in the run folder by default, or any RDB URL
 (``postgresql://``, ``mysql+pymysql://``, ``sqlite:///``) so workers on several machines
@@ -39,7 +40,6 @@ import time
 import zlib
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -50,99 +50,12 @@ from optuna.trial import TrialState
 from nas._io import OutOfSpaceError
 from nas.errors import NASError
 from nas.interrupts import install_sigint_handler, raise_if_interrupted
-from nas.search.objective import counted_trials, evaluated_trial, retried_number
-from nas.search.storage import StorageSettings, open_storage, repaired_trials
+from nas.search.objective import counted_trials, evaluated_trial
+from nas.search.recovery import fail_trials_of_exited_workers, recover_dead_workers, retry_parent
+from nas.search.storage import StorageSettings, open_storage
 
 
 log = logging.getLogger(__name__)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed process stays signalable as a zombie until its parent reaps it: not alive.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone since os.kill, or no procfs (not Linux: then trust os.kill)
-        return not Path("/proc/self").exists()
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def recover_dead_workers(study: optuna.Study, *, heartbeat: bool = False,
-                         max_retry: int = 1) -> list[int]:
-    """Fail RUNNING trials whose worker (on this host) is gone, and enqueue a retry.
-
-    Only for storages without a heartbeat (the journal file): with ``heartbeat`` (an RDB
-    storage) Optuna's own heartbeat does this. Returns the failed numbers.
-    """
-    if heartbeat:
-        return []
-    host = socket.gethostname()
-    failed = []
-    lost: dict[int, str] | None = None
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker", "")
-        worker_host, _, pid = worker.rpartition(":")
-        if worker_host != host or not pid.isdigit() or _process_alive(int(pid)):
-            continue
-        try:
-            study.tell(trial.number, state=TrialState.FAIL)
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # someone else finished it in the meantime
-        if lost is None:
-            lost = _repaired_trials(study)
-        # Read back by nas.search.objective.fail_reason (no public call annotates the trial).
-        study.set_user_attr(f"fail_reason:{trial.number}",
-                            lost.get(trial.number, f"worker {worker} died mid-trial"))
-        failed.append(trial.number)
-        requeued = _enqueue_retry(study, trial, max_retry)
-        log.warning("trial %d: worker %s died mid-trial; marked FAIL%s", trial.number, worker,
-                    " and re-enqueued" if requeued else "")
-    return failed
-
-
-def _repaired_trials(study: optuna.Study) -> dict[int, str]:
-    """Trials whose record a journal repair dropped (a journal storage only)."""
-    storage = study._storage  # no public accessor; the journal's path is on its backend
-    backend = getattr(storage, "_backend", None)
-    path = getattr(backend, "_path", None)
-    return repaired_trials(path) if isinstance(path, Path) else {}
-
-
-def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int) -> bool:
-    """Enqueue ``trial``'s parameters once more, unless it has used its retries."""
-    retries = int(trial.user_attrs.get("retries", 0))
-    if retries >= max_retry or not trial.params:
-        return False
-    attrs: dict[str, Any] = {"retries": retries + 1, "retry_of": trial.number}
-    if trial.user_attrs.get("canonical"):
-        attrs["canonical"] = True
-    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
-    return True
-
-
-def _retry_targets(study: optuna.Study) -> set[int]:
-    """Numbers of failed trials that already have a retry (ours or Optuna's callback's)."""
-    parents = (_retry_parent(trial) for trial in study.get_trials(deepcopy=False))
-    return {number for number in parents if number is not None}
-
-
-def requeue_failed(study: optuna.Study, *, max_retry: int = 1) -> list[int]:
-    """Enqueue one retry of every failed trial (killed, interrupted, or raised) that has none.
-
-    Called once per start before the workers run, so a Ctrl-C'd or killed trial is tried
-    again first and the budget is spent on complete trials. Returns the retried numbers.
-    """
-    retried = _retry_targets(study)
-    queued = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.number not in retried and _enqueue_retry(study, trial, max_retry):
-            queued.append(trial.number)
-    return queued
 
 
 def worker_seed(seed: int, worker_index: int, *, created_study: bool) -> int:
@@ -212,16 +125,9 @@ class GiveWay(Exception):
     when the trial is a second retry of one failed trial."""
 
 
-def _retry_parent(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The number of the failed trial that ``trial`` retries (ours or Optuna's callback's)."""
-    if "retry_of" in trial.user_attrs:
-        return int(trial.user_attrs["retry_of"])
-    return retried_number(trial)
-
-
 def _slots(trials: list[optuna.trial.FrozenTrial]) -> dict[int, int]:
     """Each trial's place in the budget order: its number, or for a retry its original's."""
-    parents = {t.number: _retry_parent(t) for t in trials}
+    parents = {t.number: retry_parent(t) for t in trials}
     slots = {}
     for number in parents:
         slot = number
@@ -241,8 +147,8 @@ def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
         # Two machines may both enqueue a retry of one failed trial (a restart's
         # requeue_failed and another machine's heartbeat callback, in the same moment): the
         # lowest-numbered retry runs, the others give way.
-        parent = _retry_parent(next(t for t in trials if t.number == trial.number))
-        first = min((t.number for t in trials if _retry_parent(t) == parent), default=trial.number)
+        parent = retry_parent(next(t for t in trials if t.number == trial.number))
+        first = min((t.number for t in trials if retry_parent(t) == parent), default=trial.number)
         if parent is not None and first != trial.number:
             raise GiveWay(f"trial {first} already retries trial {parent}")
         slots = _slots(trials)
@@ -251,7 +157,7 @@ def _gate(study: optuna.Study, trial: optuna.Trial, job: WorkerJob) -> None:
         # room taken by it: this trial gives way (PRUNED, unevaluated), so a killed network is
         # evaluated again. Trials numbered after a retry already count it below.
         if any(not t.state.is_finished() and t.number > trial.number and slots[t.number] < mine
-               and _retry_parent(t) is not None for t in trials):
+               and retry_parent(t) is not None for t in trials):
             raise GiveWay(f"trial {trial.number} gives way to a retry of an earlier trial")
         # Room is counted in trial-number order, which keeps the count exact.
         ahead = [t for t in trials if t.state == TrialState.RUNNING and t.number < trial.number]
@@ -413,7 +319,7 @@ def run_parallel(job: WorkerJob, n_workers: int) -> None:
             if process.is_alive():
                 process.terminate()
                 process.join()
-        fail_trials_of_exited_workers(job, [p.pid for p in processes if p.pid is not None])
+        _fail_trials_of(job, processes)
         raise
     reasons = {}
     while not errors.empty():
@@ -421,7 +327,7 @@ def run_parallel(job: WorkerJob, n_workers: int) -> None:
         reasons[index] = reason
     bad = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
     if bad:
-        fail_trials_of_exited_workers(job, [p.pid for p in processes if p.pid is not None])
+        _fail_trials_of(job, processes)
         described = "; ".join(f"worker {i} exited with code {code}"
                               + (f" ({reasons[i]})" if i in reasons else
                                  " (killed by a signal)" if code is not None and code < 0 else "")
@@ -429,15 +335,6 @@ def run_parallel(job: WorkerJob, n_workers: int) -> None:
         raise WorkerError(described)
 
 
-def fail_trials_of_exited_workers(job: WorkerJob, pids: list[int]) -> list[int]:
-    """Mark FAIL the RUNNING trials of these (exited) worker processes, in any storage."""
-    study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage),
-                              sampler=optuna.samplers.RandomSampler())
-    host = socket.gethostname()
-    names = {f"{host}:{pid}" for pid in pids}
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") in names:
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            failed.append(trial.number)
-    return failed
+def _fail_trials_of(job: WorkerJob, processes: list[Any]) -> None:
+    """Mark FAIL the running trials of the job's (exited) worker processes."""
+    fail_trials_of_exited_workers(job.study_name, job.storage, [p.pid for p in processes if p.pid is not None])

@@ -37,13 +37,12 @@ from nas.search.runner import (
     GiveWay,
     WorkerJob,
     load_or_create_study,
-    recover_dead_workers,
-    requeue_failed,
     run_parallel,
     run_worker,
     worker_seed,
 )
 from nas.search.runner import _gate as gate
+from nas.search.recovery import recover_dead_workers, requeue_failed
 from nas.arch.space import load_space
 from nas.search.storage import StorageSettings, open_storage
 from nas.training.evaluator import EvalResult

@@ -26,7 +26,8 @@ from nas.search.fingerprint import (
 )
 from nas.search.objective import Objective, StudySettings, counted_trials, fail_reason
 from nas.search.outputs import TrialReporter
-from nas.search.runner import WorkerJob, load_or_create_study, recover_dead_workers, run_worker
+from nas.search.recovery import recover_dead_workers
+from nas.search.runner import WorkerJob, load_or_create_study, run_worker
 from nas.arch.space import load_space
 from nas.search.storage import (
     HeartbeatRetry,
