@@ -45,7 +45,7 @@ from nas.cost.host_table import host_table, name_part
 from nas.cost.lut import LatencyTable
 from nas.cost.profile import profile_spec
 from nas.cost.sampling import cpu_model
-from nas.cost.validate import _plain, error_metrics, split_half_within, validate
+from nas.cost.validate import MEASURED_STATISTIC_TEXT, _plain, error_metrics, split_half_within, validate
 
 DEFAULT_OUT = harness.RESULTS / "backend_validation"
 DEFAULT_WORK = harness.OUTPUTS / "backend_validation"
@@ -195,7 +195,8 @@ def with_split_half_within(summary: dict[str, dict[str, Any]], out: Path) -> dic
     the entry predates the figure."""
     for name, entry in summary.items():
         if "measurement_split_half_within_10_pct" not in entry:
-            statistic = "min" if entry["measurement"]["statistic"].startswith("min") else "median"
+            statistic = next(k for k, text in MEASURED_STATISTIC_TEXT.items()
+                             if text == entry["measurement"]["statistic"])
             entry["measurement_split_half_within_10_pct"] = split_half_from_csv(out, name, statistic)
     return summary
 

@@ -139,8 +139,7 @@ def loss_predictors(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, 
         predict = fit(space, networks, list(pool["loss"]), model_config(args))
         predicted = predict([from_string(s) for s in held_out["spec"]])
         out[name] = {"against_loss": agreement(predicted, held_out["loss"]),
-                     "against_top1_kendall_tau": round(float(_agreement(-np.asarray(predicted),
-                                                                        held_out["top1"])["kendall_tau"]), 3)}
+                     "against_top1_kendall_tau": _agreement(-np.asarray(predicted), held_out["top1"])["kendall_tau"]}
         harness.log(f"loss predictor {name}: tau {out[name]['against_loss']['kendall_tau']} against the "
                     f"loss, {out[name]['against_top1_kendall_tau']} against top-1")
     return out

@@ -50,6 +50,12 @@ def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict
     }
 
 
+#: How each ``HarnessConfig.pass_statistic`` reduces an end-to-end measurement, as reports name it.
+MEASURED_STATISTIC_TEXT = {"min": "min over all samples of all rounds",
+                           "q25": "lower quartile of the per-round medians",
+                           "median": "median of the per-round medians"}
+
+
 def split_halves(measured: Sequence[dict[str, Any]], statistic: str) -> tuple[list[float], list[float]] | None:
     """Each spec's figure from its even and from its odd rounds, reduced like the whole
     (``statistic`` of ``HarnessConfig.pass_statistic``); None with fewer than two rounds."""
@@ -229,9 +235,7 @@ def validate(
         rows.append(row)
     settings = {
         "space": space.name, "n": n, "seed": seed, "rounds": rounds or harness.passes,
-        "measured_statistic": {"min": "min over all samples of all rounds",
-                               "q25": "lower quartile of the per-round medians",
-                               "median": "median of the per-round medians"}[harness.pass_statistic],
+        "measured_statistic": MEASURED_STATISTIC_TEXT[harness.pass_statistic],
         "runtime": harness.runtime, "runtime_version": table.provenance.get("runtime_version"),
         "threads": harness.threads, "batch": harness.batch, "dtype": harness.dtype,
         "resolution": space.base.resolution, "harness": harness.to_dict(),
