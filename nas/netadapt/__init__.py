@@ -10,7 +10,7 @@ Yang et al., "NetAdapt: Platform-Aware Neural Network Adaptation for Mobile Appl
    * ``expansion``: shrink one block's expansion layer;
    * ``bottleneck``: shrink the output width shared by a residual group (a stage's first
      block, or the stem, plus every following stride-1 block with ``in == out``), so every
-     residual connection stays legal (:func:`nas.models.prune.residual_groups`).
+     residual connection stays legal (:func:`nas.models.channel_groups.residual_groups`).
 
    Each proposal takes the *largest* channel count (a multiple of ``divisor``) that meets
    its cut, as NetAdapt picks the largest filter count meeting a step's budget from its

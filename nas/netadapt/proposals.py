@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 from nas.arch.spec import NetworkSpec
-from nas.models.prune import (
+from nas.models.channel_groups import (
     PruneError,
     ResidualGroup,
     STEM,

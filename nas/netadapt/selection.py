@@ -7,7 +7,7 @@ import math
 from typing import Sequence
 
 from nas.arch.spec import NetworkSpec
-from nas.models.prune import STEM, check_prunable, has_expand_conv, residual_groups
+from nas.models.channel_groups import STEM, check_prunable, has_expand_conv, residual_groups
 from nas.netadapt.config import NetAdaptError, RULES
 from nas.netadapt.latency import Latency
 

@@ -11,7 +11,8 @@ from nas.arch.spec import SpecError
 from nas.cost.keys import build_op, keys_for_spec
 from nas.cost.profile import profile_spec
 from nas.models.builder import build_model
-from nas.models.prune import PruneError, prune_model
+from nas.models.channel_groups import PruneError
+from nas.models.prune import prune_model
 
 V2 = load_spec("v2")
 

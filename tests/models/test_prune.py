@@ -10,17 +10,8 @@ from torch import nn
 from nas.arch.codecs import load_spec
 from nas.arch.spec import BlockSpec, NetworkSpec
 from nas.models.builder import build_model
-from nas.models.prune import (
-    STEM,
-    PruneError,
-    apply_plan,
-    check_prunable,
-    has_expand_conv,
-    plan_pruning,
-    prune_model,
-    residual_groups,
-    zero_pruned_channels,
-)
+from nas.models.channel_groups import STEM, PruneError, check_prunable, has_expand_conv, residual_groups
+from nas.models.prune import apply_plan, plan_pruning, prune_model, zero_pruned_channels
 
 from conftest import TINY  # five blocks with every pruning case
 

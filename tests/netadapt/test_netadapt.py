@@ -17,7 +17,8 @@ from nas.cost.keys import bneck_key, head_key, lastconv_key, parse_key, pool_key
 from nas.cost.lut import LatencyTable
 from nas.cost.table_files import MissingKeysError
 from nas.models.builder import build_model
-from nas.models.prune import STEM, has_expand_conv, prune_model, residual_groups, residual_pattern
+from nas.models.channel_groups import STEM, has_expand_conv, residual_groups, residual_pattern
+from nas.models.prune import prune_model
 from nas.netadapt.config import NetAdaptConfig, NetAdaptError
 from nas.netadapt.finetune import FineTuner
 from nas.netadapt.latency import TableLatency

@@ -13,7 +13,7 @@ from nas.training.protocols import CHECKOUT, load_protocol, protocol_names
 
 
 def test_shipped_protocols_load_and_differ_in_cost() -> None:
-    assert protocol_names() == ["proxy", "proxy_b256", "proxy_tin", "reference", "reference_tin"]
+    assert protocol_names() == ["proxy", "proxy_b256", "proxy_tin", "proxy_tin32", "reference", "reference_tin"]
     proxy, reference = load_protocol("proxy"), load_protocol("reference")
     assert proxy.data.name == reference.data.name == "cifar10"
     # The data root is the checkout's sibling shared/ folder wherever the command runs.
@@ -40,6 +40,12 @@ def test_the_tiny_imagenet_protocols_read_the_shards_at_64_px() -> None:
     images = lambda p: p.train.epochs * (p.data.train_per_class or 450) * 100  # noqa: E731
     assert images(reference) >= 10 * images(proxy)
     assert proxy.key() != reference.key() != load_protocol("reference").key()
+    # The 32 px proxy reads the same cached 64 px images, resized per batch: the whole train
+    # split, at a quarter of the pixels, for a tenth of the reference's images.
+    small = load_protocol("proxy_tin32")
+    assert small.data.resolution == 32 and small.data.train_per_class is None
+    assert small.data.root == reference.data.root and small.data.train_shards == reference.data.train_shards
+    assert images(reference) >= 10 * images(small) and small.key() not in (proxy.key(), reference.key())
 
 
 def test_overrides_are_validated_and_named() -> None:
@@ -47,7 +53,7 @@ def test_overrides_are_validated_and_named() -> None:
     assert cheap.data.train_per_class == 10 and cheap.train.epochs == 1
     with pytest.raises(ConfigError, match="reference.yaml: TrainConfig.epochs must be an integer >= 1"):
         load_protocol("reference", train={"epochs": 0})
-    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'proxy_tin', 'reference', 'reference_tin'\]"):
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'proxy_tin', 'proxy_tin32', 'reference', 'reference_tin'\]"):
         load_protocol("nope")
 
 
