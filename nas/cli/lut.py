@@ -16,11 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nas.arch.spec import SpecError
+from nas.arch.spec import NetworkSpec, SpecError
 from nas.arch.space import SpaceError
-from nas.cost.harness import BACKEND_RUNTIME, RUNTIMES
+from nas.cost.harness import BACKEND_RUNTIME, RUNTIMES, HarnessConfig
 
+if TYPE_CHECKING:  # the table module loads torch; the CLI imports it only when a command runs
+    from nas.cost.lut import LatencyTable
 
 
 def positive_int(text: str) -> int:
@@ -87,7 +90,7 @@ def _check_backend(args: argparse.Namespace, table) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from nas.cost.calibrate import CALIBRATION_SEED, calibrate, sample_specs
+    from nas.cost.calibrate import CALIBRATION_SEED, sample_specs
     from nas.cost.lut import build_table
 
     _runtime(args)
@@ -112,15 +115,12 @@ def _build(args: argparse.Namespace) -> None:
               f"{coverage['undelegated_ops'] or 'nothing'}")
     if args.calibrate:
         specs = [s for space in spaces for s in sample_specs(space, args.calibrate, args.calibration_seed or CALIBRATION_SEED)]
-        record = calibrate(table, specs, cfg, rounds=args.calibration_rounds,
-                           progress=not args.no_progress, label=f"seed {args.calibration_seed or CALIBRATION_SEED}")
-        table.save(args.out)
-        print(f"calibration: ms = {record['a']:.4f} * sum + {record['b']:.4f} "
-              f"(fit on {record['n']} networks, fit MAPE {record['fit_mape_pct']:.2f}%)")
+        _calibrate_and_save(table, specs, cfg, args.calibration_rounds, not args.no_progress,
+                            f"seed {args.calibration_seed or CALIBRATION_SEED}", args.out)
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from nas.cost.calibrate import calibrate, sample_specs
+    from nas.cost.calibrate import sample_specs
     from nas.cost.lut import LatencyTable
 
     table = LatencyTable.load(args.table)
@@ -128,9 +128,16 @@ def _calibrate(args: argparse.Namespace) -> None:
     spaces = _spaces(args.space, None)
     cfg = _harness(args, table.harness_config())
     specs = [s for space in spaces for s in sample_specs(space, args.n, args.seed)]
-    record = calibrate(table, specs, cfg, rounds=args.rounds, progress=not args.no_progress,
-                       label=f"seed {args.seed}")
-    table.save(args.table)
+    _calibrate_and_save(table, specs, cfg, args.rounds, not args.no_progress, f"seed {args.seed}", args.table)
+
+
+def _calibrate_and_save(table: LatencyTable, specs: list[NetworkSpec], cfg: HarnessConfig,
+                        rounds: int, progress: bool, label: str, path: Path) -> None:
+    """Fit the table's end-to-end calibration on ``specs``, save the table, print the fit."""
+    from nas.cost.calibrate import calibrate
+
+    record = calibrate(table, specs, cfg, rounds=rounds, progress=progress, label=label)
+    table.save(path)
     print(f"calibration: ms = {record['a']:.4f} * sum + {record['b']:.4f} "
           f"(fit on {record['n']} networks, fit MAPE {record['fit_mape_pct']:.2f}%)")
 

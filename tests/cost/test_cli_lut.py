@@ -89,6 +89,12 @@ def test_build_then_predict(tmp_path, capsys):
     assert main(["build", "--space", str(space_path), "--out", str(tmp_path / "raw"), "--no-calibrate",
                  *FAST_ARGS]) == 0
     assert "calibration" not in LatencyTable.load(tmp_path / "raw").provenance
+    # A table built without a calibration gets one afterwards, fitted on other networks.
+    capsys.readouterr()
+    assert main(["calibrate", "--table", str(tmp_path / "raw"), "--space", str(space_path), "--n", "4",
+                 "--rounds", "1", *FAST_ARGS]) == 0
+    assert LatencyTable.load(tmp_path / "raw").provenance["calibration"]["n"] == 4
+    assert "calibration: ms = " in capsys.readouterr().out
     assert main(["predict", "--table", str(out), str(tmp_path / "tiny_base.yaml"), "--breakdown"]) == 0
     assert "ms predicted" in capsys.readouterr().out
 
