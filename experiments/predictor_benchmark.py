@@ -22,7 +22,8 @@ supernet score and every finished run is appended to a file in ``--work`` the mo
   re-scored), same supernet and table, seeds ``--seeds``: the hypervolume of every network the
   supernet scored against the seconds spent (the predictor's including its scores'
   collection; the shared supernet training counted for neither). Target: the predictor search
-  reaches TPE's final mean hypervolume in at most 1/5 of TPE's mean time.
+  reaches TPE's final mean hypervolume in at most 1/5 of TPE's mean time
+  (:mod:`experiments.predictor_race`).
 
 Reported (``--out``): ``quality.csv``, ``trained.csv``, ``curves.csv``, ``runs.csv``,
 ``summary.yaml``, ``summary.md``, ``quality.png``, ``search.png``.
@@ -48,16 +49,15 @@ import yaml
 
 from experiments import harness
 from experiments.predictor_report import plot_quality, plot_search, write_markdown
-from experiments.search_benchmark import check_scoring, hypervolume_2d
+from experiments.predictor_race import score_progress, search, search_summary
+from experiments.search_benchmark import check_scoring
 from nas.arch.codecs import from_string, load_spec, to_string
 from nas.arch.space import SPACES_DIR, SearchSpace, space_from_dict
 from nas.arch.spec import NetworkSpec
 from nas.cost.lut import LatencyTable
 from nas.search.config import SearchConfig
-from nas.search.objective import Objective, StudySettings, enqueue_canonical, make_sampler
 from nas.search.predictor import AccuracyPredictor, Encoding, PredictorModelConfig
-from nas.search.predictor_data import Score, collect_scores
-from nas.search.predictor_search import coarse_to_fine, predictor_front, spread
+from nas.search.predictor_data import collect_scores
 from nas.search.selection import selection_split
 from nas.training.data_config import DataConfig
 
@@ -156,7 +156,7 @@ def agreement(predicted: Sequence[float], truth: Sequence[float]) -> dict[str, f
 # ---------------------------------------------------------------------------- part (a)
 def quality(args: argparse.Namespace, space: SearchSpace, scorer: Any) -> pd.DataFrame:
     scores = collect_scores(space, scorer, args.test + max(args.train), args.work / "quality_scores.csv",
-                            seed=QUALITY_SEED, on_score=_progress("quality", args.test + max(args.train)))
+                            seed=QUALITY_SEED, on_score=score_progress("quality", args.test + max(args.train)))
     test, pool = scores[:args.test], scores[args.test:]
     truth = [s.top1 for s in test]
     rows = []
@@ -174,13 +174,6 @@ def quality(args: argparse.Namespace, space: SearchSpace, scorer: Any) -> pd.Dat
     frame = pd.DataFrame(rows)
     plot_quality(frame, truth, args.out / "quality.png")
     return frame.drop(columns="predicted")
-
-
-def _progress(what: str, total: int) -> Callable[[Score, int], None]:
-    def report(score: Score, done: int) -> None:
-        if done % 25 == 0 or done == total:
-            harness.log(f"{what}: {done}/{total} supernet scores ({score.seconds:.1f} s the last)")
-    return report
 
 
 # ---------------------------------------------------------------------------- part (b)
@@ -220,119 +213,6 @@ def trained(args: argparse.Namespace, space: SearchSpace, scorer: Any) -> pd.Dat
     frame["predicted_top1"] = predict([from_string(a) for a in frame["arch"]])
     frame.attrs["fitted_on"] = len(scores)
     return frame
-
-
-# ---------------------------------------------------------------------------- part (c)
-def timeline(events: list[tuple[float, float | None, float | None]], max_latency: float) -> list[list[float]]:
-    """``[seconds, hypervolume]`` after each event ``(seconds it took, top-1, latency)``; an
-    event without a network (the fit, the predictor's search) only spends time."""
-    points: list[tuple[float, float]] = []
-    clock, out = 0.0, []
-    for seconds, top1, latency in events:
-        clock += seconds
-        if top1 is not None and latency is not None:
-            points.append((top1, latency))
-        out.append([round(clock, 3), hypervolume_2d(points, max_latency)])
-    return out
-
-
-def run_tpe(args: argparse.Namespace, space: SearchSpace, scorer: Any, table: LatencyTable,
-            seed: int, max_latency: float) -> dict[str, Any]:
-    settings = StudySettings(sampler="tpe", seed=seed)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(args.work / f"tpe-seed{seed}.journal")))
-    study = optuna.create_study(study_name=f"tpe-{seed}", storage=storage, load_if_exists=True,
-                                directions=settings.directions, sampler=make_sampler(settings))
-    enqueue_canonical(study, space)
-    complete = (optuna.trial.TrialState.COMPLETE,)
-    left = args.tpe_trials - len(study.get_trials(deepcopy=False, states=complete))
-    if left > 0:
-        objective = Objective(space=space, evaluator=scorer, latency=table.predict, settings=settings)
-        study.optimize(objective, n_trials=left)
-    trials = sorted(study.get_trials(deepcopy=False, states=complete), key=lambda t: t.number)
-    # A trial's duration includes TPE's sampling and the supernet's score (a repeat: none).
-    events = [(t.duration.total_seconds(), t.values[0], t.values[1]) for t in trials[:args.tpe_trials]]
-    return {"method": "tpe", "samples": None, "seed": seed, "supernet_scores": len(events),
-            "curve": timeline(events, max_latency)}
-
-
-def run_predictor(args: argparse.Namespace, space: SearchSpace, scorer: Any, table: LatencyTable,
-                  seed: int, samples: int, max_latency: float) -> dict[str, Any]:
-    scores = collect_scores(space, scorer, max(args.samples), args.work / f"search_scores-seed{seed}.csv",
-                            seed=seed, canonical_first=True,
-                            on_score=_progress(f"search seed {seed}", max(args.samples)))[:samples]
-    started = time.perf_counter()
-    predictor = AccuracyPredictor(space, model_config(args))
-    predictor.fit([s.network() for s in scores], [s.top1 for s in scores])
-    fit_seconds = time.perf_counter() - started
-    front, stats = predictor_front(predictor, table.predict, StudySettings(seed=seed),
-                                   population_size=args.population_size, candidates=args.candidates)
-    chosen = coarse_to_fine(spread(front, args.rescore))  # the order nas-search re-scores in
-    cache = args.work / f"rescored-seed{seed}.jsonl"  # a network re-scored once per seed
-    done = {row["spec"]: row for row in harness.read_rows([cache])}
-    have = {s.spec for s in scores}
-    events: list[tuple[float, float | None, float | None]] = [
-        (s.seconds, s.top1, table.predict(s.network())) for s in scores]
-    events.append((fit_seconds + stats["seconds"], None, None))
-    for candidate in chosen:
-        key = to_string(candidate.spec)
-        if key in have:
-            continue
-        if key not in done:
-            t0 = time.perf_counter()
-            top1 = float(scorer.evaluate(candidate.spec).top1)
-            done[key] = {"spec": key, "top1": top1, "seconds": round(time.perf_counter() - t0, 4)}
-            harness.append_row(cache, done[key], what="re-scored networks")
-        events.append((done[key]["seconds"], done[key]["top1"], candidate.latency_ms))
-    return {"method": "predictor", "samples": samples, "seed": seed,
-            "supernet_scores": sum(1 for e in events if e[1] is not None),
-            "fit_seconds": round(fit_seconds, 2), "search_seconds": stats["seconds"],
-            "candidates": stats["candidates"], "predicted_front": len(front),
-            "curve": timeline(events, max_latency)}
-
-
-def search(args: argparse.Namespace, space: SearchSpace, scorer: Any, table: LatencyTable,
-           max_latency: float) -> list[dict[str, Any]]:
-    path = args.work / "search_runs.jsonl"
-    runs = {(r["method"], r["samples"], r["seed"]): r for r in harness.read_rows([path])}
-    units = [("tpe", None, seed) for seed in args.seeds]
-    units += [("predictor", n, seed) for seed in args.seeds for n in sorted(args.samples)]
-    for method, samples, seed in units:
-        if (method, samples, seed) in runs:
-            continue
-        harness.log(f"search: {method} seed {seed}" + (f", {samples} samples" if samples else ""))
-        row = (run_tpe(args, space, scorer, table, seed, max_latency) if method == "tpe" else
-               run_predictor(args, space, scorer, table, seed, samples, max_latency))
-        row.update({"loadavg": harness.load_average(), **harness.host_facts(), "finished_at": harness.now()})
-        harness.append_row(path, row, what="the predictor benchmark's search runs")
-        runs[(method, samples, seed)] = row
-    return [runs[unit] for unit in units]
-
-
-def reach(curve: list[list[float]], target: float) -> float | None:
-    """Seconds after which the hypervolume first reaches ``target`` (None: never)."""
-    return next((seconds for seconds, hv in curve if hv >= target - 1e-12), None)
-
-
-def search_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    tpe = [r for r in runs if r["method"] == "tpe"]
-    target = statistics.mean(r["curve"][-1][1] for r in tpe)
-    tpe_seconds = statistics.mean(r["curve"][-1][0] for r in tpe)
-    out: dict[str, Any] = {"tpe": {"final_hypervolume_mean": round(target, 4), "seconds_mean": round(tpe_seconds, 1),
-                                   "supernet_scores": [r["supernet_scores"] for r in tpe]}}
-    for n in sorted({r["samples"] for r in runs if r["method"] == "predictor"}):
-        mine = [r for r in runs if r["samples"] == n and r["method"] == "predictor"]
-        seconds = [reach(r["curve"], target) for r in mine]
-        ratios = [None if s is None else round(s / tpe_seconds, 3) for s in seconds]
-        out[f"predictor_{n}"] = {
-            "final_hypervolume_mean": round(statistics.mean(r["curve"][-1][1] for r in mine), 4),
-            "seconds_mean": round(statistics.mean(r["curve"][-1][0] for r in mine), 1),
-            "seconds_to_reach_tpe_final_mean": [None if s is None else round(s, 1) for s in seconds],
-            "share_of_tpe_seconds": ratios,
-            "target_met_every_seed": all(r is not None and r <= 0.2 for r in ratios),
-            "fit_seconds_mean": round(statistics.mean(r["fit_seconds"] for r in mine), 2),
-            "search_seconds_mean": round(statistics.mean(r["search_seconds"] for r in mine), 2)}
-    return out
 
 
 # ---------------------------------------------------------------------------- main
@@ -384,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rng = random.Random(0)
         largest = Supernet(space, num_classes=10).largest_spec()
         max_latency = max(table.predict(s) for s in (largest, *(space.sample(rng) for _ in range(2000))))
-        runs = search(args, space, scorer, table, max_latency)
+        runs = search(args, space, scorer, table, max_latency, model_config(args))
         curves = pd.DataFrame([{"method": r["method"], "samples": r["samples"], "seed": r["seed"], "step": i,
                                 "seconds": s, "hypervolume": hv}
                                for r in runs for i, (s, hv) in enumerate(r["curve"])])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments import predictor_benchmark
+from experiments import predictor_benchmark, predictor_race
 from nas.arch.space import load_space
 from nas.cost.harness import HarnessConfig
 from nas.cost.lut import LatencyTable
@@ -33,13 +33,13 @@ def _no_scoring(monkeypatch) -> None:
 
 def test_the_timeline_and_the_summary_by_hand():
     events = [(1.0, 0.5, 2.0), (2.0, None, None), (0.5, 0.8, 4.0)]
-    assert predictor_benchmark.timeline(events, 10.0) == [[1.0, 0.5 * 8], [3.0, 4.0], [3.5, 0.5 * 2 + 0.8 * 6]]
+    assert predictor_race.timeline(events, 10.0) == [[1.0, 0.5 * 8], [3.0, 4.0], [3.5, 0.5 * 2 + 0.8 * 6]]
     curve = [[1.0, 0.1], [2.0, 0.3], [4.0, 0.5]]
-    assert predictor_benchmark.reach(curve, 0.3) == 2.0 and predictor_benchmark.reach(curve, 0.6) is None
+    assert predictor_race.reach(curve, 0.3) == 2.0 and predictor_race.reach(curve, 0.6) is None
     runs = [{"method": "tpe", "samples": None, "seed": 0, "supernet_scores": 3, "curve": [[10.0, 0.4]]},
             {"method": "predictor", "samples": 5, "seed": 0, "supernet_scores": 4, "fit_seconds": 0.1,
              "search_seconds": 0.2, "curve": [[1.0, 0.2], [2.0, 0.45]]}]
-    summary = predictor_benchmark.search_summary(runs)
+    summary = predictor_race.search_summary(runs)
     assert summary["predictor_5"]["share_of_tpe_seconds"] == [0.2]
     assert summary["predictor_5"]["target_met_every_seed"]
 
