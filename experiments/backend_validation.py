@@ -49,6 +49,7 @@ from nas.cost.validate import MEASURED_STATISTIC_TEXT, _plain, error_metrics, sp
 
 DEFAULT_OUT = harness.RESULTS / "backend_validation"
 DEFAULT_WORK = harness.OUTPUTS / "backend_validation"
+STATISTIC_OF_TEXT = {text: name for name, text in MEASURED_STATISTIC_TEXT.items()}  # a report's words -> pass_statistic
 BACKENDS = ("litert", "executorch", "openvino", "onnxruntime")
 SPACES = ("mobilenetv3_small", "mobilenetv3_large")
 TARGET_WITHIN_10 = 95.0
@@ -195,8 +196,11 @@ def with_split_half_within(summary: dict[str, dict[str, Any]], out: Path) -> dic
     the entry predates the figure."""
     for name, entry in summary.items():
         if "measurement_split_half_within_10_pct" not in entry:
-            statistic = next(k for k, text in MEASURED_STATISTIC_TEXT.items()
-                             if text == entry["measurement"]["statistic"])
+            text = entry["measurement"]["statistic"]
+            statistic = STATISTIC_OF_TEXT.get(text)
+            if statistic is None:
+                raise SystemExit(f"backend_validation: summary entry {name!r}: measurement statistic "
+                                 f"{text!r} is none of {sorted(STATISTIC_OF_TEXT)}")
             entry["measurement_split_half_within_10_pct"] = split_half_from_csv(out, name, statistic)
     return summary
 

@@ -65,3 +65,7 @@ def test_a_pair_recorded_before_the_split_half_share_gets_it_from_its_csv(tmp_pa
     assert summary["openvino/mobilenetv3_small@amd-epyc"]["measurement_split_half_within_10_pct"] == 50.0
     assert math.isnan(summary["litert/mobilenetv3_small@amd-epyc"]["measurement_split_half_within_10_pct"])
     assert summary["onnxruntime/mobilenetv3_small@amd-epyc"]["measurement_split_half_within_10_pct"] == 90.0
+    # A statistic the harness does not know is named, not guessed.
+    with pytest.raises(SystemExit, match=r"'openvino/x': measurement statistic 'mode of rounds' is none of"):
+        backend_validation.with_split_half_within({"openvino/x": {"measurement": {"statistic": "mode of rounds"}}},
+                                                  tmp_path)
