@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import harness
+from nas._io import plain_data
 from nas.arch.codecs import from_string
 from nas.arch.space import load_space
 from nas.cost.calibrate import fit_linear
@@ -45,7 +46,7 @@ from nas.cost.host_table import host_table, name_part
 from nas.cost.lut import LatencyTable
 from nas.cost.profile import profile_spec
 from nas.cost.sampling import cpu_model
-from nas.cost.validate import MEASURED_STATISTIC_TEXT, _plain, error_metrics, split_half_within, validate
+from nas.cost.validate import MEASURED_STATISTIC_TEXT, error_metrics, split_half_within, validate
 
 DEFAULT_OUT = harness.RESULTS / "backend_validation"
 DEFAULT_WORK = harness.OUTPUTS / "backend_validation"
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = run_pair(backend, space_name, args)
             # Read again: another process may have recorded other pairs meanwhile.
             summary = (yaml.safe_load(summary_path.read_text()) or {}) if summary_path.is_file() else {}
-            summary[name] = _plain(entry)
+            summary[name] = plain_data(entry)
             summary = with_split_half_within(summary, args.out)
             harness.write_yaml(summary_path, summary)
             harness.write_lines(args.out / "summary.md", markdown(summary))

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import harness
+from nas._io import plain_data
 from nas.arch.codecs import load_spec
 from nas.arch.space import load_space
 from nas.cost.keys import build_op
@@ -164,21 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.context_vs_isolated:
         result["context_vs_isolated"] = context_vs_isolated(table, args.out)
     result["loadavg_end"] = harness.load_average()
-    print(harness.write_yaml(args.out / f"benchmark_{args.table.name}.yaml", _plain(result)))
-
-
-def _plain(value):
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, float):
-        return round(value, 4)
-    return value
+    print(harness.write_yaml(args.out / f"benchmark_{args.table.name}.yaml", plain_data(result, digits=4)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from nas.errors import NASError
 
@@ -112,6 +112,23 @@ def append_bytes(path: Path, data: bytes) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def plain_data(value: Any, *, digits: int = 5) -> Any:
+    """``value`` in plain Python types that ``yaml.safe_dump`` writes: numpy and torch scalars
+    unwrapped, tuples as lists, keys as strings, floats rounded to ``digits`` (summaries
+    report measurements, not float noise)."""
+    if isinstance(value, str):
+        return str(value)  # also str subclasses such as torch's TorchVersion
+    if isinstance(value, dict):
+        return {str(k): plain_data(v, digits=digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v, digits=digits) for v in value]
+    if hasattr(value, "item") and not isinstance(value, bytes):
+        value = value.item()
+    if isinstance(value, float):
+        return round(value, digits)
+    return value
 
 
 def now_iso() -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from nas._io import now_iso
+from nas._io import now_iso, plain_data
 from nas.cost import sampling
 from nas.cost.calibrate import CALIBRATION_SEED, fit_linear, measure_end_to_end, sample_specs
 from nas.cost.harness import HarnessConfig
@@ -278,7 +278,7 @@ def write_report(report: ValidationReport, out_dir: str | Path) -> list[Path]:
     summary: dict[str, Any] = {}
     if summary_path.is_file():
         summary = yaml.safe_load(summary_path.read_text()) or {}
-    summary[report.space] = _plain(report.summary())
+    summary[report.space] = plain_data(report.summary())
     summary_path.write_text(yaml.safe_dump(summary, sort_keys=False, width=100))
     report.files = [str(csv_path), str(png_path), str(summary_path)]
     return [csv_path, png_path, summary_path]
@@ -314,21 +314,6 @@ def plot_scatter(report: ValidationReport, path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
-
-
-def _plain(value: Any) -> Any:
-    """Plain Python types for YAML (numpy scalars, tuples)."""
-    if isinstance(value, str):
-        return str(value)  # also str subclasses such as torch's TorchVersion
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()
-    if isinstance(value, float):
-        return round(value, 5)
-    return value
 
 
 __all__ = ["ValidationReport", "error_metrics", "plot_scatter", "validate", "write_report"]
