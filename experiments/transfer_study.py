@@ -262,10 +262,13 @@ def repeatability(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, 
     }
     if reference is not None and not reference.empty:
         mean = small.groupby("spec")["top1"].mean()
-        against = {f"seed {seed}": tau(top1, reference) for seed, top1 in by_seed.items()}
-        against["seed mean"] = tau(mean, reference)
-        out["vs_reference_mean"] = {label: None if t is None else round(t, 3) for label, t in against.items()}
-        out["vs_reference_networks"] = int(len(pd.concat([mean, reference], axis=1).dropna()))
+        ranked = {**{f"seed {seed}": top1 for seed, top1 in by_seed.items()}, "seed mean": mean}
+        out["vs_reference_mean"] = {label: None if (t := tau(top1, reference)) is None else round(t, 3)
+                                    for label, top1 in ranked.items()}
+        # Seeds cover different networks (a third seed only for some): each tau names its own count.
+        out["vs_reference_networks"] = {label: len(top1.index.intersection(reference.index))
+                                        for label, top1 in ranked.items()}
+        out["vs_reference_interval_90"] = tau_interval(mean, reference)
     return out
 
 
@@ -315,8 +318,9 @@ def markdown(summary: dict[str, Any]) -> list[str]:
         if not rep["seed_pairs"]:
             lines.append("- no network has two seeds yet: no seed-to-seed tau")
         for label, t in (rep.get("vs_reference_mean") or {}).items():
+            interval = f", interval {rep['vs_reference_interval_90']}" if label == "seed mean" else ""
             lines.append(f"- {label} against the {rep['reference']} seed mean: tau {t} "
-                         f"({rep['vs_reference_networks']} networks)")
+                         f"({rep['vs_reference_networks'][label]} networks{interval})")
     found = summary.get("found_vs_canonical") or {}
     compared = [name for name in found if name != "canonical"]
     if compared:

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
 from conftest import run_study
+from experiments.transfer_study import markdown, repeatability
 
 wds = pytest.importorskip("webdataset")
 
@@ -107,7 +109,7 @@ def test_the_study_trains_in_order_resumes_and_reports(tmp_path: Path) -> None:
                        "smallest seed 1", "random_q01 seed 1", "largest seed 1"]
     rep = yaml.safe_load((tmp_path / "proxy" / "summary.yaml").read_text())["repeatability"]
     assert rep["seed_pairs"]["0-1"]["networks"] == 3 and -1 <= rep["seed_pairs"]["0-1"]["tau"] <= 1
-    assert rep["reference"] == "tiny" and rep["vs_reference_networks"] == 3
+    assert rep["reference"] == "tiny" and rep["vs_reference_networks"] == {"seed 0": 3, "seed 1": 3, "seed mean": 3}
     assert set(rep["vs_reference_mean"]) == {"seed 0", "seed 1", "seed mean"}
     assert all(-1 <= t <= 1 for t in rep["vs_reference_mean"].values())
     assert rep["seconds_per_run_median"] > 0
@@ -168,3 +170,21 @@ def test_a_further_network_is_trained_twice_beside_the_found_ones_and_compared(t
     runs = pd.DataFrame({"spec": ["canonical", "canonical", "tin_80", "tin_80"], "top1": [0.40, 0.42, 0.50, 0.52]})
     compared = transfer_study.found_vs_canonical(runs, (*transfer_study.FOUND, "tin_80"))
     assert compared["tin_80"]["delta_points"] == pytest.approx(10.0) and "found_80" not in compared
+
+
+def test_each_tau_against_the_reference_names_the_networks_its_seed_covers():
+    # A third seed trained for two of four networks: its tau is over those two, not over four.
+    rows = [{"spec": name, "seed": seed, "top1": top1, "seconds": 60.0}
+            for seed, values in ((0, (0.40, 0.45, 0.50, 0.55)), (1, (0.41, 0.44, 0.52, 0.56)), (2, (0.42, 0.47)))
+            for name, top1 in zip(("a", "b", "c", "d"), values)]
+    reference = pd.Series({"a": 0.60, "b": 0.62, "c": 0.61, "d": 0.70})
+    rep = repeatability(pd.DataFrame(rows), reference)
+    assert rep["vs_reference_networks"] == {"seed 0": 4, "seed 1": 4, "seed 2": 2, "seed mean": 4}
+    assert rep["vs_reference_mean"]["seed 0"] == round(4 / 6, 3)  # 5 concordant pairs, 1 discordant
+    assert rep["vs_reference_interval_90"] is not None
+    lines = markdown({"protocol": "proxy", "runs_done": 10, "runs_planned": 12, "written": "now",
+                      "networks": {"a": {"params": 1e6, "seeds": 3, "top1_mean": 41.0, "top1_std": 1.0,
+                                         "cifar10_reference_top1": None, "seconds_median": 60}},
+                      "kendall_tau": {}, "repeatability": {**rep, "reference": "reference_tin"}})
+    assert "- seed 2 against the reference_tin seed mean: tau" in "\n".join(lines)
+    assert any(line.startswith("- seed 2 against") and "(2 networks)" in line for line in lines)
