@@ -18,6 +18,7 @@ from nas.ablate.results import e2e_key, trained_arch
 from nas.arch.codecs import to_string
 from nas.arch.spec import NetworkSpec
 from nas.seed_stats import CONFIDENCE, difference_interval, verdict
+from nas.training.protocols import load_protocol
 
 
 
@@ -163,12 +164,21 @@ def markdown(study: Any, frame: pd.DataFrame, loadavg: list[float] | None) -> st
               f"{study.latency.rounds} interleaved rounds, all variants in the same rounds; "
               "ratio = median per-round ratio to the baseline."
               + (f" Load average at the end: {', '.join(f'{x:.2f}' for x in loadavg)}." if loadavg else ""),
-              f"Accuracy: protocol `{study.accuracy.protocol}` on CIFAR-10 val, seeds "
-              f"{list(study.accuracy.seeds)}; d top-1 is the mean difference to the baseline with its "
-              f"{100 * CONFIDENCE:.0f}% interval (Welch's t over the seeds of both); a difference "
-              "whose interval spans 0 is a tie. Paper figures: ImageNet top-1 and Pixel-1 ms "
-              "(REFERENCE.md); ours: CIFAR-10 and this CPU, so compare deltas and ratios, not values."]
+              _accuracy_line(study)]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_line(study: Any) -> str:
+    """How the top-1 column was obtained: the protocol, its data set's val split and the seeds."""
+    if not study.accuracy.seeds:
+        return ("Accuracy: not trained (accuracy.seeds is empty). Paper figures: ImageNet top-1 and "
+                "Pixel-1 ms (REFERENCE.md); ours are this CPU's, so compare ratios, not values.")
+    data = load_protocol(study.accuracy.protocol).data.name
+    return (f"Accuracy: protocol `{study.accuracy.protocol}` on `{data}` val, seeds "
+            f"{list(study.accuracy.seeds)}; d top-1 is the mean difference to the baseline with its "
+            f"{100 * CONFIDENCE:.0f}% interval (Welch's t over the seeds of both); a difference "
+            "whose interval spans 0 is a tie. Paper figures: ImageNet top-1 and Pixel-1 ms "
+            f"(REFERENCE.md); ours: `{data}` and this CPU, so compare deltas and ratios, not values.")
 
 
 def plot(study: Any, frame: pd.DataFrame, path: Path) -> None:

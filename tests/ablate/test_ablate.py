@@ -156,6 +156,7 @@ def test_a_study_runs_end_to_end_and_a_second_start_measures_nothing_again(tmp_p
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len({line.count("|") for line in table_rows}) == 1  # no cell breaks the table
     assert "| base |" in text and "51.4" in text and (run / "ablation.png").stat().st_size > 0
+    assert "on `synthetic` val, seeds [0, 1]" in text  # the protocol's own data set, not a fixed name
     assert load_spec(run / "specs" / "relu.yaml").stem_activation == "RE"
     records = (run / "results.jsonl").read_text().splitlines()
     kinds = [json.loads(r)["kind"] for r in records]
@@ -185,6 +186,7 @@ def test_a_study_without_a_table_times_its_variants_end_to_end_in_the_backend(tm
     source = next(r for r in records if r["kind"] == "table_source")
     assert source["table"] == "none" and source["runtime"] == "onnxruntime"
     assert not (run / "latency_table").exists()  # nothing was built
+    assert "Accuracy: not trained (accuracy.seeds is empty)" in (run / "ablation.md").read_text()
 
 
 @pytest.mark.parametrize("override, message", [
