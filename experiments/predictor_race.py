@@ -47,7 +47,10 @@ def timeline(events: list[tuple[float, float | None, float | None]], max_latency
         clock += seconds
         if top1 is not None and latency is not None:
             points.append((top1, latency))
-        out.append([round(clock, 3), hypervolume_2d(points, max_latency)])
+        # A dominated point only re-splits the area's sum, which can cost its last bit of
+        # float: keep the curve monotone, as search_benchmark.curve does.
+        area = max(hypervolume_2d(points, max_latency), out[-1][1] if out else 0.0)
+        out.append([round(clock, 3), area])
     return out
 
 

@@ -131,3 +131,13 @@ def test_the_tau_ceiling_follows_spearman_brown_and_greiner():
     assert tau_ceiling(1.0) == {"reliability": 1.0, "pearson_ceiling": 1.0, "tau_ceiling": 1.0}
     half = tau_ceiling(0.5)  # R = 2/3; sqrt(R) = 0.816; (2/pi) asin(0.816) = 0.608
     assert half == {"reliability": 0.667, "pearson_ceiling": 0.816, "tau_ceiling": 0.608}
+
+
+def test_the_timeline_never_falls_when_a_dominated_point_recomputes_the_area_a_bit_lower(monkeypatch):
+    # Re-splitting the area's sum for a dominated point can cost the last bit of a float.
+    from experiments import predictor_race
+
+    areas = iter([1.0, 1.5, 1.5 - 1e-15, 2.0])
+    monkeypatch.setattr(predictor_race, "hypervolume_2d", lambda points, max_latency: next(areas))
+    events = [(1.0, 0.5, 1.0), (1.0, 0.6, 1.0), (1.0, 0.55, 1.2), (1.0, 0.7, 0.9)]
+    assert [area for _, area in predictor_race.timeline(events, 2.0)] == [1.0, 1.5, 1.5, 2.0]
