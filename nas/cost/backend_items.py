@@ -182,10 +182,12 @@ class BackendItems:
 
 def net_figures(unit: dict[str, Any], empty: dict[str, Any]) -> dict[str, Any]:
     """A key's figures less its empty model's: ``ms`` becomes the net figure (at least
-    :data:`NET_FLOOR_MS`); ``raw_ms`` keeps the unit's own and ``baseline_ms`` the empty
+    :data:`NET_FLOOR_MS`, or the unit's own figure where that is smaller, so the net never
+    exceeds what was measured); ``raw_ms`` keeps the unit's own and ``baseline_ms`` the empty
     model's (the other columns stay the unit's end-to-end statistics)."""
     raw, base = float(unit["ms"]), float(empty["ms"])
-    return {**unit, "ms": max(raw - base, NET_FLOOR_MS), "raw_ms": raw, "baseline_ms": base}
+    net = max(raw - base, min(raw, NET_FLOOR_MS))
+    return {**unit, "ms": net, "raw_ms": raw, "baseline_ms": base}
 
 
 def merge_coverage(coverage: dict[str, Any] | None,

@@ -14,6 +14,7 @@ import pytest
 
 from nas.arch.space import load_space
 from nas.cli.lut import main
+from nas.cost.backend_items import net_figures
 from nas.cost.backends import BackendUnavailableError, OpenVINOBackend
 from nas.cost.harness import HarnessConfig
 from nas.cost.host_table import host_table
@@ -72,7 +73,8 @@ def test_a_backend_table_names_its_runtime_and_keeps_figures_net_of_the_empty_mo
     for key in table.keys:  # the figure is net of the empty model; both are kept
         entry = table.entry(key)
         assert entry["baseline_ms"] > 0 and entry["raw_ms"] >= entry["ms"] > 0
-        assert entry["ms"] == pytest.approx(max(entry["raw_ms"] - entry["baseline_ms"], 0.001))
+        floor = min(entry["raw_ms"], 0.001)  # a sub-microsecond unit keeps its own figure
+        assert entry["ms"] == pytest.approx(max(entry["raw_ms"] - entry["baseline_ms"], floor))
 
 
 def test_a_backend_table_predicts_held_out_networks_after_calibration(space_96px, tmp_path):
@@ -94,6 +96,15 @@ def test_a_backend_table_predicts_held_out_networks_after_calibration(space_96px
     for row in report.rows:
         error = abs(row["predicted_recalibrated_ms"] - row["measured_ms"]) / row["measured_ms"]
         assert error < 0.3, row
+
+
+@pytest.mark.parametrize("raw, base, net", [(0.5, 0.2, 0.3), (0.2, 0.5, 0.001), (0.0008, 0.0009, 0.0008)])
+def test_a_net_figure_is_positive_and_never_above_what_was_measured(raw, base, net):
+    # A unit no slower than the empty model ends at the floor, and a sub-microsecond unit
+    # (LiteRT times a tiny 32 px op below 1 us) keeps its own figure instead of the floor.
+    figures = net_figures({"ms": raw, "p90_ms": raw * 2}, {"ms": base})
+    assert figures["ms"] == pytest.approx(net) and figures["raw_ms"] == raw
+    assert figures["baseline_ms"] == base and figures["p90_ms"] == raw * 2
 
 
 def test_a_resumed_build_measures_and_converts_nothing_twice(space, tmp_path, monkeypatch):
