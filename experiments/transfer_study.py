@@ -195,8 +195,10 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     cifar = cifar_reference(specs, args)
     extra = extra_names(args)
     planned = plan(specs, args.all_seeds, extra)
+    # Seeds trained beyond this invocation's plan (an earlier --all-seeds) count as planned too.
+    wanted = set(planned) | {(r["spec"], r["seed"]) for r in rows}
     summary: dict[str, Any] = {"protocol": protocol.name, "settings_key": key,
-                               "runs_done": len(rows), "runs_planned": len(planned),
+                               "runs_done": len(rows), "runs_planned": len(wanted),
                                "written": now(), "networks": {}}
     if runs.empty:
         summary["note"] = "no finished runs yet"
@@ -223,7 +225,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     write_yaml(args.out / "summary.yaml", summary)
     write_lines(args.out / "summary.md", markdown(summary))
-    log(f"report written to {args.out} ({len(rows)} of {len(planned)} runs)")
+    log(f"report written to {args.out} ({len(rows)} of {len(wanted)} runs)")
     return summary
 
 

@@ -113,6 +113,11 @@ def test_the_study_trains_in_order_resumes_and_reports(tmp_path: Path) -> None:
     assert set(rep["vs_reference_mean"]) == {"seed 0", "seed 1", "seed mean"}
     assert all(-1 <= t <= 1 for t in rep["vs_reference_mean"].values())
     assert rep["seconds_per_run_median"] > 0
+    # A report asked without --all-seeds still counts the second seeds among the planned runs.
+    one_seed = [a for a in cheap if a not in ("--all-seeds", "2")]
+    assert run_study("transfer_study", "--report", *one_seed, env=env).returncode == 0
+    counted = yaml.safe_load((tmp_path / "proxy" / "summary.yaml").read_text())
+    assert counted["runs_done"] == 6 <= counted["runs_planned"]
 
 
 def test_a_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
