@@ -6,14 +6,17 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
+from nas.arch.codecs import load_spec
 from nas.cli.train import _configs, _explicit_options, build_parser
 from nas.config import ConfigError
+from nas.models.builder import build_model
 from nas.training.protocols import CHECKOUT, load_protocol, protocol_names
 
 
 def test_shipped_protocols_load_and_differ_in_cost() -> None:
-    assert protocol_names() == ["proxy", "proxy_b256", "proxy_tin", "proxy_tin32", "reference", "reference_tin"]
+    assert protocol_names() == ["proxy", "proxy_b256", "proxy_tin", "proxy_tin32", "proxy_tin48", "proxy_tin_full", "reference", "reference_tin"]
     proxy, reference = load_protocol("proxy"), load_protocol("reference")
     assert proxy.data.name == reference.data.name == "cifar10"
     # The data root is the checkout's sibling shared/ folder wherever the command runs.
@@ -48,12 +51,29 @@ def test_the_tiny_imagenet_protocols_read_the_shards_at_64_px() -> None:
     assert images(reference) >= 10 * images(small) and small.key() not in (proxy.key(), reference.key())
 
 
+
+def test_the_48_px_proxy_keeps_the_reference_last_stage_map() -> None:
+    # Why proxy_tin48 and not proxy_tin32: MobileNetV3 downsamples 32x, and the 48 px proxy's
+    # last stage sees the same 2x2 map as reference_tin's 64 px, where 32 px collapses it to 1x1.
+    reference, proxy32, proxy48 = (load_protocol(n) for n in ("reference_tin", "proxy_tin32", "proxy_tin48"))
+    assert proxy48.data.train_per_class is None and proxy48.data.root == reference.data.root
+    small = build_model(load_spec("small"), num_classes=100).eval()
+
+    def last_map(resolution: int) -> int:
+        with torch.no_grad():
+            return small.features(torch.zeros(1, 3, resolution, resolution)).shape[-1]
+
+    assert last_map(proxy48.data.resolution) == last_map(reference.data.resolution) == 2
+    assert last_map(proxy32.data.resolution) == 1
+    images = lambda p: p.train.epochs * (p.data.train_per_class or 450) * 100  # noqa: E731
+    assert images(reference) >= 10 * images(proxy48) and proxy48.key() not in (proxy32.key(), reference.key())
+
 def test_overrides_are_validated_and_named() -> None:
     cheap = load_protocol("reference", data={"train_per_class": 10}, train={"epochs": 1})
     assert cheap.data.train_per_class == 10 and cheap.train.epochs == 1
     with pytest.raises(ConfigError, match="reference.yaml: TrainConfig.epochs must be an integer >= 1"):
         load_protocol("reference", train={"epochs": 0})
-    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'proxy_tin', 'proxy_tin32', 'reference', 'reference_tin'\]"):
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'proxy_tin', 'proxy_tin32', 'proxy_tin48', 'proxy_tin_full', 'reference', 'reference_tin'\]"):
         load_protocol("nope")
 
 
