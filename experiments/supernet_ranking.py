@@ -1,5 +1,7 @@
 """How well does a trained supernet rank networks? Against the reference protocol's seed mean
-of the repeatability benchmark (the same 8 Small-space networks, ``runs.csv``).
+of the repeatability benchmark (the same 8 Small-space networks, ``runs.csv``), or with
+``--transfer`` against the transfer study's ``reference_tin`` seed mean (its Small-space
+networks, for a supernet trained on Tiny-ImageNet).
 
 Each network is scored by its sub-network of the supernet (BatchNorm recalibrated on
 ``--bn-batches`` training batches, CIFAR-10 ``val`` or a seeded class-balanced-in-expectation
@@ -13,6 +15,8 @@ figure that sets the search's ``evaluator.bn_batches`` and ``data.val_samples``.
 
     python -m experiments.supernet_ranking --checkpoint outputs/supernet/<run>/supernet.pt \
         --out experiments/results/supernet_cifar10
+    python -m experiments.supernet_ranking --checkpoint outputs/supernet/<tin run>/supernet.pt \
+        --protocol reference_tin --transfer experiments/results/transfer --out <folder>
 """
 
 from __future__ import annotations
@@ -37,6 +41,25 @@ from nas.training.checkpoint import steps_done
 from nas.training.protocols import load_protocol
 
 BENCHMARK = harness.RESULTS / "repeatability"
+SCALE_NETWORKS = ("large", "mobilenet_v2")  # the transfer study's networks outside the Small space
+
+
+def benchmark_reference(folder: Path) -> tuple[pd.DataFrame, float | None]:
+    """The repeatability benchmark's reference runs (``runs.csv``) and its seed-to-seed tau."""
+    runs = pd.read_csv(folder / "runs.csv")
+    summary = yaml.safe_load((folder / "summary.yaml").read_text())
+    return runs[runs["protocol"] == "reference"], summary["protocols"]["reference"]["seed_to_seed_tau_mean"]
+
+
+def transfer_reference(folder: Path) -> tuple[pd.DataFrame, float | None]:
+    """The transfer study's ``reference_tin`` runs of Small-space networks (``runs/*.jsonl``) and
+    its seeds 0-1 Kendall tau (``summary.yaml``)."""
+    runs = pd.DataFrame(harness.read_rows(sorted((folder / "runs").glob("runs-reference_tin-seed*.jsonl"))))
+    if runs.empty:
+        raise SystemExit(f"--transfer {folder}: no runs/runs-reference_tin-seed*.jsonl")
+    summary = yaml.safe_load((folder / "summary.yaml").read_text())
+    pair = summary["repeatability"]["seed_pairs"].get("0-1") or {}
+    return runs[~runs["spec"].isin(SCALE_NETWORKS)], pair.get("tau")
 
 
 def rank(supernet: Any, data: Any, mean: pd.DataFrame, bn_batches: int) -> pd.DataFrame:
@@ -70,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--protocol", default="proxy", help="the data the supernet is scored on")
     parser.add_argument("--benchmark", type=Path, default=BENCHMARK)
+    parser.add_argument("--transfer", type=Path, default=None,
+                        help="rank against this transfer study folder's reference_tin runs instead")
     parser.add_argument("--bn-batches", type=int, default=8)
     parser.add_argument("--val-samples", type=int, default=None,
                         help="score on a seeded subset of val of this many images (default: all)")
@@ -80,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     harness.start(args)
-    runs = pd.read_csv(args.benchmark / "runs.csv")
-    reference = runs[runs["protocol"] == "reference"]
+    reference, seed_to_seed_tau = (transfer_reference(args.transfer) if args.transfer
+                                   else benchmark_reference(args.benchmark))
     mean = reference.groupby(["spec", "arch"])["top1"].mean().reset_index()
     supernet, record = load_supernet(args.checkpoint)
     data = load_protocol(args.protocol).data
@@ -90,7 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
         return dataclasses.replace(data, val_samples=samples or None)
 
     frame = rank(supernet, with_val(args.val_samples), mean, args.bn_batches)
-    benchmark = yaml.safe_load((args.benchmark / "summary.yaml").read_text())
     summary = {
         "checkpoint": str(args.checkpoint),
         "supernet_steps": steps_done(record),
@@ -99,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         "bn_batches": args.bn_batches,
         "val_images": args.val_samples or "all",
         **agreement(frame),
-        "reference_seed_to_seed_tau": benchmark["protocols"]["reference"]["seed_to_seed_tau_mean"],
+        "reference": str(args.transfer or args.benchmark),
+        "reference_seed_to_seed_tau": seed_to_seed_tau,
         "load_average_1min": harness.load_1min(),
     }
     frame.to_csv(args.out / "ranking.csv", index=False)

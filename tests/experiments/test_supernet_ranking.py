@@ -3,6 +3,7 @@ benchmark folder, the figures written."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -70,3 +71,30 @@ def test_scoring_sweep_writes_one_row_per_budget(tmp_path: Path):
         ["1", "all"], ["1", "16"], ["2", "all"], ["2", "16"]]
     assert (sweep["seconds_per_candidate_median"] > 0).all()
     assert yaml.safe_load((tmp_path / "out" / "ranking.yaml").read_text())["val_images"] == 16
+
+
+def test_ranking_against_the_transfer_study_leaves_out_the_scale_networks(tmp_path: Path):
+    space = load_space(SPACE_FILE)
+    cfg = SupernetTrainConfig(steps=1, lr=0.05, num_random=1, device="cpu", progress=False)
+    train_supernet(new_supernet(space, 4, cfg), DataConfig(**DATA), cfg, checkpoint_dir=tmp_path / "sn")
+    study = tmp_path / "transfer"
+    (study / "runs").mkdir(parents=True)
+    for seed in (0, 1):
+        rows = [{"spec": f"s{i}", "arch": to_string(space.sample(random.Random(i))), "seed": seed,
+                 "top1": 0.4 + 0.01 * i + 0.002 * seed} for i in range(3)]
+        # Canonical Large is trained for scale, but it is not a network of the Small space.
+        rows.append({"spec": "large", "arch": "not a network of this space", "seed": seed, "top1": 0.5})
+        (study / "runs" / f"runs-reference_tin-seed{seed}.jsonl").write_text(
+            "".join(f"{json.dumps(row)}\n" for row in rows))
+    (study / "summary.yaml").write_text(yaml.safe_dump(
+        {"repeatability": {"seed_pairs": {"0-1": {"tau": 0.73, "networks": 3}}}}))
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
+    summary = supernet_ranking.main(["--checkpoint", str(checkpoint_file(tmp_path / "sn")),
+                                     "--protocol", str(protocol), "--transfer", str(study),
+                                     "--bn-batches", "1", "--out", str(tmp_path / "out")])
+    assert summary["specs"] == 3 and summary["reference_seeds"] == [0, 1]
+    assert summary["reference_seed_to_seed_tau"] == 0.73 and summary["reference"] == str(study)
+    ranking = pd.read_csv(tmp_path / "out" / "ranking.csv")
+    assert sorted(ranking["spec"]) == ["s0", "s1", "s2"]
+    assert ranking["reference_top1_mean"].round(3).tolist() == [0.401, 0.411, 0.421]
