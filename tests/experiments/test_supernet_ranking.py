@@ -23,10 +23,25 @@ DATA = {"name": "synthetic", "resolution": 32, "num_classes": 4, "train_samples"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_ranking_against_the_reference_mean_is_written(tmp_path: Path):
+def tiny_supernet(tmp_path: Path, steps: int):
+    """A supernet of the tiny space trained for ``steps`` on synthetic data, in ``tmp_path/sn``."""
     space = load_space(SPACE_FILE)
-    cfg = SupernetTrainConfig(steps=2, lr=0.05, num_random=1, device="cpu", progress=False)
+    cfg = SupernetTrainConfig(steps=steps, lr=0.05, num_random=1, device="cpu", progress=False)
     train_supernet(new_supernet(space, 4, cfg), DataConfig(**DATA), cfg, checkpoint_dir=tmp_path / "sn")
+    return space
+
+
+def rank(tmp_path: Path, *reference: str) -> dict:
+    """Rank the tiny supernet on the synthetic protocol against ``reference`` (its options)."""
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
+    return supernet_ranking.main(["--checkpoint", str(checkpoint_file(tmp_path / "sn")),
+                                  "--protocol", str(protocol), "--bn-batches", "1", *reference,
+                                  "--out", str(tmp_path / "out")])
+
+
+def test_ranking_against_the_reference_mean_is_written(tmp_path: Path):
+    space = tiny_supernet(tmp_path, steps=2)
     rng = random.Random(0)
     specs = [space.sample(rng) for _ in range(4)]
     runs = [{"protocol": "reference", "spec": f"s{i}", "arch": to_string(s), "seed": seed,
@@ -36,11 +51,7 @@ def test_ranking_against_the_reference_mean_is_written(tmp_path: Path):
     pd.DataFrame(runs).to_csv(bench / "runs.csv", index=False)
     (bench / "summary.yaml").write_text(yaml.safe_dump(
         {"protocols": {"reference": {"seed_to_seed_tau_mean": 0.79}}}))
-    protocol = tmp_path / "protocol.yaml"
-    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
-    summary = supernet_ranking.main(["--checkpoint", str(checkpoint_file(tmp_path / "sn")),
-                                     "--protocol", str(protocol), "--benchmark", str(bench),
-                                     "--bn-batches", "1", "--out", str(tmp_path / "out")])
+    summary = rank(tmp_path, "--benchmark", str(bench))
     assert summary["specs"] == 4 and summary["reference_seeds"] == [0, 1]
     assert -1 <= summary["kendall_tau_vs_reference_mean"] <= 1
     assert summary["reference_seed_to_seed_tau"] == 0.79 and summary["supernet_steps"] == 2
@@ -49,9 +60,7 @@ def test_ranking_against_the_reference_mean_is_written(tmp_path: Path):
 
 
 def test_scoring_sweep_writes_one_row_per_budget(tmp_path: Path):
-    space = load_space(SPACE_FILE)
-    cfg = SupernetTrainConfig(steps=1, lr=0.05, num_random=1, device="cpu", progress=False)
-    train_supernet(new_supernet(space, 4, cfg), DataConfig(**DATA), cfg, checkpoint_dir=tmp_path / "sn")
+    space = tiny_supernet(tmp_path, steps=1)
     rng = random.Random(1)
     runs = [{"protocol": "reference", "spec": f"s{i}", "arch": to_string(space.sample(rng)),
              "seed": 0, "top1": 0.5 + 0.01 * i} for i in range(3)]
@@ -60,12 +69,8 @@ def test_scoring_sweep_writes_one_row_per_budget(tmp_path: Path):
     pd.DataFrame(runs).to_csv(bench / "runs.csv", index=False)
     (bench / "summary.yaml").write_text(yaml.safe_dump(
         {"protocols": {"reference": {"seed_to_seed_tau_mean": None}}}))
-    protocol = tmp_path / "protocol.yaml"
-    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
-    supernet_ranking.main(["--checkpoint", str(checkpoint_file(tmp_path / "sn")),
-                           "--protocol", str(protocol), "--benchmark", str(bench),
-                           "--bn-batches", "1", "--val-samples", "16", "--sweep-bn", "1", "2",
-                           "--sweep-val", "0", "16", "--out", str(tmp_path / "out")])
+    rank(tmp_path, "--benchmark", str(bench), "--val-samples", "16", "--sweep-bn", "1", "2",
+         "--sweep-val", "0", "16")
     sweep = pd.read_csv(tmp_path / "out" / "scoring_sweep.csv")
     assert sweep[["bn_batches", "val_images"]].astype(str).values.tolist() == [
         ["1", "all"], ["1", "16"], ["2", "all"], ["2", "16"]]
@@ -74,9 +79,7 @@ def test_scoring_sweep_writes_one_row_per_budget(tmp_path: Path):
 
 
 def test_ranking_against_the_transfer_study_leaves_out_the_scale_networks(tmp_path: Path):
-    space = load_space(SPACE_FILE)
-    cfg = SupernetTrainConfig(steps=1, lr=0.05, num_random=1, device="cpu", progress=False)
-    train_supernet(new_supernet(space, 4, cfg), DataConfig(**DATA), cfg, checkpoint_dir=tmp_path / "sn")
+    space = tiny_supernet(tmp_path, steps=1)
     study = tmp_path / "transfer"
     (study / "runs").mkdir(parents=True)
     for seed in (0, 1):
@@ -88,11 +91,7 @@ def test_ranking_against_the_transfer_study_leaves_out_the_scale_networks(tmp_pa
             "".join(f"{json.dumps(row)}\n" for row in rows))
     (study / "summary.yaml").write_text(yaml.safe_dump(
         {"repeatability": {"seed_pairs": {"0-1": {"tau": 0.73, "networks": 3}}}}))
-    protocol = tmp_path / "protocol.yaml"
-    protocol.write_text(yaml.safe_dump({"data": DATA, "train": {"epochs": 1}}))
-    summary = supernet_ranking.main(["--checkpoint", str(checkpoint_file(tmp_path / "sn")),
-                                     "--protocol", str(protocol), "--transfer", str(study),
-                                     "--bn-batches", "1", "--out", str(tmp_path / "out")])
+    summary = rank(tmp_path, "--transfer", str(study))
     assert summary["specs"] == 3 and summary["reference_seeds"] == [0, 1]
     assert summary["reference_seed_to_seed_tau"] == 0.73 and summary["reference"] == str(study)
     ranking = pd.read_csv(tmp_path / "out" / "ranking.csv")
