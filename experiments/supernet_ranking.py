@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 from scipy.stats import kendalltau, spearmanr
 
-from experiments import harness
+from experiments import harness, transfer_study
 from nas.arch.codecs import from_string
 from nas.supernet.evaluator import SupernetEvaluator
 from nas.supernet.train import load_supernet
@@ -41,7 +41,6 @@ from nas.training.checkpoint import steps_done
 from nas.training.protocols import load_protocol
 
 BENCHMARK = harness.RESULTS / "repeatability"
-SCALE_NETWORKS = ("large", "mobilenet_v2")  # the transfer study's networks outside the Small space
 
 
 def benchmark_reference(folder: Path) -> tuple[pd.DataFrame, float | None]:
@@ -59,7 +58,8 @@ def transfer_reference(folder: Path) -> tuple[pd.DataFrame, float | None]:
         raise SystemExit(f"--transfer {folder}: no runs/runs-reference_tin-seed*.jsonl")
     summary = yaml.safe_load((folder / "summary.yaml").read_text())
     pair = summary["repeatability"]["seed_pairs"].get("0-1") or {}
-    return runs[~runs["spec"].isin(SCALE_NETWORKS)], pair.get("tau")
+    # The spec-library networks trained for scale (Large, MobileNetV2) are outside the Small space.
+    return runs[~runs["spec"].isin(list(transfer_study.LIBRARY))], pair.get("tau")
 
 
 def rank(supernet: Any, data: Any, mean: pd.DataFrame, bn_batches: int) -> pd.DataFrame:
