@@ -17,8 +17,10 @@ from nas.training.scoring import decode_correct
 
 
 def tau(a: pd.Series, b: pd.Series) -> float | None:
+    """Kendall tau over the networks both rank; None when fewer than 3, or when one side
+    gives every network the same figure (tau is undefined, and a NaN would reach the report)."""
     joined = pd.concat([a, b], axis=1).dropna()
-    if len(joined) < 3:
+    if len(joined) < 3 or joined.nunique().min() < 2:
         return None
     return float(kendalltau(joined.iloc[:, 0], joined.iloc[:, 1]).statistic)
 

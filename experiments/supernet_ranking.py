@@ -12,6 +12,8 @@ benchmark) and the seconds each score took.
 ``--sweep-bn`` / ``--sweep-val`` score every combination of calibration batches and validation
 images (``scoring_sweep.csv``): the ranking each scoring budget buys and what it costs, the
 figure that sets the search's ``evaluator.bn_batches`` and ``data.val_samples``.
+``--networks-matching REGEX`` ranks only the reference networks whose names match, e.g. the
+transfer study's ``heldout_`` networks, on which no scoring setting was chosen.
 
     python -m experiments.supernet_ranking --checkpoint outputs/supernet/<run>/supernet.pt \
         --out experiments/results/supernet_cifar10
@@ -34,6 +36,7 @@ import yaml
 from scipy.stats import kendalltau, spearmanr
 
 from experiments import harness, transfer_study
+from experiments.repeatability_stats import tau_interval
 from nas.arch.codecs import from_string
 from nas.supernet.evaluator import SupernetEvaluator
 from nas.supernet.train import load_supernet
@@ -82,6 +85,7 @@ def agreement(frame: pd.DataFrame) -> dict[str, float]:
     tau, tau_p = kendalltau(frame["supernet_top1"], frame["reference_top1_mean"])
     rho, _ = spearmanr(frame["supernet_top1"], frame["reference_top1_mean"])
     return {"kendall_tau_vs_reference_mean": round(float(tau), 3),
+            "kendall_tau_interval_90": tau_interval(frame["supernet_top1"], frame["reference_top1_mean"]),
             "kendall_p": round(float(tau_p), 3),
             "spearman_rho": round(float(rho), 3),
             "seconds_per_candidate_median": round(statistics.median(frame["seconds"]), 2),
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--benchmark", type=Path, default=BENCHMARK)
     parser.add_argument("--transfer", type=Path, default=None,
                         help="rank against this transfer study folder's reference_tin runs instead")
+    parser.add_argument("--networks-matching", default=None, metavar="REGEX",
+                        help="rank only the reference networks whose names match (re.match)")
     parser.add_argument("--bn-batches", type=int, default=8)
     parser.add_argument("--val-samples", type=int, default=None,
                         help="score on a seeded subset of val of this many images (default: all)")
@@ -108,6 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
     reference, seed_to_seed_tau = (transfer_reference(args.transfer) if args.transfer
                                    else benchmark_reference(args.benchmark))
     mean = reference.groupby(["spec", "arch"])["top1"].mean().reset_index()
+    if args.networks_matching:
+        mean = mean[mean["spec"].str.match(args.networks_matching)]
+        if len(mean) < 3:
+            raise SystemExit(f"--networks-matching {args.networks_matching!r}: {len(mean)} reference "
+                             "network(s) match; a ranking needs 3")
     supernet, record = load_supernet(args.checkpoint)
     data = load_protocol(args.protocol).data
 
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         "checkpoint": str(args.checkpoint),
         "supernet_steps": steps_done(record),
         "specs": len(frame),
+        "networks_matching": args.networks_matching,
         "reference_seeds": sorted(int(s) for s in reference["seed"].unique()),
         "bn_batches": args.bn_batches,
         "val_images": args.val_samples or "all",

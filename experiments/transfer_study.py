@@ -11,6 +11,10 @@ the rest 1. Runs go in the order that answers most soonest (``plan``): canonical
 found networks at seed 0, their second seeds, the other networks from the cheapest, Large and
 MobileNetV2 last. ``--network NAME=BNECK_YAML`` adds a network trained and compared with
 canonical Small like the found three (2 seeds), e.g. the picks of a search on Tiny-ImageNet.
+``--heldout N`` adds ``heldout_q01..`` : N further Small-space networks at parameter-count
+quantiles of a pool drawn with ``--heldout-seed`` (the benchmark's rule, another seed), one seed
+each, so that a ranking chosen on the study's networks (a proxy, a supernet's scoring) can be
+checked on networks it was not chosen on.
 
 Every finished run is one JSON line in ``--runs`` (one file per seed); a run in progress
 checkpoints every ``--checkpoint-every`` steps in ``--work``: a killed study resumes where it
@@ -73,7 +77,19 @@ def networks(args: argparse.Namespace) -> dict[str, NetworkSpec]:
         specs[name] = load_spec(library_name).replace(name=name)
     for name, path in args.network:
         specs[name] = load_spec(path).replace(name=name)
+    specs.update(heldout_specs(args.heldout, args.pool, args.heldout_seed))
     return specs
+
+
+def heldout_specs(count: int, pool: int, seed: int) -> dict[str, NetworkSpec]:
+    """``heldout_q01..``: ``count`` random Small-space networks at parameter-count quantiles of a
+    pool drawn with ``seed`` (``pick_specs``' random picks, without its fixed three)."""
+    if count <= 0:
+        return {}
+    picked = pick_specs(load_space("mobilenetv3_small"), count + 3, pool, seed)
+    renamed = {name.replace("random_", "heldout_"): spec for name, spec in picked.items()
+               if name.startswith("random_")}
+    return {name: spec.replace(name=name) for name, spec in renamed.items()}
 
 
 def parse_network(text: str) -> tuple[str, Path]:
@@ -353,6 +369,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--specs", type=int, default=8, help="the benchmark's networks (as it picks them)")
     parser.add_argument("--pool", type=int, default=200)
     parser.add_argument("--spec-seed", type=int, default=0)
+    parser.add_argument("--heldout", type=int, default=0, metavar="N",
+                        help="add N held-out networks heldout_q01.. (one seed each)")
+    parser.add_argument("--heldout-seed", type=int, default=1,
+                        help="the held-out networks' sampling seed (default %(default)s; the "
+                             "benchmark's networks use --spec-seed)")
     parser.add_argument("--found-dir", type=Path, default=FOUND_DIR)
     parser.add_argument("--network", type=parse_network, action="append", default=[], metavar="NAME=BNECK_YAML",
                         help="a further network trained and compared with canonical like the found ones "
@@ -369,6 +390,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the reference protocol's finished runs (default %(default)s)")
     parser.add_argument("--report", action="store_true", help="no training: write the summary")
     args = parser.parse_args(argv)
+    if args.heldout and args.heldout_seed == args.spec_seed:
+        parser.error(f"--heldout-seed {args.heldout_seed} is the benchmark networks' --spec-seed: "
+                     "the held-out networks would be drawn from the same pool")
     args.runs = args.runs or args.out / "runs"
     return args
 

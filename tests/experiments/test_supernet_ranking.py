@@ -97,3 +97,8 @@ def test_ranking_against_the_transfer_study_leaves_out_the_scale_networks(tmp_pa
     ranking = pd.read_csv(tmp_path / "out" / "ranking.csv")
     assert sorted(ranking["spec"]) == ["s0", "s1", "s2"]
     assert ranking["reference_top1_mean"].round(3).tolist() == [0.401, 0.411, 0.421]
+    assert "kendall_tau_interval_90" in summary
+    # A subset by name (the held-out networks), and a clear error when too few match.
+    assert rank(tmp_path, "--transfer", str(study), "--networks-matching", "s[0-2]$")["specs"] == 3
+    with pytest.raises(SystemExit, match="'s\\[01\\]': 2 reference network"):
+        rank(tmp_path, "--transfer", str(study), "--networks-matching", "s[01]")
