@@ -40,6 +40,7 @@ from experiments import harness
 from nas._io import plain_data
 from nas.arch.codecs import from_string
 from nas.arch.space import load_space
+from nas.cost.anchored import ANCHORED_STATISTIC_TEXT
 from nas.cost.calibrate import fit_linear
 from nas.cost.harness import runtime_for_backend
 from nas.cost.host_table import host_table, name_part
@@ -102,9 +103,11 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
     table = LatencyTable.load(choice.path)
     harness.log(f"{backend} / {space_name}: {choice.reason}; {args.n} held-out networks end to end")
     recal = f"_c{args.recalibrate}" if args.recalibrate else ""
-    log_path = args.work / f"e2e_{backend}_{space_name}_n{args.n}_s{args.seed}_r{args.rounds}{recal}.csv"
+    anchored = "_anchored" if args.anchored else ""
+    log_path = args.work / f"e2e_{backend}_{space_name}_n{args.n}_s{args.seed}_r{args.rounds}{recal}{anchored}.csv"
     report = validate(table, space, n=args.n, seed=args.seed, rounds=args.rounds,
-                      progress=not args.no_progress, log_path=log_path, recalibrate=args.recalibrate)
+                      progress=not args.no_progress, log_path=log_path, recalibrate=args.recalibrate,
+                      anchor=space.base if args.anchored else None)
     specs = [from_string(r["spec"]) for r in report.rows]
     measured = [r["measured_ms"] for r in report.rows]
     madds_ms, madds_fit = madds_predictor(table.calibration or {}, specs, table)
@@ -112,7 +115,7 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
     rows = [{**row, "backend": backend, "madds_m": round(profile_spec(spec).madds_m, 3),
              "madds_predicted_ms": round(m, 4)}
             for row, spec, m in zip(report.rows, specs, madds_ms)]
-    stem = f"{backend}_{space.name}_{host_slug()}"
+    stem = f"{backend}_{space.name}_{host_slug()}{anchored}"
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(args.out / f"{stem}.csv", index=False)
@@ -143,6 +146,7 @@ def run_pair(backend: str, space_name: str, args: argparse.Namespace) -> dict[st
         **({"recalibrated_now": recalibrated_figures(report, specs, measured, table)}
            if report.metrics_recalibrated else {}),
         "measurement": {"seed": args.seed, "rounds": s["rounds"], "statistic": s["measured_statistic"],
+                        "anchor": s["anchor"],
                         "loadavg_start": s["loadavg_start"], "loadavg_end": s["loadavg_end"],
                         "wall_s": s["wall_s"], "date": s["date"]},
         "host": {**harness.host_facts(), "platform": platform.platform()},
@@ -218,12 +222,14 @@ def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
         recal = (f"{now['table']['within_10_pct']:.1f}%, {now['table']['kendall_tau']:.3f} "
                  f"({now['madds']['kendall_tau']:.3f}; {now['table']['n_calibration']} networks)" if now else "-")
         lines.append(
-            f"| {entry['backend']} | {entry['space']} | {entry['n']} | {meas['rounds']} | {t['within_10_pct']:.1f}% | "
+            f"| {entry['backend']} | {entry['space']} | {entry['n']} | {meas['rounds']}"
+            f"{' anchored' if meas.get('anchor') else ''} | {t['within_10_pct']:.1f}% | "
             f"{t['kendall_tau']:.3f} | {entry['measurement_split_half_tau']:.3f} | "
             f"{entry.get('measurement_split_half_within_10_pct', float('nan')):.1f}% | "
             f"{m['within_10_pct']:.1f}% | {m['kendall_tau']:.3f} | {t['mape_pct']:.2f}% | {recal} | "
             f"{meas['loadavg_start'][0]} -> {meas['loadavg_end'][0]} | {entry['host']['cpu']} |")
     lines += ["", "Measured figure: " + next(iter(summary.values()))["measurement"]["statistic"]
+              + f"; rounds marked anchored: the {ANCHORED_STATISTIC_TEXT} (canonical network of the space)"
               if summary else "", "Written by `python -m experiments.backend_validation`; "
               "figures per network in `<backend>_<space>_<cpu>.csv`. Split-half: the measurement's "
               "even rounds against its odd rounds, each half reduced like the whole; where the two "
@@ -249,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure N networks of the calibration seed in the same rounds and "
                              "report the table and MAdds refitted on them, beside the stored "
                              "calibration's figures (default: none)")
+    parser.add_argument("--anchored", action="store_true",
+                        help="time each network between two timings of the space's canonical network "
+                             "and measure it by its ratio to them (nas.cost.anchored: for a host whose "
+                             "speed moves); recorded as its own row")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = (yaml.safe_load(summary_path.read_text()) or {}) if summary_path.is_file() else {}
     for space_name in args.space or SPACES:
         for backend in args.backend or BACKENDS:
-            name = f"{backend}/{space_name}@{host_slug()}"
+            name = f"{backend}/{space_name}@{host_slug()}{'+anchored' if args.anchored else ''}"
             if name in summary and not args.force:
                 harness.log(f"{name}: recorded, skipped (--force repeats it)")
                 continue

@@ -167,13 +167,16 @@ class BackendItems:
             if bar is not None:
                 bar.close()
 
+    def sampler(self, name: str) -> Callable[[int], float]:
+        """A ``sample(number)`` of one item in a session of its own (the backend's sampler)."""
+        artifact = self.artifact(name)
+        return self.backend.sampler(artifact, artifact.input_shape, self.backend_cfg)
+
     def __call__(self, name: str) -> dict[str, Any]:
         """:func:`nas.cost.sampling.run_samples` statistics of one item."""
         from nas.cost.sampling import run_samples
 
-        artifact = self.artifact(name)
-        sample = self.backend.sampler(artifact, artifact.input_shape, self.backend_cfg)
-        return run_samples(sample, **self.cfg.sampling())
+        return run_samples(self.sampler(name), **self.cfg.sampling())
 
     def provenance(self, name: str) -> dict[str, Any]:
         """The backend's provenance with the item's artifact (delegate coverage included)."""

@@ -230,6 +230,12 @@ def read_pass_log(path: Path) -> list[dict[str, Any]]:
     return good
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
 def open_csv_log(path: Path, columns: Sequence[str]) -> tuple[Any, csv.DictWriter]:
     """Open an append-only CSV log (header written when the file is new or empty).
 
@@ -237,7 +243,12 @@ def open_csv_log(path: Path, columns: Sequence[str]) -> tuple[Any, csv.DictWrite
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file() or path.stat().st_size == 0
+    # A run killed mid-write leaves a line without its newline: end it, so the first row
+    # appended now starts a line of its own instead of being lost with the broken one.
+    torn = not new and _last_byte(path) != b"\n"
     handle = open(path, "a", newline="", encoding="utf-8")
+    if torn:
+        handle.write("\n")
     writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
     if new:
         writer.writeheader()

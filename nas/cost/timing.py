@@ -151,17 +151,21 @@ class ItemMeasurer:
                 tmp.replace(path)
         return path
 
-    def __call__(self, name: str) -> dict[str, Any]:
+    def sampler(self, name: str) -> Callable[[int], float]:
+        """A ``sample(number)`` of one item, in a session (or module) of its own."""
         import torch
 
         if self.converted is not None:
-            return self.converted(name)
+            return self.converted.sampler(name)
         if self.cfg.runtime == "onnxruntime":
             path = self._exported(name)
-            return run_samples(ort_sampler(path, self.shapes[name], self.cfg), **self.cfg.sampling())
+            return ort_sampler(path, self.shapes[name], self.cfg)
         torch.manual_seed(self.cfg.seed)
         module, shape = self.build(name)
-        return run_samples(torch_sampler(module, shape, self.cfg), **self.cfg.sampling())
+        return torch_sampler(module, shape, self.cfg)
+
+    def __call__(self, name: str) -> dict[str, Any]:
+        return run_samples(self.sampler(name), **self.cfg.sampling())
 
 
 def item_measurer(build: Builder, cfg: HarnessConfig, *, onnx_dir: str | Path | None = None) -> ItemMeasurer:

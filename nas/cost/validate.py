@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas._io import now_iso, plain_data
+from nas.arch.spec import NetworkSpec
 from nas.cost import sampling
+from nas.cost.anchored import ANCHORED_STATISTIC_TEXT, measure_anchored
 from nas.cost.calibrate import CALIBRATION_SEED, fit_linear, measure_end_to_end, sample_specs
 from nas.cost.harness import HarnessConfig
 
@@ -71,7 +73,10 @@ def split_halves(measured: Sequence[dict[str, Any]], statistic: str) -> tuple[li
         if len(m["rounds_ms"]) < 2:
             return None
         for h in (0, 1):
-            halves[h].append(figure(m["rounds_ms"][h::2], m["rounds_min_ms"][h::2]))
+            if "rounds_ratio" in m:  # anchored (nas.cost.anchored): each half's median ratio
+                halves[h].append(float(np.median(m["rounds_ratio"][h::2])) * m["anchor_ms"])
+            else:
+                halves[h].append(figure(m["rounds_ms"][h::2], m["rounds_min_ms"][h::2]))
     return halves
 
 
@@ -170,11 +175,14 @@ def validate(
     calibration_seed: int = CALIBRATION_SEED,
     measure_missing: bool = False,
     log_path: str | Path | None = None,
+    anchor: NetworkSpec | None = None,
 ) -> ValidationReport:
     """Predict and measure ``n`` random specs of ``space``; write the report to ``out_dir``.
 
     ``log_path`` keeps every end-to-end measurement as it is taken, so an interrupted
-    validation repeated with the same arguments measures only what is left."""
+    validation repeated with the same arguments measures only what is left. With ``anchor``
+    each network is timed between two timings of that network and measured by its ratio to
+    it (:mod:`nas.cost.anchored`); the plain figure is kept beside it (``measured_plain_ms``)."""
     started = time.perf_counter()
     harness = harness or table.harness_config()
     table.check_compatible(runtime=harness.runtime, resolution=space.base.resolution,
@@ -199,8 +207,12 @@ def validate(
     predicted = [table.predict(s) for s in specs]
     raw = [table.predict(s, calibrated=False) for s in specs]
     load_start = sampling.loadavg()
-    measured_all = measure_end_to_end(specs + cal_specs, harness, rounds=rounds, progress=progress,
-                                      desc=f"validate {space.name}", log_path=log_path)
+    if anchor is None:
+        measured_all = measure_end_to_end(specs + cal_specs, harness, rounds=rounds, progress=progress,
+                                          desc=f"validate {space.name}", log_path=log_path)
+    else:
+        measured_all = measure_anchored(specs + cal_specs, anchor, harness, rounds=rounds, progress=progress,
+                                        desc=f"validate {space.name} (anchored)", log_path=log_path)
     load_end = sampling.loadavg()
     measured = measured_all[:len(specs)]
     meas_ms = [m["ms"] for m in measured]
@@ -232,10 +244,16 @@ def validate(
         }
         if recal_pred is not None:
             row["predicted_recalibrated_ms"] = round(recal_pred[i], 4)
+        if anchor is not None:
+            row.update(measured_plain_ms=round(m["plain_ms"], 4), anchored_ratio=round(m["ratio"], 5),
+                       anchor_ms=round(m["anchor_ms"], 4),
+                       rounds_ratio=" ".join(f"{v:.5f}" for v in m["rounds_ratio"]))
         rows.append(row)
     settings = {
         "space": space.name, "n": n, "seed": seed, "rounds": rounds or harness.passes,
-        "measured_statistic": MEASURED_STATISTIC_TEXT[harness.pass_statistic],
+        "measured_statistic": (MEASURED_STATISTIC_TEXT[harness.pass_statistic] if anchor is None
+                               else ANCHORED_STATISTIC_TEXT),
+        "anchor": None if anchor is None else to_string(anchor),
         "runtime": harness.runtime, "runtime_version": table.provenance.get("runtime_version"),
         "threads": harness.threads, "batch": harness.batch, "dtype": harness.dtype,
         "resolution": space.base.resolution, "harness": harness.to_dict(),
