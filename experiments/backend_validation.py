@@ -228,9 +228,11 @@ def markdown(summary: dict[str, dict[str, Any]]) -> list[str]:
             f"{entry.get('measurement_split_half_within_10_pct', float('nan')):.1f}% | "
             f"{m['within_10_pct']:.1f}% | {m['kendall_tau']:.3f} | {t['mape_pct']:.2f}% | {recal} | "
             f"{meas['loadavg_start'][0]} -> {meas['loadavg_end'][0]} | {entry['host']['cpu']} |")
-    lines += ["", "Measured figure: " + next(iter(summary.values()))["measurement"]["statistic"]
-              + f"; rounds marked anchored: the {ANCHORED_STATISTIC_TEXT} (canonical network of the space)"
-              if summary else "", "Written by `python -m experiments.backend_validation`; "
+    plain = {e["measurement"]["statistic"] for e in summary.values() if not e["measurement"].get("anchor")}
+    anchored = any(e["measurement"].get("anchor") for e in summary.values())
+    lines += ["", "; ".join([*(f"Measured figure: {text}" for text in sorted(plain)),
+                             *([f"rounds marked anchored: the {ANCHORED_STATISTIC_TEXT} (the space's "
+                                "canonical network)"] if anchored else [])]), "Written by `python -m experiments.backend_validation`; "
               "figures per network in `<backend>_<space>_<cpu>.csv`. Split-half: the measurement's "
               "even rounds against its odd rounds, each half reduced like the whole; where the two "
               "halves agree within +-10% for fewer networks than the target asks of the table, "

@@ -156,7 +156,8 @@ def _validate(args: argparse.Namespace) -> None:
                        f"validate-{Path(args.table).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     report = validate(table, space, n=args.n, seed=args.seed, harness=cfg, rounds=args.rounds,
                       out_dir=out, progress=not args.no_progress,
-                      recalibrate=args.recalibrate, measure_missing=args.measure_missing)
+                      recalibrate=args.recalibrate, measure_missing=args.measure_missing,
+                      anchor=space.base if args.anchored else None)
     print(report.format())
     for path in report.files:
         print(f"wrote {path}")
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--recalibrate", type=int, default=0, metavar="N",
                           help="also report a calibration fitted now on N other specs")
     validate.add_argument("--measure-missing", action="store_true")
+    validate.add_argument("--anchored", action="store_true",
+                          help="time each network in calls alternating with the space's canonical network "
+                               "and measure it by its ratio to it (a host whose speed moves)")
     validate.add_argument("--no-progress", action="store_true")
     validate.add_argument("--backend", choices=list(BACKEND_RUNTIME), default=None,
                        help="the table must have been measured with this backend")

@@ -48,6 +48,13 @@ def test_recalibrated_figures_refit_madds_on_the_networks_measured_now(monkeypat
     assert "| 0.0%, " in row[4] and "(1.000; 3 networks)" in row[4]
     assert "| - |" in row[5]  # a row measured without --recalibrate
     assert "| 0.800 | 62.5% |" in row[4]  # split-half tau and +-10% share side by side
+    assert row[-2] == "Measured figure: min over all samples of all rounds"
+    # An anchored row says so in its rounds, and the footer names both figures.
+    anchored = {**entry, "measurement": {**entry["measurement"], "anchor": "stem16_hs|...",
+                                         "statistic": backend_validation.ANCHORED_STATISTIC_TEXT}}
+    both = backend_validation.markdown({"openvino/x": entry, "openvino/x+anchored": anchored})
+    assert "| 12 anchored |" in both[5] and "| 12 anchored |" not in both[4]
+    assert both[-2].startswith("Measured figure: min over all samples") and "rounds marked anchored" in both[-2]
 
 
 def test_a_pair_recorded_before_the_split_half_share_gets_it_from_its_csv(tmp_path):
