@@ -17,7 +17,6 @@ the anchor's figures, so an interrupted run resumes at the unit it stopped at.
 
 from __future__ import annotations
 
-import csv
 import random
 import statistics
 from collections.abc import Sequence
@@ -32,26 +31,23 @@ from nas.cost.harness import HarnessConfig
 #: How reports name the figure :func:`measure_anchored` returns.
 ANCHORED_STATISTIC_TEXT = ("median over rounds of the ratio to the anchor network timed in alternate "
                            "calls, times the anchor's best over all rounds")
-LOG_COLUMNS = [*sampling.PASS_COLUMNS, "anchor_min_ms", "anchor_median_ms"]
-_NUMBERS = ("median_ms", "min_ms", "iqr_ms", "mean_ms", "anchor_min_ms", "anchor_median_ms")
+ANCHOR_COLUMNS = ("anchor_min_ms", "anchor_median_ms")
+LOG_COLUMNS = [*sampling.PASS_COLUMNS, *ANCHOR_COLUMNS]
+_NUMBERS = ("median_ms", "min_ms", "iqr_ms", "mean_ms", *ANCHOR_COLUMNS)
 Sampler = Callable[[int], float]
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    """The finished units of an anchored log; a truncated last line (a killed run) is skipped."""
-    if not path.is_file():
-        return []
+    """The finished units of an anchored log (:func:`nas.cost.sampling.read_pass_log`'s rows
+    with the anchor's figures); a truncated last line (a killed run) is skipped."""
     good = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                row["pass"] = int(row["pass"])
-                row["n"] = int(row["n"])
-                for name in _NUMBERS:
-                    row[name] = float(row[name])
-            except (TypeError, ValueError, KeyError):
-                continue
-            good.append(row)
+    for row in sampling.read_pass_log(path):
+        try:
+            for name in ANCHOR_COLUMNS:
+                row[name] = float(row[name])
+        except (TypeError, ValueError, KeyError):
+            continue
+        good.append(row)
     return good
 
 
