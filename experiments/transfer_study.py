@@ -14,7 +14,10 @@ canonical Small like the found three (2 seeds), e.g. the picks of a search on Ti
 ``--heldout N`` adds ``heldout_q01..`` : N further Small-space networks at parameter-count
 quantiles of a pool drawn with ``--heldout-seed`` (the benchmark's rule, another seed), one seed
 each, so that a ranking chosen on the study's networks (a proxy, a supernet's scoring) can be
-checked on networks it was not chosen on.
+checked on networks it was not chosen on. ``--inherit SUPERNET_CHECKPOINT`` starts each
+Small-space network from its weights in a trained supernet instead of from scratch (Once-for-All's
+inherit-then-fine-tune proxy, e.g. with ``--protocol finetune_tin``); its runs are keyed by the
+protocol and the checkpoint together, so fine-tunes from two supernets never mix.
 
 Every finished run is one JSON line in ``--runs`` (one file per seed); a run in progress
 checkpoints every ``--checkpoint-every`` steps in ``--work``: a killed study resumes where it
@@ -32,6 +35,7 @@ canonical Small with the seeds available. Tune and report on val only::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import shutil
 import statistics
@@ -56,6 +60,8 @@ from nas.training.data import make_loaders
 from nas.training.protocols import Protocol, load_protocol, with_fields
 from nas.training.scoring import encode_correct, predict
 from nas.seed_stats import difference_interval, verdict
+from nas.supernet.network import Supernet
+from nas.supernet.train import load_supernet
 from nas.training.train import train
 
 DEFAULT_OUT = RESULTS / "transfer"
@@ -73,8 +79,9 @@ def networks(args: argparse.Namespace) -> dict[str, NetworkSpec]:
     specs = dict(pick_specs(load_space("mobilenetv3_small"), args.specs, args.pool, args.spec_seed))
     for name in FOUND:
         specs[name] = load_spec(args.found_dir / f"{name}.yaml").replace(name=name)
-    for name, library_name in LIBRARY.items():
-        specs[name] = load_spec(library_name).replace(name=name)
+    if args.inherit is None:  # the spec-library networks have no weights in a Small-space supernet
+        for name, library_name in LIBRARY.items():
+            specs[name] = load_spec(library_name).replace(name=name)
     for name, path in args.network:
         specs[name] = load_spec(path).replace(name=name)
     specs.update(heldout_specs(args.heldout, args.pool, args.heldout_seed))
@@ -135,11 +142,29 @@ def protocol_of(args: argparse.Namespace) -> Protocol:
     return with_fields(load_protocol(args.protocol), data=data, train=train_fields)
 
 
+def run_key(args: argparse.Namespace, protocol: Protocol) -> str:
+    """The settings key of this invocation's runs: the protocol's, or with ``--inherit`` a hash of
+    the protocol's key and the supernet checkpoint's bytes."""
+    if args.inherit is None:
+        return protocol.key()
+    checkpoint = hashlib.sha256(args.inherit.read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(f"{protocol.key()}+{checkpoint}".encode()).hexdigest()[:12]
+
+
+def initial_model(spec: NetworkSpec, supernet: Supernet | None) -> NetworkSpec | torch.nn.Module:
+    """What a run starts from: the spec (trained from scratch), or its sub-network's inherited
+    weights when a supernet is given."""
+    if supernet is None:
+        return spec
+    return supernet.extract(spec.replace(num_classes=supernet.num_classes))
+
+
 # ---------------------------------------------------------------------------- training
 def run_all(args: argparse.Namespace) -> None:
     start(args)
     protocol = protocol_of(args)
-    key = protocol.key()
+    key = run_key(args, protocol)
+    supernet = None if args.inherit is None else load_supernet(args.inherit)[0]
     specs = networks(args)
     done = {(r["arch"], r["seed"]) for r in read_rows(sorted(args.runs.glob("runs-*.jsonl")))
             if r.get("settings_key") == key}
@@ -156,7 +181,7 @@ def run_all(args: argparse.Namespace) -> None:
         log(f"{number}/{len(todo)} {name} seed {seed}: training ({cfg.epochs} epochs at "
             f"{protocol.data.resolution} px{', resuming' if folder.exists() else ''})")
         load_start = load_1min()
-        result = train(specs[name], protocol.data, cfg, loaders=loaders[seed], resume=True)
+        result = train(initial_model(specs[name], supernet), protocol.data, cfg, loaders=loaders[seed], resume=True)
         plain = predict(result.model, loaders[seed].val, "cpu")
         flipped = predict(result.model, loaders[seed].val, "cpu", flip=True)
         row = {"protocol": protocol.name, "settings_key": key, "spec": name,
@@ -165,6 +190,7 @@ def run_all(args: argparse.Namespace) -> None:
                "val_correct": encode_correct(plain.correct()), "val_images": len(plain.target),
                "seconds": result.seconds, "images_per_second": result.images_per_second,
                "steps": result.steps, "params": params_of(specs[name], loaders[seed].num_classes),
+               "inherited_from": None if args.inherit is None else str(args.inherit),
                "load_start": load_start, "load_end": load_1min(), **host_facts(),
                "threads": torch.get_num_threads(), "finished_at": now()}
         append_row(args.runs / f"runs-{protocol.name}-seed{seed}.jsonl", row,
@@ -202,7 +228,7 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
     protocol = protocol_of(args)
-    key = protocol.key()
+    key = run_key(args, protocol)
     specs = networks(args)
     # Only this invocation's networks: runs of a --network not named now are left out of every figure.
     rows = [r for r in read_rows(sorted(args.runs.glob("runs-*.jsonl")))
@@ -214,6 +240,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     # Seeds trained beyond this invocation's plan (an earlier --all-seeds) count as planned too.
     wanted = set(planned) | {(r["spec"], r["seed"]) for r in rows}
     summary: dict[str, Any] = {"protocol": protocol.name, "settings_key": key,
+                               "inherited_from": None if args.inherit is None else str(args.inherit),
                                "runs_done": len(rows), "runs_planned": len(wanted),
                                "written": now(), "networks": {}}
     if runs.empty:
@@ -388,8 +415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the protocol another one is ranked against (default %(default)s)")
     parser.add_argument("--reference-runs", type=Path, default=DEFAULT_OUT / "runs",
                         help="the reference protocol's finished runs (default %(default)s)")
+    parser.add_argument("--inherit", type=Path, default=None, metavar="SUPERNET_CHECKPOINT",
+                        help="start each Small-space network from its weights in this trained supernet")
     parser.add_argument("--report", action="store_true", help="no training: write the summary")
     args = parser.parse_args(argv)
+    if args.inherit is not None and not args.inherit.is_file():
+        parser.error(f"--inherit {args.inherit}: no such supernet checkpoint")
     if args.heldout and args.heldout_seed == args.spec_seed:
         parser.error(f"--heldout-seed {args.heldout_seed} is the benchmark networks' --spec-seed: "
                      "the held-out networks would be drawn from the same pool")

@@ -17,13 +17,11 @@ the anchor's figures, so an interrupted run resumes at the unit it stopped at.
 
 from __future__ import annotations
 
-import random
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from nas._io import now_iso
 from nas.arch.spec import NetworkSpec
 from nas.cost import sampling
 from nas.cost.harness import HarnessConfig
@@ -33,7 +31,6 @@ ANCHORED_STATISTIC_TEXT = ("median over rounds of the ratio to the anchor networ
                            "calls, times the anchor's best over all rounds")
 ANCHOR_COLUMNS = ("anchor_min_ms", "anchor_median_ms")
 LOG_COLUMNS = [*sampling.PASS_COLUMNS, *ANCHOR_COLUMNS]
-_NUMBERS = ("median_ms", "min_ms", "iqr_ms", "mean_ms", *ANCHOR_COLUMNS)
 Sampler = Callable[[int], float]
 
 
@@ -72,36 +69,9 @@ def run_anchored_passes(keys: Sequence[str], anchor: Sampler, sampler_of: Callab
                         ) -> dict[str, list[dict[str, Any]]]:
     """Each key once per pass (shuffled per pass), its calls alternating with ``anchor``'s;
     returns the rows by key. Units already in ``log_path`` are not measured again."""
-    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
-    for row in read_log(log_path) if log_path is not None else []:
-        if row["key"] in rows and all(r["pass"] != row["pass"] for r in rows[row["key"]]):
-            rows[row["key"]].append(row)
-    if progress is not None:
-        progress(sum(len(v) for v in rows.values()))
-    handle = writer = None
-    rng = random.Random(seed)
-    try:
-        for p in range(passes):
-            order = list(keys)
-            rng.shuffle(order)  # shuffled even where resumed, so every pass keeps its order
-            for key in order:
-                if any(r["pass"] == p for r in rows[key]):
-                    continue
-                stats = paired_stats(sampler_of(key), anchor, settings)
-                load = sampling.loadavg()
-                row = {"key": key, "pass": p, **{k: stats[k] for k in _NUMBERS}, "n": int(stats["n"]),
-                       "loadavg": load[0] if load else "", "time": now_iso()}
-                rows[key].append(row)
-                if log_path is not None:
-                    if writer is None:
-                        handle, writer = sampling.open_csv_log(log_path, LOG_COLUMNS)
-                    writer.writerow(row)
-                    handle.flush()
-                if progress is not None:
-                    progress(1)
-    finally:
-        if handle is not None:
-            handle.close()
+    rows, _ = sampling.run_passes(keys, lambda key: paired_stats(sampler_of(key), anchor, settings),
+                                  passes=passes, log_path=log_path, seed=seed, progress=progress,
+                                  columns=LOG_COLUMNS, read_log=read_log)
     return rows
 
 

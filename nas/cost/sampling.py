@@ -264,46 +264,47 @@ def run_passes(
     seed: int = 0,
     callback: Callable[[int, int, str], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    columns: Sequence[str] = PASS_COLUMNS,
+    read_log: Callable[[Path], list[dict[str, Any]]] = read_pass_log,
 ) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """Measure every key once per pass, in a shuffled order per pass; resumable.
 
-    Results already in ``log_path`` (from an interrupted run) count and are not measured
-    again; each new (key, pass) result is appended and flushed at once. ``callback(done,
-    total, key)`` runs after each new unit (a test may raise from it to simulate an
-    interruption); ``progress(1)`` too (a tqdm ``update``). Returns the per-pass results
-    by key (only for ``keys``) and the number of units measured now.
+    Results already in ``log_path`` (from an interrupted run, read with ``read_log``) count and
+    are not measured again, and every pass keeps its shuffled order across a resume; each new
+    (key, pass) row (``columns``: the key, the pass, ``measure_one``'s figures of those names,
+    the load average and the time) is appended and flushed at once. ``callback(done, total,
+    key)`` runs after each new unit (a test may raise from it to simulate an interruption);
+    ``progress(1)`` too (a tqdm ``update``). Returns the per-pass rows by key (only for
+    ``keys``) and the number of units measured now.
     """
-    wanted = set(keys)
+    figures = [c for c in columns if c not in ("key", "pass", "loadavg", "time")]
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
     done_units: set[tuple[str, int]] = set()
-    if log_path is not None:
-        for row in read_pass_log(log_path):
-            if row["key"] in wanted and (row["key"], row["pass"]) not in done_units:
-                results[row["key"]].append(row)
-                done_units.add((row["key"], row["pass"]))
-    todo = [(k, p) for p in range(passes) for k in keys if (k, p) not in done_units]
-    total = len(todo)
+    for row in read_log(log_path) if log_path is not None else []:
+        if row["key"] in results and (row["key"], row["pass"]) not in done_units:
+            results[row["key"]].append(row)
+            done_units.add((row["key"], row["pass"]))
+    total = passes * len(keys) - len(done_units)
     if progress is not None and done_units:
         progress(len(done_units))  # a resumed run starts its bar where the last one stopped
-    handle = None
-    writer = None
-    if log_path is not None and todo:
-        handle, writer = open_csv_log(log_path, PASS_COLUMNS)
+    handle = writer = None
     rng = random.Random(seed)
     measured = 0
     try:
         for p in range(passes):
-            order = [k for k in keys if (k, p) not in done_units]
-            rng.shuffle(order)
+            order = list(keys)
+            rng.shuffle(order)  # shuffled even where resumed, so every pass keeps its order
             for key in order:
+                if (key, p) in done_units:
+                    continue
                 stats = measure_one(key)
                 la = loadavg()
-                row = {"key": key, "pass": p, "median_ms": stats["median_ms"],
-                       "min_ms": stats["min_ms"],
-                       "iqr_ms": stats["iqr_ms"], "mean_ms": stats["mean_ms"],
+                row = {"key": key, "pass": p, **{name: stats[name] for name in figures},
                        "n": int(stats["n"]), "loadavg": la[0] if la else "", "time": now_iso()}
                 results[key].append(row)
-                if writer is not None:
+                if log_path is not None:
+                    if writer is None:
+                        handle, writer = open_csv_log(log_path, columns)
                     writer.writerow(row)
                     handle.flush()
                 measured += 1

@@ -222,3 +222,57 @@ def test_heldout_networks_come_from_another_pool_and_train_once_each(tmp_path: P
     assert [(n, s) for n, s in order if n in heldout] == [(name, 0) for name in heldout]
     with pytest.raises(SystemExit):  # the benchmark's own pool: not held out
         transfer_study.parse_args(["--heldout", "4", "--heldout-seed", "0"])
+
+
+def test_inherited_runs_start_from_the_supernet_and_are_keyed_by_it(tmp_path: Path) -> None:
+    import torch
+
+    from experiments import transfer_study
+    from nas.arch.space import load_space
+    from nas.supernet.train import (SupernetTrainConfig, checkpoint_file, load_supernet, new_supernet,
+                                    train_supernet)
+    from nas.training.data_config import DataConfig
+
+    root = _shards(tmp_path / "shards")
+    protocol = _protocol(tmp_path / "tiny.yaml", root)
+    document = yaml.safe_load(protocol.read_text())
+    frozen = tmp_path / "frozen.yaml"  # a vanishing lr: the run keeps the weights it started from
+    frozen.write_text(yaml.safe_dump({**document, "train": {**document["train"], "lr": 1e-12}}))
+    cfg = SupernetTrainConfig(steps=2, lr=0.05, num_random=1, device="cpu", progress=False)
+    data = DataConfig(name="synthetic", resolution=32, num_classes=CLASSES, train_samples=16,
+                      val_samples=8, batch_size=4)
+    train_supernet(new_supernet(load_space("mobilenetv3_small"), CLASSES, cfg), data, cfg,
+                   checkpoint_dir=tmp_path / "sn")
+    checkpoint = checkpoint_file(tmp_path / "sn")
+    args = ["--protocol", str(frozen), "--inherit", str(checkpoint), "--out", str(tmp_path / "out"),
+            "--work", str(tmp_path / "work"), "--specs", "4", "--pool", "8", "--only", "smallest",
+            "--reference-protocol", str(protocol), "--reference-runs", str(tmp_path / "none")]
+    result = run_study("transfer_study", *args, env={"NAS_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [json.loads(line) for f in (tmp_path / "out" / "runs").glob("*.jsonl")
+              for line in f.read_text().splitlines()]
+    parsed = transfer_study.parse_args(args)
+    from nas.training.protocols import load_protocol
+    assert row["settings_key"] == transfer_study.run_key(parsed, load_protocol(str(frozen)))
+    assert row["settings_key"] != load_protocol(str(frozen)).key()  # never mixed with scratch runs
+    assert row["inherited_from"] == str(checkpoint)
+    trained = torch.load(next((tmp_path / "work" / "weights").rglob("*.pth")), weights_only=True)
+    supernet = load_supernet(checkpoint)[0]
+    smallest = transfer_study.networks(parsed)["smallest"]
+    inherited = supernet.extract(smallest.replace(num_classes=CLASSES)).state_dict()
+    weights = [k for k, v in inherited.items() if k.endswith("weight") and v.dim() > 1]
+    assert weights and all(torch.allclose(trained[k], inherited[k], atol=1e-6) for k in weights)
+    fresh = build_fresh(smallest)
+    assert not all(torch.allclose(trained[k], fresh[k], atol=1e-3) for k in weights)
+    summary = yaml.safe_load((tmp_path / "out" / "summary.yaml").read_text())
+    assert summary["inherited_from"] == str(checkpoint)
+
+    missing = run_study("transfer_study", "--inherit", str(tmp_path / "no.pt"), "--report")
+    assert missing.returncode != 0 and "no such supernet checkpoint" in missing.stderr
+
+
+def build_fresh(spec):
+    """A freshly initialised model of ``spec`` (what a run from scratch starts from)."""
+    from nas.models.builder import build_model
+
+    return build_model(spec.replace(num_classes=CLASSES)).state_dict()

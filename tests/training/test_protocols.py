@@ -16,7 +16,8 @@ from nas.training.protocols import CHECKOUT, load_protocol, protocol_names
 
 
 def test_shipped_protocols_load_and_differ_in_cost() -> None:
-    assert protocol_names() == ["proxy", "proxy_b256", "proxy_tin", "proxy_tin32", "proxy_tin48", "proxy_tin_full", "reference", "reference_tin"]
+    assert protocol_names() == ["finetune_tin", "proxy", "proxy_b256", "proxy_tin", "proxy_tin32", "proxy_tin48",
+                                "proxy_tin_full", "reference", "reference_tin"]
     proxy, reference = load_protocol("proxy"), load_protocol("reference")
     assert proxy.data.name == reference.data.name == "cifar10"
     # The data root is the checkout's sibling shared/ folder wherever the command runs.
@@ -73,7 +74,7 @@ def test_overrides_are_validated_and_named() -> None:
     assert cheap.data.train_per_class == 10 and cheap.train.epochs == 1
     with pytest.raises(ConfigError, match="reference.yaml: TrainConfig.epochs must be an integer >= 1"):
         load_protocol("reference", train={"epochs": 0})
-    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['proxy', 'proxy_b256', 'proxy_tin', 'proxy_tin32', 'proxy_tin48', 'proxy_tin_full', 'reference', 'reference_tin'\]"):
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; shipped protocols: \['finetune_tin', 'proxy', 'proxy_b256', 'proxy_tin', 'proxy_tin32', 'proxy_tin48', 'proxy_tin_full', 'reference', 'reference_tin'\]"):
         load_protocol("nope")
 
 
