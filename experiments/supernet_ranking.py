@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 from scipy.stats import kendalltau, spearmanr
 
-from experiments import harness, transfer_study
+from experiments import harness, transfer_summary
 from experiments.repeatability_stats import tau_interval
 from nas.arch.codecs import from_string
 from nas.supernet.evaluator import SupernetEvaluator
@@ -62,7 +62,7 @@ def transfer_reference(folder: Path) -> tuple[pd.DataFrame, float | None]:
     summary = yaml.safe_load((folder / "summary.yaml").read_text())
     pair = summary["repeatability"]["seed_pairs"].get("0-1") or {}
     # The spec-library networks trained for scale (Large, MobileNetV2) are outside the Small space.
-    return runs[~runs["spec"].isin(list(transfer_study.LIBRARY))], pair.get("tau")
+    return runs[~runs["spec"].isin(list(transfer_summary.LIBRARY))], pair.get("tau")
 
 
 def rank(supernet: Any, data: Any, mean: pd.DataFrame, bn_batches: int) -> pd.DataFrame:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import shutil
 import statistics
 import time
@@ -53,24 +52,22 @@ from experiments.harness import (
 )
 from experiments.repeatability_stats import tau, tau_interval
 from experiments.supernet_benchmark import params_of, pick_specs
+from experiments.transfer_summary import FOUND, LIBRARY, found_vs_canonical, markdown, mean_std, repeatability
 from nas.arch.codecs import load_spec, to_string
 from nas.arch.space import load_space
 from nas.arch.spec import NetworkSpec
 from nas.training.data import make_loaders
 from nas.training.protocols import Protocol, load_protocol, with_fields
 from nas.training.scoring import encode_correct, predict
-from nas.seed_stats import difference_interval, verdict
 from nas.supernet.network import Supernet
 from nas.supernet.train import load_supernet
 from nas.training.train import train
 
 DEFAULT_OUT = RESULTS / "transfer"
 DEFAULT_WORK = OUTPUTS / "transfer_study"
-FOUND = ("found_80", "found_90", "found_100")
 FOUND_DIR = RESULTS / "search"
 CIFAR_RUNS = RESULTS / "repeatability" / "runs"
 FOUND_RUNS = RESULTS / "search" / "front_vs_canonical" / "results.jsonl"
-LIBRARY = {"large": "large", "mobilenet_v2": "v2"}  # spec-library networks, 1 seed each
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -221,11 +218,6 @@ def cifar_reference(specs: dict[str, NetworkSpec], args: argparse.Namespace) -> 
     return pd.Series({name: statistics.mean(v) for name, v in values.items()}, dtype=float)
 
 
-def _mean_std(values: list[float]) -> dict[str, Any]:
-    return {"seeds": len(values), "top1_mean": round(100 * statistics.mean(values), 2),
-            "top1_std": round(100 * statistics.stdev(values), 2) if len(values) > 1 else None}
-
-
 def report(args: argparse.Namespace) -> dict[str, Any]:
     protocol = protocol_of(args)
     key = run_key(args, protocol)
@@ -250,7 +242,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         for name in [n for n, _ in planned if n in set(runs["spec"])]:
             part = runs[runs.spec == name]
             summary["networks"].setdefault(name, {
-                "params": int(part["params"].iloc[0]), **_mean_std(part["top1"].tolist()),
+                "params": int(part["params"].iloc[0]), **mean_std(part["top1"].tolist()),
                 "cifar10_reference_top1": round(100 * float(cifar[name]), 2) if name in cifar else None,
                 "seconds_median": round(float(part["seconds"].median())),
             })
@@ -287,98 +279,6 @@ def reference_means(specs: dict[str, NetworkSpec], args: argparse.Namespace,
         if row.get("settings_key") == reference.key() and row["arch"] in names:
             values.setdefault(names[row["arch"]], []).append(row["top1"])
     return pd.Series({name: statistics.mean(v) for name, v in values.items()}, dtype=float)
-
-
-def repeatability(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, Any]:
-    """The protocol as a ranking: Kendall tau between every two seeds over the Small-space
-    networks both trained, the seconds a run takes, and (a cheaper protocol) tau of each seed
-    and of the seed mean against ``reference``."""
-    small = runs[~runs.spec.isin(list(LIBRARY))]
-    by_seed = {seed: part.set_index("spec")["top1"] for seed, part in small.groupby("seed")}
-    seed_pairs: dict[str, dict[str, Any]] = {}
-    for a, b in itertools.combinations(sorted(by_seed), 2):
-        t = tau(by_seed[a], by_seed[b])
-        both = len(by_seed[a].index.intersection(by_seed[b].index))
-        seed_pairs[f"{a}-{b}"] = {"tau": None if t is None else round(t, 3), "networks": both}
-    out: dict[str, Any] = {
-        "seed_pairs": seed_pairs,
-        "seconds_per_run_median": round(float(small["seconds"].median()), 1),
-        "seconds_per_run_max": round(float(small["seconds"].max()), 1),
-    }
-    if reference is not None and not reference.empty:
-        mean = small.groupby("spec")["top1"].mean()
-        ranked = {**{f"seed {seed}": top1 for seed, top1 in by_seed.items()}, "seed mean": mean}
-        out["vs_reference_mean"] = {label: None if (t := tau(top1, reference)) is None else round(t, 3)
-                                    for label, top1 in ranked.items()}
-        # Seeds cover different networks (a third seed only for some): each tau names its own count.
-        out["vs_reference_networks"] = {label: len(top1.index.intersection(reference.index))
-                                        for label, top1 in ranked.items()}
-        out["vs_reference_interval_90"] = tau_interval(mean, reference)
-    return out
-
-
-def found_vs_canonical(runs: pd.DataFrame, names: Sequence[str] = FOUND) -> dict[str, Any]:
-    """Each found (or ``--network``) network's Tiny-ImageNet top-1 against canonical Small's:
-    the difference, its 90% interval and verdict (:mod:`nas.seed_stats`)."""
-    if "canonical" not in set(runs["spec"]):
-        return {}
-    base = (runs[runs.spec == "canonical"]["top1"] * 100).tolist()
-    out: dict[str, Any] = {"canonical": _mean_std([t / 100 for t in base])}
-    for name in names:
-        mine = (runs[runs.spec == name]["top1"] * 100).tolist()
-        if not mine:
-            continue
-        interval = difference_interval(mine, base)
-        out[name] = {**_mean_std([t / 100 for t in mine]),
-                     "delta_points": round(statistics.mean(mine) - statistics.mean(base), 2),
-                     "interval_90_points": None if interval is None else [round(x, 2) for x in interval],
-                     "verdict": verdict(interval, len(mine), len(base))}
-    return out
-
-
-def markdown(summary: dict[str, Any]) -> list[str]:
-    lines = [f"# Transfer study: CIFAR-10 reference against Tiny-ImageNet ({summary['protocol']})", "",
-             f"{summary['runs_done']} of {summary['runs_planned']} runs finished ({summary['written']}).", ""]
-    if not summary["networks"]:
-        return lines + ["No finished runs yet."]
-    lines += ["| network | params | seeds | Tiny-ImageNet val top-1 | CIFAR-10 reference top-1 | s/run |",
-              "|---|---|---|---|---|---|"]
-    for name, n in summary["networks"].items():
-        std = f" +- {n['top1_std']:.2f}" if n["top1_std"] is not None else ""
-        cifar = "-" if n["cifar10_reference_top1"] is None else f"{n['cifar10_reference_top1']:.2f}"
-        lines.append(f"| {name} | {n['params'] / 1e6:.2f}M | {n['seeds']} | {n['top1_mean']:.2f}{std} "
-                     f"| {cifar} | {n['seconds_median']} |")
-    lines += ["", "Kendall tau, Tiny-ImageNet seed mean against the CIFAR-10 reference seed mean "
-              "(90% bootstrap interval over networks):", ""]
-    for label, t in summary["kendall_tau"].items():
-        lines.append(f"- {label}: tau {t['tau']} over {t['networks']} networks, interval {t['interval_90']}"
-                     if t["tau"] is not None else
-                     f"- {label}: {t['networks']} network(s) with both figures; tau needs 3")
-    rep = summary.get("repeatability") or {}
-    if rep:
-        lines += ["", f"As a ranking (Small-space networks; run seconds median {rep['seconds_per_run_median']}, "
-                  f"max {rep['seconds_per_run_max']}):", ""]
-        for pair, t in rep["seed_pairs"].items():
-            lines.append(f"- seeds {pair}: tau {t['tau']} over {t['networks']} networks")
-        if not rep["seed_pairs"]:
-            lines.append("- no network has two seeds yet: no seed-to-seed tau")
-        for label, t in (rep.get("vs_reference_mean") or {}).items():
-            interval = f", interval {rep['vs_reference_interval_90']}" if label == "seed mean" else ""
-            lines.append(f"- {label} against the {rep['reference']} seed mean: tau {t} "
-                         f"({rep['vs_reference_networks'][label]} networks{interval})")
-    found = summary.get("found_vs_canonical") or {}
-    compared = [name for name in found if name != "canonical"]
-    if compared:
-        lines += ["", "Found networks against canonical Small (the difference's 90% interval, "
-                  "Welch's t over both networks' seeds; a tie when it spans 0):", ""]
-        for name in compared:
-            f = found[name]
-            span = ("" if f["interval_90_points"] is None else
-                    f" [{f['interval_90_points'][0]:+.2f}, {f['interval_90_points'][1]:+.2f}]")
-            lines.append(f"- {name}: {f['top1_mean']:.2f} ({f['seeds']} seeds) against "
-                         f"{found['canonical']['top1_mean']:.2f} ({found['canonical']['seeds']}): "
-                         f"{f['delta_points']:+.2f} points{span}, {f['verdict']}")
-    return lines
 
 
 # ---------------------------------------------------------------------------- options

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from conftest import run_study
-from experiments.transfer_study import markdown, repeatability
+from experiments.transfer_summary import markdown, repeatability
 
 wds = pytest.importorskip("webdataset")
 
@@ -167,7 +167,7 @@ def test_a_further_network_is_trained_twice_beside_the_found_ones_and_compared(t
 
     import pandas as pd
 
-    from experiments import transfer_study
+    from experiments import transfer_study, transfer_summary
     from nas.arch.codecs import load_spec, save_spec
 
     pick = save_spec(load_spec("small").replace(name="pick"), tmp_path / "pick.yaml")
@@ -182,7 +182,7 @@ def test_a_further_network_is_trained_twice_beside_the_found_ones_and_compared(t
     assert order.index(("tin_80", 0)) < order.index(("canonical", 1))  # with the question, first
     assert ("tin_80", 1) in order and order.index(("tin_80", 1)) > order.index(("small_a", 0))
     runs = pd.DataFrame({"spec": ["canonical", "canonical", "tin_80", "tin_80"], "top1": [0.40, 0.42, 0.50, 0.52]})
-    compared = transfer_study.found_vs_canonical(runs, (*transfer_study.FOUND, "tin_80"))
+    compared = transfer_summary.found_vs_canonical(runs, (*transfer_summary.FOUND, "tin_80"))
     assert compared["tin_80"]["delta_points"] == pytest.approx(10.0) and "found_80" not in compared
 
 
