@@ -10,6 +10,7 @@ test-time flip averaging (the mean of the softmax over an image and its mirror).
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,10 @@ def predict(model: nn.Module, loader: Any, device: torch.device | str, *, flip: 
             logits = model(images).float()
             if flip:
                 mirrored = model(images.flip(dims=[3])).float()
-                logits = torch.stack([logits.softmax(1), mirrored.softmax(1)]).mean(0).log()
+                # log of the mean softmax, in log space: a confident network's softmax underflows
+                # to 0 for some classes, and the log of that would be -inf.
+                views = torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)])
+                logits = torch.logsumexp(views, dim=0) - math.log(2)
             if not torch.isfinite(logits).all():
                 raise NonFiniteLossError(
                     f"evaluation produced non-finite logits after {sum(len(t) for t in targets)} images; "

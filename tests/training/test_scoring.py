@@ -37,6 +37,18 @@ def test_predict_keeps_every_image_in_order_and_flip_averages_the_mirror():
     assert torch.allclose(flipped.logits.exp(), torch.full((7, 2), 0.5))
 
 
+def test_flip_averaging_stays_finite_for_a_confident_network():
+    class Confident(nn.Module):  # softmax underflows to exactly 0 for the other classes in fp32
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[200.0, -200.0, 0.0]]).repeat(len(x), 1)
+
+    images, labels = torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    assert torch.softmax(Confident()(images), 1)[0, 1] == 0  # the case the log space avoids
+    flipped = predict(Confident(), _loader(images, labels), "cpu", flip=True)
+    assert torch.isfinite(flipped.logits).all() and flipped.top1() == 1.0
+    assert torch.allclose(flipped.logits.exp().sum(1), torch.ones(2))
+
+
 def test_correctness_record_round_trips_at_any_length():
     for images in (1, 8, 13, 5000):
         correct = torch.rand(images, generator=torch.Generator().manual_seed(images)) > 0.3
