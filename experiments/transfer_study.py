@@ -52,7 +52,7 @@ from experiments.harness import (
 )
 from experiments.repeatability_stats import tau, tau_interval
 from experiments.supernet_benchmark import params_of, pick_specs
-from experiments.transfer_summary import FOUND, LIBRARY, found_vs_canonical, markdown, mean_std, repeatability
+from experiments.transfer_summary import FOUND, LIBRARY, found_vs_canonical, markdown, mean_std, rankings
 from nas.arch.codecs import load_spec, to_string
 from nas.arch.space import load_space
 from nas.arch.spec import NetworkSpec
@@ -254,9 +254,14 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                     "interval_90": tau_interval(tin[names], cifar[names])}
             for label, names in (("benchmark_8", benchmark), ("with_found", with_found))}
         summary["found_vs_canonical"] = found_vs_canonical(runs, (*FOUND, *extra))
-        summary["repeatability"] = repeatability(runs, reference_means(specs, args, protocol))
-        if "vs_reference_mean" in summary["repeatability"]:
-            summary["repeatability"]["reference"] = load_protocol(args.reference_protocol).name
+        reference = reference_means(specs, args, protocol)
+        ranked = rankings(runs, reference)
+        if reference is not None:
+            for view in ranked.values():
+                view["reference"] = load_protocol(args.reference_protocol).name
+        summary["repeatability"] = ranked.pop("all/top1")
+        if reference is not None and ranked:  # the reference's own held-out runs have one seed: nothing to rank
+            summary["further_rankings"] = ranked
     args.out.mkdir(parents=True, exist_ok=True)
     write_yaml(args.out / "summary.yaml", summary)
     write_lines(args.out / "summary.md", markdown(summary))

@@ -23,24 +23,30 @@ def mean_std(values: list[float]) -> dict[str, Any]:
             "top1_std": round(100 * statistics.stdev(values), 2) if len(values) > 1 else None}
 
 
-def repeatability(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, Any]:
-    """The protocol as a ranking: Kendall tau between every two seeds over the Small-space
-    networks both trained, the seconds a run takes, and (a cheaper protocol) tau of each seed
-    and of the seed mean against ``reference``."""
+HELDOUT_PREFIX = "heldout_"  # networks no setting was chosen on (transfer_study --heldout)
+
+
+def repeatability(runs: pd.DataFrame, reference: pd.Series | None, score: str = "top1") -> dict[str, Any]:
+    """The protocol as a ranking by its ``score`` column (``top1``, or ``top1_flip``: the mean
+    log-probability of each image and its mirror): Kendall tau between every two seeds over the
+    Small-space networks both trained, the seconds a run takes, and (a cheaper protocol) tau of
+    each seed and of the seed mean against ``reference``."""
     small = runs[~runs.spec.isin(list(LIBRARY))]
-    by_seed = {seed: part.set_index("spec")["top1"] for seed, part in small.groupby("seed")}
+    by_seed = {seed: part.set_index("spec")[score] for seed, part in small.groupby("seed")}
     seed_pairs: dict[str, dict[str, Any]] = {}
     for a, b in itertools.combinations(sorted(by_seed), 2):
         t = tau(by_seed[a], by_seed[b])
         both = len(by_seed[a].index.intersection(by_seed[b].index))
         seed_pairs[f"{a}-{b}"] = {"tau": None if t is None else round(t, 3), "networks": both}
     out: dict[str, Any] = {
+        "score": score,
+        "networks": int(small["spec"].nunique()),
         "seed_pairs": seed_pairs,
         "seconds_per_run_median": round(float(small["seconds"].median()), 1),
         "seconds_per_run_max": round(float(small["seconds"].max()), 1),
     }
     if reference is not None and not reference.empty:
-        mean = small.groupby("spec")["top1"].mean()
+        mean = small.groupby("spec")[score].mean()
         ranked = {**{f"seed {seed}": top1 for seed, top1 in by_seed.items()}, "seed mean": mean}
         out["vs_reference_mean"] = {label: None if (t := tau(top1, reference)) is None else round(t, 3)
                                     for label, top1 in ranked.items()}
@@ -49,6 +55,17 @@ def repeatability(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, 
                                         for label, top1 in ranked.items()}
         out["vs_reference_interval_90"] = tau_interval(mean, reference)
     return out
+
+
+def rankings(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, dict[str, Any]]:
+    """:func:`repeatability` by each score the runs carry (``top1_flip`` only where every run has
+    it), over all Small-space networks and, where there are some, over the held-out ones alone:
+    a screen chosen on the study's networks is judged on those it was not chosen on."""
+    scores = ["top1"] + (["top1_flip"] if "top1_flip" in runs and runs["top1_flip"].notna().all() else [])
+    heldout = runs[runs.spec.str.startswith(HELDOUT_PREFIX)]
+    subsets = {"all": runs, **({"heldout": heldout} if not heldout.empty else {})}
+    return {f"{subset}/{score}": repeatability(part, reference, score)
+            for subset, part in subsets.items() for score in scores}
 
 
 def found_vs_canonical(runs: pd.DataFrame, names: Sequence[str] = FOUND) -> dict[str, Any]:
@@ -90,16 +107,12 @@ def markdown(summary: dict[str, Any]) -> list[str]:
                      f"- {label}: {t['networks']} network(s) with both figures; tau needs 3")
     rep = summary.get("repeatability") or {}
     if rep:
-        lines += ["", f"As a ranking (Small-space networks; run seconds median {rep['seconds_per_run_median']}, "
-                  f"max {rep['seconds_per_run_max']}):", ""]
-        for pair, t in rep["seed_pairs"].items():
-            lines.append(f"- seeds {pair}: tau {t['tau']} over {t['networks']} networks")
-        if not rep["seed_pairs"]:
-            lines.append("- no network has two seeds yet: no seed-to-seed tau")
-        for label, t in (rep.get("vs_reference_mean") or {}).items():
-            interval = f", interval {rep['vs_reference_interval_90']}" if label == "seed mean" else ""
-            lines.append(f"- {label} against the {rep['reference']} seed mean: tau {t} "
-                         f"({rep['vs_reference_networks'][label]} networks{interval})")
+        lines += ranking_lines(rep, f"As a ranking (Small-space networks; run seconds median "
+                               f"{rep['seconds_per_run_median']}, max {rep['seconds_per_run_max']})")
+    for view, further in (summary.get("further_rankings") or {}).items():
+        subset, score = view.split("/")
+        networks = "the held-out networks alone" if subset == "heldout" else "all Small-space networks"
+        lines += ranking_lines(further, f"Ranked by {score} over {networks} ({further['networks']})")
     found = summary.get("found_vs_canonical") or {}
     compared = [name for name in found if name != "canonical"]
     if compared:
@@ -112,4 +125,19 @@ def markdown(summary: dict[str, Any]) -> list[str]:
             lines.append(f"- {name}: {f['top1_mean']:.2f} ({f['seeds']} seeds) against "
                          f"{found['canonical']['top1_mean']:.2f} ({found['canonical']['seeds']}): "
                          f"{f['delta_points']:+.2f} points{span}, {f['verdict']}")
+    return lines
+
+
+def ranking_lines(rep: dict[str, Any], heading: str) -> list[str]:
+    """One :func:`repeatability` result as Markdown: its seed pairs, then each seed and the seed
+    mean against the reference."""
+    lines = ["", f"{heading}:", ""]
+    for pair, t in rep["seed_pairs"].items():
+        lines.append(f"- seeds {pair}: tau {t['tau']} over {t['networks']} networks")
+    if not rep["seed_pairs"]:
+        lines.append("- no network has two seeds yet: no seed-to-seed tau")
+    for label, t in (rep.get("vs_reference_mean") or {}).items():
+        interval = f", interval {rep['vs_reference_interval_90']}" if label == "seed mean" else ""
+        lines.append(f"- {label} against the {rep['reference']} seed mean: tau {t} "
+                     f"({rep['vs_reference_networks'][label]} networks{interval})")
     return lines

@@ -276,3 +276,25 @@ def build_fresh(spec):
     from nas.models.builder import build_model
 
     return build_model(spec.replace(num_classes=CLASSES)).state_dict()
+
+
+def test_a_screen_is_also_ranked_by_its_flipped_score_and_on_the_heldout_networks_alone():
+    from experiments.transfer_summary import rankings
+
+    names = ("a", "b", "heldout_q01", "heldout_q02", "heldout_q03")
+    top1 = (0.30, 0.31, 0.32, 0.33, 0.34)
+    flip = (0.34, 0.33, 0.30, 0.32, 0.31)  # another order: the flipped view must not copy top1's
+    rows = [{"spec": n, "seed": 0, "top1": t, "top1_flip": f, "seconds": 90.0} for n, t, f in zip(names, top1, flip)]
+    reference = pd.Series(dict(zip(names, (0.40, 0.41, 0.42, 0.43, 0.44))))
+    ranked = rankings(pd.DataFrame(rows), reference)
+    assert set(ranked) == {"all/top1", "all/top1_flip", "heldout/top1", "heldout/top1_flip"}
+    assert ranked["all/top1"]["vs_reference_mean"]["seed 0"] == 1.0
+    assert ranked["heldout/top1"]["vs_reference_networks"]["seed 0"] == 3
+    assert ranked["heldout/top1_flip"]["vs_reference_mean"]["seed 0"] == round(1 / 3, 3)  # 2 of 3 pairs agree
+    assert ranked["all/top1_flip"]["vs_reference_mean"]["seed 0"] < 0
+    lines = markdown({"protocol": "finetune", "runs_done": 5, "runs_planned": 5, "written": "now",
+                      "networks": {}, "kendall_tau": {},
+                      "further_rankings": {k: {**v, "reference": "reference_tin"} for k, v in ranked.items()}})
+    assert lines[-1] == "No finished runs yet."  # no networks: nothing else is drawn
+    without_flip = rankings(pd.DataFrame(rows).drop(columns="top1_flip"), reference)
+    assert set(without_flip) == {"all/top1", "heldout/top1"}
