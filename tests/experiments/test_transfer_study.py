@@ -195,7 +195,9 @@ def test_each_tau_against_the_reference_names_the_networks_its_seed_covers():
     rep = repeatability(pd.DataFrame(rows), reference)
     assert rep["vs_reference_networks"] == {"seed 0": 4, "seed 1": 4, "seed 2": 2, "seed mean": 4}
     assert rep["vs_reference_mean"]["seed 0"] == round(4 / 6, 3)  # 5 concordant pairs, 1 discordant
-    assert rep["vs_reference_interval_90"] is not None
+    assert set(rep["vs_reference_interval_90"]) == {"seed 0", "seed 1", "seed 2", "seed mean"}
+    assert rep["vs_reference_interval_90"]["seed 2"] is None  # two networks: no interval
+    assert rep["vs_reference_interval_90"]["seed mean"] is not None
     lines = markdown({"protocol": "proxy", "runs_done": 10, "runs_planned": 12, "written": "now",
                       "networks": {"a": {"params": 1e6, "seeds": 3, "top1_mean": 41.0, "top1_std": 1.0,
                                          "cifar10_reference_top1": None, "seconds_median": 60}},
