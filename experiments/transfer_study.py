@@ -52,7 +52,15 @@ from experiments.harness import (
 )
 from experiments.repeatability_stats import tau, tau_interval
 from experiments.supernet_benchmark import params_of, pick_specs
-from experiments.transfer_summary import FOUND, LIBRARY, found_vs_canonical, markdown, mean_std, rankings
+from experiments.transfer_summary import (
+    FOUND,
+    HELDOUT_PREFIX,
+    LIBRARY,
+    found_vs_canonical,
+    markdown,
+    mean_std,
+    rankings,
+)
 from nas.arch.codecs import load_spec, to_string
 from nas.arch.space import load_space
 from nas.arch.spec import NetworkSpec
@@ -91,7 +99,7 @@ def heldout_specs(count: int, pool: int, seed: int) -> dict[str, NetworkSpec]:
     if count <= 0:
         return {}
     picked = pick_specs(load_space("mobilenetv3_small"), count + 3, pool, seed)
-    renamed = {name.replace("random_", "heldout_"): spec for name, spec in picked.items()
+    renamed = {name.replace("random_", HELDOUT_PREFIX): spec for name, spec in picked.items()
                if name.startswith("random_")}
     return {name: spec.replace(name=name) for name, spec in renamed.items()}
 
@@ -254,13 +262,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                     "interval_90": tau_interval(tin[names], cifar[names])}
             for label, names in (("benchmark_8", benchmark), ("with_found", with_found))}
         summary["found_vs_canonical"] = found_vs_canonical(runs, (*FOUND, *extra))
-        reference = reference_means(specs, args, protocol)
-        ranked = rankings(runs, reference)
-        if reference is not None:
-            for view in ranked.values():
-                view["reference"] = load_protocol(args.reference_protocol).name
+        ranked = rankings(runs, reference_means(specs, args, protocol), load_protocol(args.reference_protocol).name)
         summary["repeatability"] = ranked.pop("all/top1")
-        if reference is not None and ranked:  # the reference's own held-out runs have one seed: nothing to rank
+        if ranked:
             summary["further_rankings"] = ranked
     args.out.mkdir(parents=True, exist_ok=True)
     write_yaml(args.out / "summary.yaml", summary)

@@ -58,14 +58,17 @@ def repeatability(runs: pd.DataFrame, reference: pd.Series | None, score: str = 
     return out
 
 
-def rankings(runs: pd.DataFrame, reference: pd.Series | None) -> dict[str, dict[str, Any]]:
-    """:func:`repeatability` by each score the runs carry (``top1_flip`` only where every run has
-    it), over all Small-space networks and, where there are some, over the held-out ones alone:
-    a screen chosen on the study's networks is judged on those it was not chosen on."""
+def rankings(runs: pd.DataFrame, reference: pd.Series | None, reference_name: str) -> dict[str, dict[str, Any]]:
+    """:func:`repeatability` by top-1 over all Small-space networks; for a screen judged against
+    ``reference`` (named ``reference_name``), also by each further score the runs carry
+    (``top1_flip`` where every run has it) and over the held-out networks alone: a screen chosen
+    on the study's networks is judged on those it was not chosen on."""
+    if reference is None:  # the reference protocol itself: its held-out networks have one seed
+        return {"all/top1": repeatability(runs, None)}
     scores = ["top1"] + (["top1_flip"] if "top1_flip" in runs and runs["top1_flip"].notna().all() else [])
     heldout = runs[runs.spec.str.startswith(HELDOUT_PREFIX)]
     subsets = {"all": runs, **({"heldout": heldout} if not heldout.empty else {})}
-    return {f"{subset}/{score}": repeatability(part, reference, score)
+    return {f"{subset}/{score}": {**repeatability(part, reference, score), "reference": reference_name}
             for subset, part in subsets.items() for score in scores}
 
 

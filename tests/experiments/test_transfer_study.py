@@ -288,7 +288,7 @@ def test_a_screen_is_also_ranked_by_its_flipped_score_and_on_the_heldout_network
     flip = (0.34, 0.33, 0.30, 0.32, 0.31)  # another order: the flipped view must not copy top1's
     rows = [{"spec": n, "seed": 0, "top1": t, "top1_flip": f, "seconds": 90.0} for n, t, f in zip(names, top1, flip)]
     reference = pd.Series(dict(zip(names, (0.40, 0.41, 0.42, 0.43, 0.44))))
-    ranked = rankings(pd.DataFrame(rows), reference)
+    ranked = rankings(pd.DataFrame(rows), reference, "reference_tin")
     assert set(ranked) == {"all/top1", "all/top1_flip", "heldout/top1", "heldout/top1_flip"}
     assert ranked["all/top1"]["vs_reference_mean"]["seed 0"] == 1.0
     assert ranked["heldout/top1"]["vs_reference_networks"]["seed 0"] == 3
@@ -296,7 +296,8 @@ def test_a_screen_is_also_ranked_by_its_flipped_score_and_on_the_heldout_network
     assert ranked["all/top1_flip"]["vs_reference_mean"]["seed 0"] < 0
     lines = markdown({"protocol": "finetune", "runs_done": 5, "runs_planned": 5, "written": "now",
                       "networks": {}, "kendall_tau": {},
-                      "further_rankings": {k: {**v, "reference": "reference_tin"} for k, v in ranked.items()}})
+                      "further_rankings": ranked})
     assert lines[-1] == "No finished runs yet."  # no networks: nothing else is drawn
-    without_flip = rankings(pd.DataFrame(rows).drop(columns="top1_flip"), reference)
+    without_flip = rankings(pd.DataFrame(rows).drop(columns="top1_flip"), reference, "reference_tin")
     assert set(without_flip) == {"all/top1", "heldout/top1"}
+    assert set(rankings(pd.DataFrame(rows), None, "reference_tin")) == {"all/top1"}  # the reference itself
